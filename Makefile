@@ -1,0 +1,35 @@
+# Two entry points, each doing the whole set-up on a fresh machine:
+#   make demo   create .venv, install, train 4 clients on the embedded digits set, print the analysis
+#   make test   create .venv, install, run the whole test suite (unit + multi-rank MPI tests)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+EXTRAS ?= all
+RANKS  ?= 4
+DEMO_DIR ?= runs/demo
+
+export OMPI_ALLOW_RUN_AS_ROOT := 1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
+
+.PHONY: demo test install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: setup.py $(BIN)/python
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e '.[$(EXTRAS)]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	rm -rf $(DEMO_DIR)
+	$(BIN)/mpiexec -n $(RANKS) --oversubscribe $(BIN)/lbfl train --config jobs/demo.toml --set run.out_dir=$(DEMO_DIR)
+	$(BIN)/lbfl analyze $(DEMO_DIR)
+
+test: install
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest tests -q -ra
+
+clean:
+	rm -rf $(VENV) runs *.egg-info

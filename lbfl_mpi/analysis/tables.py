@@ -1,0 +1,64 @@
+"""Plain-text and JSON summaries of runs."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .load import RunData
+
+TIME_COLUMNS = ("t_data", "t_compute", "t_sync", "t_step")
+
+
+def _mean(a: np.ndarray | None) -> float:
+    return float(np.mean(a)) if a is not None and a.size else float("nan")
+
+
+def run_record(run: RunData) -> dict:
+    final, best = run.accuracy()
+    ranks = []
+    for r in run.ranks:
+        rec = {"rank": r.rank, "rows": int(r.steps["step"].size) if "step" in r.steps else 0}
+        rec.update({f"mean_{c}": _mean(r.steps.get(c)) for c in TIME_COLUMNS})
+        rec["bytes_sent_per_step"] = _mean(r.steps.get("bytes_sent"))
+        ranks.append(rec)
+    s = run.summary or {}
+    return {"run": str(run.path), "name": run.name, "final_test_acc": final, "best_test_acc": best,
+            "complete": run.summary is not None, "steps": s.get("steps"), "world_size": len(run.ranks),
+            "sync_mode": run.config.get("sync", {}).get("mode"), "samples_per_s": s.get("samples_per_s"),
+            "wall_time_s": s.get("wall_time_s"), "ranks": ranks}
+
+
+def _fmt(x) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if isinstance(x, float):
+        return f"{x * 1e3:.2f}" if abs(x) < 100 else f"{x:.0f}"
+    return str(x)
+
+
+def format_run(rec: dict) -> str:
+    head = (f"== {rec['name']}  ({rec['run']})\n"
+            f"   sync {rec['sync_mode']}, {rec['world_size']} ranks, "
+            f"final test acc {rec['final_test_acc']:.4f}, best {rec['best_test_acc']:.4f}")
+    if not rec["complete"]:
+        head += "  [incomplete: no summary.json]"
+    elif rec["samples_per_s"]:
+        head += f", {rec['samples_per_s']:.0f} samples/s, {rec['wall_time_s']:.1f} s"
+    cols = ("rank", "rows") + tuple(f"mean_{c}" for c in TIME_COLUMNS)
+    lines = [head, "   " + "  ".join(f"{c.replace('mean_', '') + (' ms' if c.startswith('mean') else ''):>12s}"
+                                    for c in cols)]
+    for r in rec["ranks"]:
+        lines.append("   " + "  ".join(f"{_fmt(r[c]):>12s}" for c in cols))
+    return "\n".join(lines)
+
+
+def format_comparison(records: list[dict]) -> str:
+    """One line per run, for grids (Table I/II)."""
+    w = max(len(r["name"]) for r in records)
+    lines = [f"{'run':{w}s}  {'sync':9s} {'final_acc':>9s} {'best_acc':>9s} {'t_step ms':>9s}"]
+    for r in records:
+        t_step = np.nanmean([x["mean_t_step"] for x in r["ranks"]]) if r["ranks"] else float("nan")
+        lines.append(f"{r['name']:{w}s}  {str(r['sync_mode']):9s} {r['final_test_acc']:9.4f} "
+                     f"{r['best_test_acc']:9.4f} {t_step * 1e3:9.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""Command line: ``lbfl train | analyze`` (``python -m lbfl_mpi`` is the same).
+
+Exit codes: 0 success, 2 bad input (config, dataset, run directory), 1 anything else. Under MPI a
+bad input is agreed on by all ranks before anyone exits, and an unexpected exception on any rank
+aborts the whole job, so no rank is ever left waiting.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import ConfigError, load_config, reference
+
+BAD_INPUT = 2
+
+
+def _bad_input_types() -> tuple[type, ...]:
+    from .data import DataError, PartitionError
+    from .models import ModelError
+
+    return ConfigError, DataError, PartitionError, ModelError
+
+
+def _fail(msg: str, rank: int = 0) -> None:
+    if rank == 0:
+        print(f"lbfl: error: {msg}", file=sys.stderr, flush=True)
+
+
+def cmd_train(args) -> int:
+    try:
+        cfg = load_config(args.config, args.set or [])
+    except ConfigError as e:  # before MPI starts: every rank fails the same way, nothing is written
+        _fail(str(e))
+        return BAD_INPUT
+    from .dist.comm import Comm, abort_on_error
+
+    comm = Comm()
+    with abort_on_error(comm):
+        bad_input = _bad_input_types()
+        error = None
+        if cfg.run.world_size and cfg.run.world_size != comm.world_size:
+            error = f"run.world_size={cfg.run.world_size} but the job has {comm.world_size} ranks"
+        trainer = None
+        if error is None:
+            try:
+                from .trainer import Trainer
+
+                trainer = Trainer(cfg, comm)
+            except bad_input as e:
+                error = str(e)
+        if comm.any_true(error is not None):  # agree before anyone leaves
+            _fail(error or "another rank rejected the input (see its message)", 0 if error else comm.rank)
+            return BAD_INPUT
+        try:
+            summary = trainer.run()
+        except ConfigError as e:  # run directory refused: raised identically on every rank
+            _fail(str(e), comm.rank)
+            return BAD_INPUT
+        if summary is not None:
+            print(f"final test acc {summary['final_test_acc']:.4f}  best {summary['best_test_acc']:.4f} "
+                  f"(step {summary['best_step']})  {summary['samples_per_s']:.0f} samples/s  "
+                  f"{summary['wall_time_s']:.1f} s  -> {cfg.run.out_dir}", flush=True)
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from .analysis import analyze_main
+
+    return analyze_main(args.run_dirs, plots=args.plots, as_json=args.json)
+
+
+def cmd_config_help(_args) -> int:
+    for key, typ, default, help_ in reference():
+        print(f"{key:28s} {typ:6s} {default!r:24s} {help_}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lbfl", description="MPI federated / large-batch trainer")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train; under mpirun/srun every rank is one client")
+    t.add_argument("--config", help="TOML experiment file (defaults apply without it)")
+    t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override a config value (repeatable); values are TOML: 0.1, true, [1, 2], word")
+    t.set_defaults(func=cmd_train)
+    a = sub.add_parser("analyze", help="summarise run directories")
+    a.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    a.add_argument("--plots", metavar="DIR", help="write PNG charts to DIR")
+    a.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    a.set_defaults(func=cmd_analyze)
+    c = sub.add_parser("config", help="list every config key with its default and meaning")
+    c.set_defaults(func=cmd_config_help)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""Experiment configuration: nested dataclasses, TOML loading, ``--set`` overrides and validation.
+
+Every field carries its documentation in ``metadata["help"]`` so that the README reference and
+``lbfl train --help-config`` come from one place. Validation runs once, before MPI collectives,
+training or any file write; every problem raises :class:`ConfigError` whose message names the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the CLI prints it on one line and exits with code 2."""
+
+
+def _f(default: Any, help: str, choices: tuple | None = None):
+    meta = {"help": help}
+    if choices is not None:
+        meta["choices"] = choices
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+DATASETS = ("digits", "fashion_mnist", "synthetic", "cifar10", "cifar100", "caltech101", "caltech256", "food101")
+NUM_CLASSES = {"digits": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100,
+               "caltech101": 101, "caltech256": 257, "food101": 101}
+MODELS = ("cnn", "mlp", "resnet18", "resnet50", "vgg11", "alexnet", "vit_b_16")
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = _f("runs/default", "Run directory: config.toml, rank files, summary.json, checkpoints/.")
+    name: str = _f("", "Free-form run name stored in summary.json (defaults to the out_dir's basename).")
+    seed: int = _f(0, "Seed for model init, data partition and shuffling. Same seed, same run.")
+    world_size: int = _f(0, "Expected number of ranks (clients); 0 accepts any. A mismatch is an error, "
+                            "so a 10-client experiment cannot silently run on 4 ranks.")
+    checkpoint_every: int = _f(0, "Write a checkpoint every N steps (0: never). The last 2 are kept.")
+    resume: bool = _f(False, "Continue from the latest checkpoint in out_dir.")
+    overwrite: bool = _f(False, "Delete the earlier run's files in out_dir and start again.")
+
+
+@dataclass
+class DataConfig:
+    name: str = _f("digits", "Dataset.", DATASETS)
+    root: str = _f("", "Directory holding a pre-staged dataset (cifar*, caltech*, food101, fashion_mnist). "
+                       "Nothing is downloaded. Empty: the dataset's default location.")
+    partition: str = _f("iid", "How training samples are split among clients.", ("iid", "labels", "dirichlet"))
+    labels_per_client: int = _f(1, "With partition='labels': classes per client.")
+    alpha: float = _f(0.5, "With partition='dirichlet': concentration; small alpha = more skew.")
+    image_size: int = _f(0, "Resize images to this side for torchvision datasets (0: dataset default).")
+    workers: int = _f(0, "DataLoader worker processes per rank for image-file datasets (0: in-process).")
+    synthetic_shape: list = _f([3, 32, 32], "Synthetic: sample shape [C, H, W].")
+    synthetic_classes: int = _f(10, "Synthetic: number of classes.")
+    synthetic_train: int = _f(8192, "Synthetic: training samples.")
+    synthetic_test: int = _f(1024, "Synthetic: test samples.")
+    synthetic_noise: float = _f(1.0, "Synthetic: noise std around each class template (signal std is 1).")
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("cnn", "Model architecture (no pretrained weights).", MODELS)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = _f(200, "Training steps (iterations); every rank runs the same number.")
+    batch_size: int = _f(32, "Per-client batch size b_c; the global batch is the sum over ranks.")
+    lr: float = _f(0.05, "Learning rate.")
+    momentum: float = _f(0.0, "SGD momentum (optimizer='sgd').")
+    weight_decay: float = _f(0.0, "L2 weight decay.")
+    optimizer: str = _f("sgd", "Optimizer; its state stays local to each client.", ("sgd", "adam"))
+    schedule: str = _f("constant", "Learning-rate schedule after warm-up.", ("constant", "cosine"))
+    warmup_steps: int = _f(0, "Linear warm-up steps from lr/10 to the (scaled) lr.")
+    scale_lr: bool = _f(False, "Linear scaling rule: lr * global_batch / base_batch (Goyal et al. 2017).")
+    base_batch: int = _f(32, "Reference batch for scale_lr.")
+    eval_every: int = _f(50, "Evaluate the global model every N steps (0: only at the end).")
+    eval_batch: int = _f(256, "Batch size for evaluation.")
+
+
+@dataclass
+class SyncConfig:
+    mode: str = _f("bsp", "bsp: gradient allreduce every step; fedavg: H local steps then model average "
+                          "(Eq. 1a/1b); postlocal: bsp until switch_step, then fedavg.",
+                   ("bsp", "fedavg", "postlocal"))
+    period: int = _f(1, "H: local steps between model averages (fedavg, postlocal).")
+    switch_step: int = _f(0, "postlocal: first step that runs local SGD.")
+
+
+@dataclass
+class TelemetryConfig:
+    flush_every: int = _f(10, "Write buffered HDF5 rows every N steps; a killed job loses at most N rows.")
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def to_toml(self) -> str:
+        return dump_toml(self.to_dict())
+
+
+def sections() -> dict[str, type]:
+    return {f.name: f.type if isinstance(f.type, type) else _resolve(f.type) for f in dataclasses.fields(Config)}
+
+
+def _resolve(name: str) -> type:
+    return globals()[name]
+
+
+def reference() -> list[tuple[str, str, Any, str]]:
+    """(key, type, default, help) for every config key, for docs and ``--help-config``."""
+    rows = []
+    for sec, cls in sections().items():
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            help_ = f.metadata["help"]
+            if "choices" in f.metadata:
+                help_ += " One of: " + ", ".join(f.metadata["choices"]) + "."
+            rows.append((f"{sec}.{f.name}", _type_name(f.type), default, help_))
+    return rows
+
+
+def _type_name(t) -> str:
+    return t if isinstance(t, str) else t.__name__
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def _coerce(key: str, value: Any, typ: str) -> Any:
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+        "list": isinstance(value, list),
+    }[typ]
+    if not ok:
+        raise ConfigError(f"{key}: expected {typ}, got {value!r}")
+    return float(value) if typ == "float" else value
+
+
+def _apply(cfg: Config, section: str, key: str, value: Any) -> None:
+    secs = sections()
+    if section not in secs:
+        raise ConfigError(f"unknown config section [{section}] (known: {', '.join(secs)})")
+    sub = getattr(cfg, section)
+    names = {f.name: f for f in dataclasses.fields(sub)}
+    if key not in names:
+        raise ConfigError(f"unknown config key {section}.{key} (known in [{section}]: {', '.join(names)})")
+    setattr(sub, key, _coerce(f"{section}.{key}", value, _type_name(names[key].type)))
+
+
+def parse_value(text: str) -> Any:
+    """Parse a ``--set`` value as a TOML value (1, 0.5, true, [1, 2], "s"); bare words stay strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read ``path`` (TOML), apply ``section.key=value`` overrides, validate, return the Config."""
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"--config {str(path)!r}: no such file")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"--config {str(path)!r}: invalid TOML: {e}") from None
+        for section, table in data.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"config key {section!r} must be inside a [section]")
+            for key, value in table.items():
+                _apply(cfg, section, key, value)
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        dotted, text = item.split("=", 1)
+        section, key = dotted.strip().split(".", 1)
+        _apply(cfg, section, key, parse_value(text.strip()))
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a Config from ``to_dict()`` output (checkpoints, HDF5 attrs); validates."""
+    cfg = Config()
+    for section, table in data.items():
+        for key, value in table.items():
+            _apply(cfg, section, key, value)
+    validate(cfg)
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------ validation
+def _check(cond: bool, key: str, value: Any, want: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}={value!r}: {want}")
+
+
+def num_classes(cfg: Config) -> int:
+    if cfg.data.name == "synthetic":
+        return cfg.data.synthetic_classes
+    return NUM_CLASSES[cfg.data.name]
+
+
+def validate(cfg: Config) -> None:
+    """Range and choice checks for every key; raises ConfigError naming the first bad key."""
+    for sec, cls in sections().items():
+        for f in dataclasses.fields(cls):
+            if "choices" in f.metadata:
+                v = getattr(getattr(cfg, sec), f.name)
+                _check(v in f.metadata["choices"], f"{sec}.{f.name}", v,
+                       "must be one of " + ", ".join(f.metadata["choices"]))
+    r, d, t, s = cfg.run, cfg.data, cfg.train, cfg.sync
+    _check(r.out_dir.strip() != "", "run.out_dir", r.out_dir, "must not be empty")
+    _check(r.seed >= 0, "run.seed", r.seed, "must be >= 0")
+    _check(r.world_size >= 0, "run.world_size", r.world_size, "must be >= 0")
+    _check(r.checkpoint_every >= 0, "run.checkpoint_every", r.checkpoint_every, "must be >= 0")
+    _check(not (r.resume and r.overwrite), "run.resume", r.resume, "cannot be combined with run.overwrite=true")
+    _check(d.alpha > 0, "data.alpha", d.alpha, "must be > 0")
+    _check(d.image_size >= 0, "data.image_size", d.image_size, "must be >= 0")
+    _check(d.workers >= 0, "data.workers", d.workers, "must be >= 0")
+    _check(len(d.synthetic_shape) == 3 and all(isinstance(x, int) and x > 0 for x in d.synthetic_shape),
+           "data.synthetic_shape", d.synthetic_shape, "must be 3 positive integers [C, H, W]")
+    _check(d.synthetic_classes >= 2, "data.synthetic_classes", d.synthetic_classes, "must be >= 2")
+    _check(d.synthetic_train >= 1, "data.synthetic_train", d.synthetic_train, "must be >= 1")
+    _check(d.synthetic_test >= 1, "data.synthetic_test", d.synthetic_test, "must be >= 1")
+    _check(d.synthetic_noise >= 0, "data.synthetic_noise", d.synthetic_noise, "must be >= 0")
+    k = num_classes(cfg)
+    _check(1 <= d.labels_per_client <= k, "data.labels_per_client", d.labels_per_client,
+           f"must be between 1 and the {k} classes of {d.name}")
+    _check(t.steps >= 1, "train.steps", t.steps, "must be >= 1")
+    _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
+    _check(t.lr > 0, "train.lr", t.lr, "must be > 0")
+    _check(0 <= t.momentum < 1, "train.momentum", t.momentum, "must be in [0, 1)")
+    _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
+    _check(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "must be >= 0")
+    _check(t.base_batch >= 1, "train.base_batch", t.base_batch, "must be >= 1")
+    _check(t.eval_every >= 0, "train.eval_every", t.eval_every, "must be >= 0")
+    _check(t.eval_batch >= 1, "train.eval_batch", t.eval_batch, "must be >= 1")
+    _check(s.period >= 1, "sync.period", s.period, "must be >= 1")
+    _check(s.switch_step >= 0, "sync.switch_step", s.switch_step, "must be >= 0")
+    _check(cfg.telemetry.flush_every >= 1, "telemetry.flush_every", cfg.telemetry.flush_every, "must be >= 1")
+
+
+# ------------------------------------------------------------------------------------------------ TOML
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # JSON string escapes are valid TOML basic-string escapes
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def dump_toml(data: dict) -> str:
+    """Write a two-level dict (sections of scalars/lists) as TOML; round-trips through tomllib."""
+    out = []
+    for section, table in data.items():
+        out.append(f"[{section}]")
+        out.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+        out.append("")
+    return "\n".join(out)
+
+

@@ -1,0 +1,232 @@
+"""Dataset loading: embedded digits, Fashion-MNIST IDX files, synthetic templates, torchvision image sets.
+
+Nothing is ever downloaded; a missing dataset raises :class:`DataError` naming ``data.root`` and the
+layout expected. Test splits never depend on the run seed, so accuracies of different runs compare.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import NUM_CLASSES, DataConfig
+
+DATASET_NAMES = ("digits", "fashion_mnist", "synthetic", "cifar10", "cifar100",
+                 "caltech101", "caltech256", "food101")
+FASHION_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
+FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+_SPLIT_SEED = 0          # fixed: train/test splits must not move with the run seed
+_SYNTHETIC_SEED = 12345  # fixed: the synthetic task is the same for every run
+
+_CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+                "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
+_IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# (display name, layout expected under data.root, path whose existence means "present")
+_LAYOUT = {
+    "cifar10": ("CIFAR-10", "{r}/cifar-10-batches-py/ (the python version of the dataset, extracted)",
+                "cifar-10-batches-py"),
+    "cifar100": ("CIFAR-100", "{r}/cifar-100-python/ (the python version of the dataset, extracted)",
+                 "cifar-100-python"),
+    "caltech101": ("Caltech-101", "{r}/caltech101/101_ObjectCategories/<class>/*.jpg "
+                   "(101_ObjectCategories.tar.gz extracted)", "caltech101/101_ObjectCategories"),
+    "caltech256": ("Caltech-256", "{r}/caltech256/256_ObjectCategories/<class>/*.jpg "
+                   "(256_ObjectCategories.tar extracted)", "caltech256/256_ObjectCategories"),
+    "food101": ("Food-101", "{r}/food-101/images/<class>/*.jpg and {r}/food-101/meta/{{train,test}}.json "
+                "(food-101.tar.gz extracted)", "food-101"),
+}
+
+
+class DataError(ValueError):
+    """A dataset that cannot be loaded; one-line message (the CLI prints it and exits with code 2)."""
+
+
+@dataclass
+class TensorData:
+    """In-memory dataset: x float32 [N, C, H, W], y int64 [N]."""
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+@dataclass
+class DatasetBundle:
+    train: object            # TensorData or a torchvision map-style dataset
+    test: object
+    num_classes: int
+    input_shape: tuple       # (C, H, W)
+    train_labels: np.ndarray  # int64 labels of train, in order
+
+
+def load_dataset(cfg: DataConfig, seed: int = 0) -> DatasetBundle:
+    """Load ``cfg.name``. ``seed`` is accepted for symmetry; no split or sample depends on it."""
+    del seed
+    if cfg.name == "digits":
+        return _digits()
+    if cfg.name == "fashion_mnist":
+        return _fashion_mnist(cfg.root)
+    if cfg.name == "synthetic":
+        return _synthetic(cfg)
+    if cfg.name in _LAYOUT:
+        return _torchvision(cfg)
+    raise DataError(f"data.name={cfg.name!r} is unknown (choices: {', '.join(DATASET_NAMES)})")
+
+
+def _normalised(train: np.ndarray, test: np.ndarray, ytr, yte, num_classes: int) -> DatasetBundle:
+    mean, std = float(train.mean()), float(train.std()) or 1.0
+    xtr = torch.from_numpy(((train - mean) / std).astype(np.float32))
+    xte = torch.from_numpy(((test - mean) / std).astype(np.float32))
+    ytr = np.asarray(ytr, dtype=np.int64)
+    return DatasetBundle(TensorData(xtr, torch.from_numpy(ytr.copy())),
+                         TensorData(xte, torch.from_numpy(np.asarray(yte, dtype=np.int64))),
+                         num_classes, tuple(xtr.shape[1:]), ytr)
+
+
+def _digits() -> DatasetBundle:
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise DataError("data.name='digits' needs scikit-learn (pip install scikit-learn)") from None
+    d = load_digits()
+    x = (d.images.astype(np.float64) / 16.0)[:, None, :, :]
+    xtr, xte, ytr, yte = train_test_split(x, d.target, test_size=0.2, stratify=d.target,
+                                          random_state=_SPLIT_SEED)
+    return _normalised(xtr, xte, ytr, yte, 10)
+
+
+# ---------------------------------------------------------------------------------------- Fashion-MNIST
+def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
+    """Parse an IDX file (gzip-compressed or not) whose big-endian magic number must equal ``magic``."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or int.from_bytes(raw[:4], "big") != magic:
+        got = raw[:4].hex() if len(raw) >= 4 else "truncated file"
+        raise DataError(f"{path}: not an IDX file with magic 0x{magic:08x} (got {got})")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    count = int(np.prod(dims))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != count:
+        raise DataError(f"{path}: IDX header says {dims} ({count} bytes) but {data.size} bytes follow")
+    return data.reshape(dims)
+
+
+def _fashion_mnist(cfg_root: str) -> DatasetBundle:
+    root = cfg_root or FASHION_DEFAULT_ROOT
+    where = f"data.root={cfg_root!r}" + ("" if cfg_root else f" (default {root})")
+    found = []
+    for name in FASHION_FILES:
+        cands = [Path(root) / name, Path(root) / name[:-3]]  # uncompressed copies are fine too
+        hit = next((p for p in cands if p.is_file()), None)
+        if hit is None:
+            raise DataError(f"{where}: Fashion-MNIST not found; expected the files "
+                            f"{', '.join(FASHION_FILES)} (or the same without .gz) in {root}/")
+        found.append(hit)
+    xtr, ytr = read_idx(found[0], 0x803), read_idx(found[1], 0x801)
+    xte, yte = read_idx(found[2], 0x803), read_idx(found[3], 0x801)
+    if len(xtr) != len(ytr) or len(xte) != len(yte):
+        raise DataError(f"{where}: Fashion-MNIST image and label counts differ")
+    xtr = (xtr.astype(np.float32) / 255.0)[:, None]
+    xte = (xte.astype(np.float32) / 255.0)[:, None]
+    return _normalised(xtr, xte, ytr, yte, 10)
+
+
+# -------------------------------------------------------------------------------------------- synthetic
+def _synthetic(cfg: DataConfig) -> DatasetBundle:
+    shape = tuple(int(s) for s in cfg.synthetic_shape)
+    k = int(cfg.synthetic_classes)
+    if len(shape) != 3 or min(shape) < 1 or k < 2:
+        raise DataError(f"synthetic data needs data.synthetic_shape=[C, H, W] and >= 2 classes, "
+                        f"got {list(shape)} and {k}")
+    g = torch.Generator().manual_seed(_SYNTHETIC_SEED)
+    templates = torch.randn((k, *shape), generator=g)
+
+    def draw(n: int, stream: int) -> TensorData:
+        # Separate streams so the test set does not change when synthetic_train does.
+        gs = torch.Generator().manual_seed(_SYNTHETIC_SEED + stream)
+        y = (torch.arange(n) % k)[torch.randperm(n, generator=gs)]
+        x = templates[y] + float(cfg.synthetic_noise) * torch.randn((n, *shape), generator=gs)
+        return TensorData(x.float(), y.long())
+
+    train, test = draw(int(cfg.synthetic_train), 1), draw(int(cfg.synthetic_test), 2)
+    return DatasetBundle(train, test, k, shape, train.y.numpy().copy())
+
+
+# ------------------------------------------------------------------------------------------ torchvision
+def _to_rgb(img):
+    # Caltech-101/256 contain grayscale (and the odd CMYK) images; models expect 3 channels.
+    return img.convert("RGB")
+
+
+def _not_found(name: str, root: str) -> DataError:
+    title, layout, _ = _LAYOUT[name]
+    return DataError(f"data.root={root!r}: {title} not found; expected {layout.format(r=root)}")
+
+
+def _torchvision(cfg: DataConfig) -> DatasetBundle:
+    name, root = cfg.name, cfg.root
+    if not root:
+        _, layout, _ = _LAYOUT[name]
+        raise DataError(f"data.root must be set for data.name={name!r} (nothing is downloaded); "
+                        f"expected {layout.format(r='<root>')}")
+    # Checked first because torchvision's Caltech classes create directories under root.
+    if not (Path(root) / _LAYOUT[name][2]).exists():
+        raise _not_found(name, root)
+    try:
+        from torchvision import datasets, transforms as T
+    except ImportError:
+        raise DataError(f"data.name={name!r} needs torchvision (pip install torchvision)") from None
+    try:
+        if name in _CIFAR_STATS:
+            return _cifar(name, root, datasets, T)
+        return _large_images(name, root, cfg.image_size or 224, datasets, T)
+    except RuntimeError:
+        raise _not_found(name, root) from None
+
+
+def _cifar(name, root, datasets, T) -> DatasetBundle:
+    mean, std = _CIFAR_STATS[name]
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                          T.Normalize(mean, std)])
+    test_tf = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+    train = cls(root, train=True, transform=train_tf, download=False)
+    test = cls(root, train=False, transform=test_tf, download=False)
+    return DatasetBundle(train, test, NUM_CLASSES[name], (3, 32, 32),
+                         np.asarray(train.targets, dtype=np.int64))
+
+
+def _large_images(name, root, size, datasets, T) -> DatasetBundle:
+    mean, std = _IMAGENET_STATS
+    train_tf = T.Compose([T.Lambda(_to_rgb), T.RandomResizedCrop(size), T.RandomHorizontalFlip(),
+                          T.ToTensor(), T.Normalize(mean, std)])
+    test_tf = T.Compose([T.Lambda(_to_rgb), T.Resize(round(size * 8 / 7)), T.CenterCrop(size),
+                         T.ToTensor(), T.Normalize(mean, std)])
+    shape = (3, size, size)
+    if name == "food101":
+        train = datasets.Food101(root, split="train", transform=train_tf, download=False)
+        test = datasets.Food101(root, split="test", transform=test_tf, download=False)
+        return DatasetBundle(train, test, NUM_CLASSES[name], shape,
+                             np.asarray(train._labels, dtype=np.int64))
+    cls = datasets.Caltech101 if name == "caltech101" else datasets.Caltech256
+    # No official split: two views of the same files (different transforms), fixed 80/20 split.
+    full_train, full_test = cls(root, transform=train_tf), cls(root, transform=test_tf)
+    labels = np.asarray(full_train.y, dtype=np.int64)
+    perm = np.random.default_rng(_SPLIT_SEED).permutation(len(labels))
+    n_test = len(labels) // 5
+    test_idx, train_idx = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+    from torch.utils.data import Subset
+    return DatasetBundle(Subset(full_train, train_idx.tolist()), Subset(full_test, test_idx.tolist()),
+                         NUM_CLASSES[name], shape, labels[train_idx])

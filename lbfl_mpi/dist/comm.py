@@ -1,0 +1,192 @@
+"""MPI wrapper: rank, world size, local rank, device choice, flat-buffer collectives, abort on error.
+
+One object, :class:`Comm`, is the only place that touches mpi4py. Every collective takes one flat,
+contiguous tensor and uses the upper-case (buffer) mpi4py calls. CUDA tensors are staged through a
+pinned host buffer unless the MPI library reports CUDA support (``MPIX_Query_cuda_support``) or the
+user forces it with ``LBFL_CUDA_AWARE=1``.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import traceback
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+
+def _loaded_libmpi() -> str | None:
+    """Path of the libmpi shared object this process loaded (mpi4py dlopens it)."""
+    try:
+        with open("/proc/self/maps") as fh:
+            for line in fh:
+                path = line.rsplit(None, 1)[-1]
+                if "/libmpi" in path and ".so" in path and "libmpi_" not in os.path.basename(path):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+def detect_cuda_aware() -> bool:
+    """True when the MPI library says it can read device pointers; never assumed."""
+    env = os.environ.get("LBFL_CUDA_AWARE")
+    if env is not None:
+        return env.strip().lower() in ("1", "true", "yes")
+    path = _loaded_libmpi()
+    if path is None:
+        return False
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError:
+        return False
+    for name in ("MPIX_Query_cuda_support",):  # Open MPI
+        fn = getattr(lib, name, None)
+        if fn is not None:
+            try:
+                return bool(fn())
+            except Exception:  # noqa: BLE001 - a broken extension query means "not CUDA-aware"
+                return False
+    return False
+
+
+class Comm:
+    """The client's view of the job. ``rank``/``world_size``/``local_rank`` mean the same everywhere."""
+
+    def __init__(self):
+        from mpi4py import MPI  # initialises MPI; a singleton without a launcher
+
+        self.MPI = MPI
+        self.comm = MPI.COMM_WORLD
+        self.rank = self.comm.Get_rank()
+        self.world_size = self.comm.Get_size()
+        self.local_comm = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        self.local_rank = self.local_comm.Get_rank()
+        self.local_size = self.local_comm.Get_size()
+        self.cuda_aware = detect_cuda_aware()
+        self.device = torch.device("cpu")
+        self._pinned: dict[tuple, torch.Tensor] = {}
+
+    # -------------------------------------------------------------------------------- device
+    def pick_device(self, prefer: str = "auto") -> torch.device:
+        """``cuda:(local_rank % gpus)`` when a GPU exists, else CPU with torch threads capped per rank."""
+        if prefer != "cpu" and torch.cuda.is_available() and torch.cuda.device_count() > 0:
+            idx = self.local_rank % torch.cuda.device_count()
+            torch.cuda.set_device(idx)
+            self.device = torch.device("cuda", idx)
+        else:
+            self.device = torch.device("cpu")
+            torch.set_num_threads(cpu_threads(self.local_size))
+        return self.device
+
+    # ---------------------------------------------------------------------------- collectives
+    def _host(self, t: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """A host tensor MPI may read/write, and whether it is a staging copy of ``t``."""
+        if t.device.type == "cpu":
+            return t, False
+        if self.cuda_aware:
+            torch.cuda.current_stream(t.device).synchronize()  # MPI must see finished kernels
+            return t, False
+        key = (t.numel(), t.dtype)
+        buf = self._pinned.get(key)
+        if buf is None:
+            buf = torch.empty(t.numel(), dtype=t.dtype, pin_memory=True)
+            self._pinned[key] = buf
+        buf.copy_(t.reshape(-1), non_blocking=True)
+        torch.cuda.current_stream(t.device).synchronize()
+        return buf, True
+
+    def _mpi_buf(self, t: torch.Tensor):
+        if t.device.type == "cpu":
+            return t.numpy()
+        return t  # CUDA-aware path: mpi4py reads __cuda_array_interface__/DLPack
+
+    def allreduce_(self, flat: torch.Tensor) -> torch.Tensor:
+        """In-place sum of a flat contiguous tensor over all ranks (one MPI_Allreduce)."""
+        assert flat.is_contiguous() and flat.dim() == 1, "collectives take one flat contiguous buffer"
+        if self.world_size == 1:
+            return flat
+        host, staged = self._host(flat)
+        self.comm.Allreduce(self.MPI.IN_PLACE, self._mpi_buf(host))
+        if staged:
+            flat.copy_(host, non_blocking=True)
+        return flat
+
+    def bcast_(self, flat: torch.Tensor, root: int = 0) -> torch.Tensor:
+        """In-place broadcast of a flat contiguous tensor from ``root``."""
+        assert flat.is_contiguous() and flat.dim() == 1
+        if self.world_size == 1:
+            return flat
+        host, staged = self._host(flat)
+        self.comm.Bcast(self._mpi_buf(host), root=root)
+        if staged:
+            flat.copy_(host, non_blocking=True)
+        return flat
+
+    def allgather_array(self, local: np.ndarray) -> np.ndarray:
+        """Allgather of equal-size numpy arrays -> array of shape [world_size, *local.shape]."""
+        local = np.ascontiguousarray(local)
+        out = np.empty((self.world_size,) + local.shape, dtype=local.dtype)
+        self.comm.Allgather(local, out)
+        return out
+
+    def allgather_obj(self, obj):
+        return self.comm.allgather(obj)
+
+    def bcast_obj(self, obj, root: int = 0):
+        return self.comm.bcast(obj, root=root)
+
+    def barrier(self) -> None:
+        self.comm.Barrier()
+
+    def any_true(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any rank (a cheap agreement point)."""
+        if self.world_size == 1:
+            return bool(flag)
+        return bool(self.comm.allreduce(int(bool(flag)), op=self.MPI.MAX))
+
+    def abort(self, code: int = 1) -> None:
+        """End the whole job; other ranks never wait for a dead one."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if self.world_size > 1:
+            self.comm.Abort(code)
+        os._exit(code)
+
+
+def cpu_threads(local_size: int) -> int:
+    """Torch threads for one CPU rank: the cores it may run on shared by the ranks on this node.
+
+    An explicit OMP_NUM_THREADS wins. Under a binding launcher each rank already sees only its own
+    cores; oversubscribed, every rank sees all of them, so divide.
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        try:
+            return max(1, int(os.environ["OMP_NUM_THREADS"]))
+        except ValueError:
+            pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, local_size))
+
+
+@contextmanager
+def abort_on_error(comm: Comm | None):
+    """Run the body; an uncaught exception on any rank prints its traceback and aborts every rank.
+
+    ``SystemExit`` passes through untouched, so deliberate, agreed-upon exits keep their code.
+    """
+    try:
+        yield
+    except SystemExit:
+        raise
+    except BaseException:  # noqa: BLE001 - anything uncaught must not leave peers hanging
+        rank = comm.rank if comm is not None else 0
+        sys.stderr.write(f"[rank {rank}] uncaught exception, aborting the job:\n{traceback.format_exc()}")
+        if comm is not None and comm.world_size > 1:
+            comm.abort(1)
+        raise

@@ -1,0 +1,45 @@
+"""Model registry: ``build_model(name, input_shape, num_classes)`` returns a randomly initialised model.
+
+Every builder takes ``input_shape=(C, H, W)`` and ``num_classes`` and returns a module mapping
+``[N, C, H, W]`` to logits ``[N, num_classes]``. Initialisation draws from torch's global RNG, so
+seeding torch before building gives identical parameters.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from .small import build_cnn, build_mlp
+from .vision import (
+    ModelError,
+    build_alexnet,
+    build_resnet18,
+    build_resnet50,
+    build_vgg11,
+    build_vit_b_16,
+)
+
+__all__ = ["MODELS", "ModelError", "build_model"]
+
+MODELS: dict[str, Callable[[tuple, int], nn.Module]] = {
+    "cnn": build_cnn,
+    "mlp": build_mlp,
+    "resnet18": build_resnet18,
+    "resnet50": build_resnet50,
+    "vgg11": build_vgg11,
+    "alexnet": build_alexnet,
+    "vit_b_16": build_vit_b_16,
+}
+
+
+def build_model(name: str, input_shape: tuple, num_classes: int) -> nn.Module:
+    """Build model ``name`` for images of ``input_shape`` (C, H, W) and ``num_classes`` outputs."""
+    if name not in MODELS:
+        raise ModelError(f"model.name={name!r} is not a model; choose one of: {', '.join(sorted(MODELS))}")
+    shape = tuple(input_shape)
+    if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise ModelError(f"model {name!r} needs input_shape=(C, H, W) of positive ints, got {input_shape!r}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ModelError(f"model {name!r} needs num_classes >= 1, got {num_classes!r}")
+    return MODELS[name](shape, num_classes)

@@ -1,0 +1,1 @@
+"""Gradient statistics and transforms of the paper (Eq. 4-8)."""

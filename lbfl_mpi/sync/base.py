@@ -1,0 +1,99 @@
+"""Shared parts of the synchronisation schemes: the interface the trainer calls, the initial broadcast,
+and the sample-weighted model average used by FedAvg and by evaluation of the global model."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from .flat import FlatBuffer
+
+
+@dataclass
+class SyncResult:
+    synced: bool
+    bytes_sent: int  # payload bytes this rank handed to MPI for the step's collective(s)
+
+
+NO_SYNC = SyncResult(synced=False, bytes_sent=0)
+
+
+class Synchronizer:
+    """Base: no communication. Subclasses override ``sync_grads`` (before the optimizer step) and/or
+    ``sync_params`` (after it). Optimizer state is never exchanged: it stays local to each client."""
+
+    name = "none"
+
+    def __init__(self, comm, model: torch.nn.Module):
+        self.comm = comm
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        # floating-point buffers (BatchNorm running statistics) travel with the parameters; integer
+        # ones (num_batches_tracked) advance identically on every rank and are left alone
+        self.state = self.params + [b for b in model.buffers() if b.is_floating_point()]
+        self._state_flat: FlatBuffer | None = None
+        self.samples_since_sync = 0
+
+    @property
+    def state_flat(self) -> FlatBuffer:
+        if self._state_flat is None:
+            self._state_flat = FlatBuffer(self.state)
+        return self._state_flat
+
+    def broadcast_initial(self) -> None:
+        """Every client starts from rank 0's parameters and buffers."""
+        if self.comm.world_size == 1:
+            return
+        flat = self.state_flat
+        with torch.no_grad():
+            flat.pack_(self.state)
+            self.comm.bcast_(flat.buf, root=0)
+            flat.unpack_(self.state, average=False)
+
+    @torch.no_grad()
+    def average_state_(self, weight: float) -> int:
+        """w <- sum_c weight_c w_c / sum_c weight_c over parameters and float buffers (Eq. 1b)."""
+        if self.comm.world_size == 1:
+            return 0
+        flat = self.state_flat
+        flat.pack_(self.state, weight=float(weight))
+        self.comm.allreduce_(flat.buf)
+        flat.unpack_(self.state)
+        return flat.nbytes
+
+    def sync_grads(self, step: int, batch_size: int) -> SyncResult:
+        return NO_SYNC
+
+    def sync_params(self, step: int, samples: int) -> SyncResult:
+        return NO_SYNC
+
+    def eval_weight(self, batch_size: int) -> float:
+        """This rank's weight in the evaluation-time average of the models."""
+        return float(batch_size)
+
+    def needs_average_for_eval(self) -> bool:
+        """Whether the ranks' models (parameters or float buffers) may differ right now."""
+        return self.comm.world_size > 1 and len(self.state) > len(self.params)
+
+    @contextmanager
+    def global_view(self, weight: float):
+        """Temporarily hold the sample-weighted average model (for evaluation), then restore the local
+        one, so evaluating never changes training. Collective: every rank must enter it."""
+        if not self.needs_average_for_eval():
+            yield
+            return
+        saved = [t.detach().clone() for t in self.state]
+        self.average_state_(max(float(weight), 1e-12))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for t, s in zip(self.state, saved):
+                    t.copy_(s)
+
+    def state_dict(self) -> dict:
+        return {"samples_since_sync": self.samples_since_sync}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.samples_since_sync = int(d.get("samples_since_sync", 0))

@@ -1,0 +1,33 @@
+"""Bulk-synchronous parallel SGD (the paper's BSP, H = 1).
+
+Steps, every iteration (Tyagi 2025, Sec. II; Eq. 1a/1b with H = 1):
+1. each client c computes its local gradient g_c on b_c samples;
+2. one allreduce of the flat buffer ``[b_c * g_c, b_c]``;
+3. every client sets G = sum_c b_c g_c / sum_c b_c, the gradient of the global batch B = sum_c b_c,
+   and takes the same optimizer step, so parameters stay identical on every rank.
+"""
+from __future__ import annotations
+
+import torch
+
+from .flat import FlatBuffer
+from .base import SyncResult, Synchronizer
+
+
+class BSPSync(Synchronizer):
+    name = "bsp"
+
+    def __init__(self, comm, model: torch.nn.Module):
+        super().__init__(comm, model)
+        self.grads = FlatBuffer(self.params)
+
+    def sync_grads(self, step: int, batch_size: int) -> SyncResult:
+        if self.comm.world_size == 1:
+            return SyncResult(synced=True, bytes_sent=0)
+        self.grads.pack_([p.grad for p in self.params], weight=float(batch_size))
+        self.comm.allreduce_(self.grads.buf)
+        for p in self.params:
+            if p.grad is None:  # a layer unused locally may be used on another rank
+                p.grad = torch.zeros_like(p)
+        self.grads.unpack_([p.grad for p in self.params])
+        return SyncResult(synced=True, bytes_sent=self.grads.nbytes)

@@ -1,0 +1,126 @@
+"""One HDF5 file per rank: root attributes, a ``steps`` group (one row per step in equal-length 1-D
+datasets) and an ``eval`` group.
+
+Files are written in SWMR mode: rows are appended in blocks of ``telemetry.flush_every`` and flushed,
+and HDF5 orders those writes so that a job killed at any moment leaves a readable file that lacks at
+most the unflushed rows. Such a file must be opened with ``swmr=True`` (``open_rank_file`` does).
+"""
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+STEP_COLUMNS: dict[str, str] = {
+    "step": "i8", "epoch": "f8", "batch_size": "i4", "lr": "f8", "loss": "f8",
+    "t_data": "f8", "t_compute": "f8", "t_compress": "f8", "t_sync": "f8", "t_step": "f8",
+    "grad_norm_sq": "f8", "grad_change": "f8", "scale_factor": "f8", "synced": "i1", "bytes_sent": "i8",
+}
+EVAL_COLUMNS: dict[str, str] = {"step": "i8", "test_loss": "f8", "test_acc": "f8"}
+
+
+def open_rank_file(path: str | os.PathLike) -> h5py.File:
+    """Open a rank file read-only, also when its writer was killed (SWMR read)."""
+    try:
+        return h5py.File(path, "r", swmr=True)
+    except OSError:
+        return h5py.File(path, "r")
+
+
+def read_group(f: h5py.File, group: str) -> dict[str, np.ndarray]:
+    """All columns of a group, cut to the shortest column (a killed writer may leave one row ragged)."""
+    if group not in f:
+        return {}
+    g = f[group]
+    if f.swmr_mode:
+        for d in g.values():
+            d.refresh()
+    n = min((d.shape[0] for d in g.values()), default=0)
+    return {k: d[:n] for k, d in g.items()}
+
+
+def versions() -> str:
+    import torch
+
+    try:
+        import mpi4py
+        mpi = mpi4py.__version__
+    except ImportError:
+        mpi = "absent"
+    return (f"python {platform.python_version()}, torch {torch.__version__}, mpi4py {mpi}, "
+            f"h5py {h5py.__version__}, numpy {np.__version__}")
+
+
+class RankLog:
+    """Buffered, append-only writer for one rank's telemetry."""
+
+    def __init__(self, path: str | os.PathLike, *, rank: int, world_size: int, config_json: str,
+                 device: str, flush_every: int, resume_step: int | None = None,
+                 step_columns: dict[str, str] | None = None):
+        self.path = Path(path)
+        self.flush_every = flush_every
+        self.columns = {"steps": dict(step_columns or STEP_COLUMNS), "eval": dict(EVAL_COLUMNS)}
+        self.pending: dict[str, list[dict]] = {"steps": [], "eval": []}
+        kept = self._rows_before(resume_step) if resume_step is not None else None
+        tmp = self.path.with_suffix(".h5.tmp")
+        f = h5py.File(tmp if kept is not None else self.path, "w", libver="latest")
+        f.attrs.update({"rank": rank, "world_size": world_size, "config_json": config_json,
+                        "hostname": platform.node(), "device": device, "versions": versions()})
+        for group, cols in self.columns.items():
+            g = f.create_group(group)
+            for name, dtype in cols.items():
+                data = kept[group].get(name) if kept is not None else None
+                n = 0 if data is None else len(data)
+                d = g.create_dataset(name, shape=(n,), maxshape=(None,), dtype=dtype, chunks=(1024,))
+                if n:
+                    d[:] = data
+        if kept is not None:
+            # the crashed file cannot be reopened for writing; the kept rows move to a fresh file
+            f.close()
+            os.replace(tmp, self.path)
+            f = h5py.File(self.path, "r+", libver="latest")
+        f.swmr_mode = True
+        self.f = f
+
+    def _rows_before(self, step: int) -> dict[str, dict[str, np.ndarray]]:
+        if not self.path.exists():
+            return {"steps": {}, "eval": {}}
+        with open_rank_file(self.path) as old:
+            out = {}
+            for group in ("steps", "eval"):
+                cols = read_group(old, group)
+                keep = int(np.searchsorted(cols["step"], step)) if "step" in cols else 0
+                out[group] = {k: v[:keep] for k, v in cols.items()}
+        return out
+
+    def log_step(self, **row) -> None:
+        missing = set(self.columns["steps"]) - set(row)
+        if missing:
+            raise KeyError(f"step row lacks columns {sorted(missing)}")
+        self.pending["steps"].append(row)
+        if len(self.pending["steps"]) >= self.flush_every:
+            self.flush()
+
+    def log_eval(self, step: int, test_loss: float, test_acc: float) -> None:
+        self.pending["eval"].append({"step": step, "test_loss": test_loss, "test_acc": test_acc})
+
+    def flush(self) -> None:
+        for group, rows in self.pending.items():
+            if not rows:
+                continue
+            g = self.f[group]
+            n0 = g["step"].shape[0]
+            for name in self.columns[group]:
+                d = g[name]
+                d.resize((n0 + len(rows),))
+                d[n0:] = np.asarray([r[name] for r in rows], dtype=d.dtype)
+            rows.clear()
+        self.f.flush()
+
+    def close(self) -> None:
+        if self.f.id.valid:
+            self.flush()
+            self.f.close()

@@ -1,0 +1,32 @@
+"""Wall-clock phase timers; on GPU each phase ends with a CUDA synchronize so kernels are counted
+in the phase that launched them (t_compute is not hidden inside t_sync)."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+class StepTimer:
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.times: dict[str, float] = {}
+        self._t = 0.0
+
+    def start(self) -> None:
+        self.times = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> float:
+        """Add the time since the previous lap to ``name`` and return it."""
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        dt = now - self._t
+        self.times[name] = self.times.get(name, 0.0) + dt
+        self._t = now
+        return dt
+
+    def get(self, name: str) -> float:
+        return self.times.get(name, 0.0)

@@ -1,0 +1,222 @@
+"""The client's step loop.
+
+Per step (Tyagi 2025, Eq. 2: t_step = t_c + t_mov + [i % H == 0] t_sync):
+  data (fetch + host->device: t_data, the paper's t_mov) -> forward/backward (t_compute) ->
+  gradient transform -> compression (t_compress) -> gradient sync (BSP) -> optimizer step ->
+  parameter sync (FedAvg) -> log one HDF5 row.
+The transform and compression stages are identities here; they are the slots later stages fill.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from .config import Config
+from .data import ClientLoader, eval_batches, load_dataset, partition_indices
+from .models import build_model
+from .optim import build_optimizer, lr_at, set_lr_
+from .rundir import prepare_run_dir, rank_file
+from .scaling.critical import GradChange, grad_sq_norm
+from .sync import build_sync
+from .telemetry import RankLog, StepTimer
+
+
+class Trainer:
+    """Everything that can fail on bad input is built in ``__init__``; nothing is written before
+    ``run()``, so a bad config or a missing dataset leaves no file behind."""
+
+    def __init__(self, cfg: Config, comm):
+        self.cfg, self.comm = cfg, comm
+        self.device = comm.pick_device()
+        seed = cfg.run.seed
+        bundle = load_dataset(cfg.data, seed)
+        self.test_set = bundle.test
+        parts = partition_indices(bundle.train_labels, comm.world_size, cfg.data.partition, seed,
+                                  cfg.data.labels_per_client, cfg.data.alpha)
+        self.partition_sizes = [len(p) for p in parts]
+        self.loader = ClientLoader(bundle.train, parts[comm.rank], cfg.train.batch_size, seed,
+                                   comm.rank, cfg.data.workers)
+        torch.manual_seed(seed)  # same init everywhere; rank 0's copy is broadcast anyway
+        self.model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes).to(self.device)
+        self.sync = build_sync(cfg, comm, self.model)
+        self.opt = build_optimizer(cfg.train, self.sync.params)
+        self.global_batch = cfg.train.batch_size * comm.world_size
+        self.grad_change = GradChange()
+        self.start_step = 0
+        self.elapsed = 0.0  # wall seconds of earlier segments of a resumed run
+
+    # ------------------------------------------------------------------------------ setup
+    def _restore(self, step: int) -> None:
+        ck = load_checkpoint(self.comm, self.cfg.run.out_dir, step, self.device)
+        self.model.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["optimizer"])
+        self.loader.load_state_dict(ck["loader"])
+        self.sync.load_state_dict(ck["sync"])
+        self.grad_change.load_state_dict(ck["grad_change"])
+        self.elapsed = ck["elapsed"]
+        set_rng_state(ck["rng"])
+        self.start_step = step
+
+    def _checkpoint(self, step: int, t0: float) -> None:
+        save_checkpoint(self.comm, self.cfg.run.out_dir, step, {
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "loader": self.loader.state_dict(), "sync": self.sync.state_dict(),
+            "grad_change": self.grad_change.state_dict(), "elapsed": self.elapsed + time.time() - t0,
+        })
+
+    # ------------------------------------------------------------------------- pipeline
+    def transform_grads_(self, step: int) -> float:
+        """Gradient transform slot (Eq. 5-7); identity: returns scale factor 1."""
+        return 1.0
+
+    def compress_(self, step: int) -> None:
+        """Compression slot (Eq. 9); identity."""
+
+    def train_step(self, step: int, timer: StepTimer) -> dict:
+        cfg, model = self.cfg, self.model
+        lr = lr_at(cfg.train, step, self.global_batch)
+        set_lr_(self.opt, lr)
+        timer.start()
+        x, y = self.loader.next_batch()
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        timer.lap("data")
+        b = int(y.shape[0])
+
+        model.train()
+        self.opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        timer.lap("compute")
+        local_sq = grad_sq_norm(self.sync.params)
+        scale = self.transform_grads_(step)
+        self.compress_(step)
+        timer.lap("compress")
+
+        res_g = self.sync.sync_grads(step, b)
+        timer.lap("sync")
+        used_sq = grad_sq_norm(self.sync.params) if res_g.synced and self.comm.world_size > 1 else local_sq
+        delta = self.grad_change.update(used_sq)
+        self.opt.step()
+        timer.lap("compute")
+        res_p = self.sync.sync_params(step, b)
+        timer.lap("sync")
+        return {
+            "step": step, "epoch": self.loader.epoch, "batch_size": b, "lr": lr, "loss": float(loss.item()),
+            "t_data": timer.get("data"), "t_compute": timer.get("compute"), "t_compress": 0.0,
+            "t_sync": timer.get("sync"), "t_step": sum(timer.times.values()),
+            "grad_norm_sq": local_sq, "grad_change": delta, "scale_factor": scale,
+            "synced": int(res_g.synced or res_p.synced), "bytes_sent": res_g.bytes_sent + res_p.bytes_sent,
+        }
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Test loss and accuracy of the global (sample-weighted average) model; collective."""
+        with self.sync.global_view(self.sync.eval_weight(self.cfg.train.batch_size)):
+            self.model.eval()
+            acc = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count
+            for x, y in eval_batches(self.test_set, self.comm.rank, self.comm.world_size,
+                                     self.cfg.train.eval_batch):
+                x, y = x.to(self.device), y.to(self.device)
+                out = self.model(x)
+                acc[0] += F.cross_entropy(out, y, reduction="sum").double()
+                acc[1] += (out.argmax(1) == y).sum().double()
+                acc[2] += y.numel()
+            self.comm.allreduce_(acc)
+            self.model.train()
+        return float(acc[0] / acc[2]), float(acc[1] / acc[2])
+
+    # ----------------------------------------------------------------------------- loop
+    def run(self) -> dict | None:
+        cfg, comm = self.cfg, self.comm
+        resume_step = prepare_run_dir(cfg, comm)
+        if resume_step is not None:
+            self._restore(resume_step)
+        else:
+            self.sync.broadcast_initial()
+        log = RankLog(rank_file(cfg.run.out_dir, comm.rank), rank=comm.rank, world_size=comm.world_size,
+                      config_json=cfg.to_json(), device=str(self.device),
+                      flush_every=cfg.telemetry.flush_every, resume_step=resume_step)
+        timer = StepTimer(self.device)
+        bar = _progress(comm.rank == 0, cfg.train.steps, self.start_step)
+        t0 = time.time()
+        last = {}
+        try:
+            for step in range(self.start_step, cfg.train.steps):
+                row = self.train_step(step, timer)
+                log.log_step(**row)
+                done = step + 1
+                if (cfg.train.eval_every and done % cfg.train.eval_every == 0) or done == cfg.train.steps:
+                    test_loss, test_acc = self.evaluate()
+                    log.log_eval(step, test_loss, test_acc)
+                    last = {"acc": test_acc}
+                if cfg.run.checkpoint_every and done % cfg.run.checkpoint_every == 0:
+                    log.flush()
+                    self._checkpoint(done, t0)
+                bar.update(row["loss"], last.get("acc"))
+            log.flush()
+            wall = self.elapsed + time.time() - t0
+            samples = self.comm.allgather_obj(self.loader.samples_seen)
+            summary = self._summary(log, wall, int(sum(samples))) if comm.rank == 0 else None
+        finally:
+            bar.close()
+            log.close()
+        return summary
+
+    def _summary(self, log: RankLog, wall: float, samples: int) -> dict:
+        cfg = self.cfg
+        ev = {k: log.f["eval"][k][:] for k in ("step", "test_loss", "test_acc")}
+        best = int(np.argmax(ev["test_acc"]))
+        summary = {
+            "name": cfg.run.name or Path(cfg.run.out_dir).name,
+            "final_test_acc": float(ev["test_acc"][-1]), "final_test_loss": float(ev["test_loss"][-1]),
+            "best_test_acc": float(ev["test_acc"][best]), "best_step": int(ev["step"][best]),
+            "steps": cfg.train.steps, "world_size": self.comm.world_size, "global_batch": self.global_batch,
+            "sync_mode": cfg.sync.mode, "period": cfg.sync.period, "dataset": cfg.data.name,
+            "partition": cfg.data.partition, "model": cfg.model.name, "partition_sizes": self.partition_sizes,
+            "wall_time_s": wall, "samples": samples, "samples_per_s": samples / wall if wall > 0 else 0.0,
+        }
+        path = Path(cfg.run.out_dir) / "summary.json"
+        path.write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+class _progress:
+    """tqdm bar on rank 0 (plain lines when tqdm is missing or stderr is not a terminal)."""
+
+    def __init__(self, enabled: bool, total: int, initial: int):
+        self.bar = None
+        self.enabled = enabled
+        self.total, self.n = total, initial
+        self.every = max(1, total // 20)
+        if not enabled:
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        if sys.stderr.isatty():
+            self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
+
+    def update(self, loss: float, acc: float | None) -> None:
+        self.n += 1
+        if self.bar is not None:
+            post = {"loss": f"{loss:.4f}"}
+            if acc is not None:
+                post["acc"] = f"{acc:.4f}"
+            self.bar.set_postfix(post, refresh=False)
+            self.bar.update(1)
+        elif self.enabled and (self.n % self.every == 0 or self.n == self.total):
+            acc_s = f" test_acc {acc:.4f}" if acc is not None else ""
+            print(f"step {self.n}/{self.total} loss {loss:.4f}{acc_s}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

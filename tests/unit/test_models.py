@@ -1,0 +1,146 @@
+"""Model registry: output shapes, stems, determinism, batch independence and error messages."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lbfl_mpi import config
+from lbfl_mpi.models import MODELS, ModelError, build_model
+from lbfl_mpi.models.vision import vit_patch_size
+
+NUM_CLASSES = 5
+SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
+# ViT-B is ~86M parameters; two shapes cover both the tiny-patch and 3-channel paths.
+CASES = [(n, s) for n in MODELS for s in SHAPES if not (n == "vit_b_16" and s == (1, 28, 28))]
+
+
+def _forward(model: nn.Module, shape: tuple, batch: int = 2) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(torch.randn(batch, *shape))
+
+
+def test_registry_matches_config_choices():
+    assert set(MODELS) == set(config.MODELS)
+    assert len(MODELS) == 7
+
+
+@pytest.mark.parametrize("name,shape", CASES, ids=[f"{n}-{'x'.join(map(str, s))}" for n, s in CASES])
+def test_forward_shape_and_finite(name, shape):
+    torch.manual_seed(0)
+    y = _forward(build_model(name, shape, NUM_CLASSES), shape)
+    assert y.shape == (2, NUM_CLASSES)
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", ["vgg11", "alexnet", "resnet18"])
+def test_imagenet_size_input(name):
+    torch.manual_seed(0)
+    y = _forward(build_model(name, (3, 224, 224), NUM_CLASSES), (3, 224, 224), batch=1)
+    assert y.shape == (1, NUM_CLASSES)
+    assert torch.isfinite(y).all()
+
+
+def test_resnet18_stem_depends_on_input_size():
+    small = build_model("resnet18", (3, 64, 64), NUM_CLASSES)
+    assert small.conv1.kernel_size == (3, 3) and small.conv1.stride == (1, 1)
+    assert isinstance(small.maxpool, nn.Identity)
+    large = build_model("resnet18", (3, 96, 96), NUM_CLASSES)
+    assert large.conv1.kernel_size == (7, 7) and large.conv1.stride == (2, 2)
+    assert isinstance(large.maxpool, nn.MaxPool2d)
+    for model, shape in ((small, (3, 64, 64)), (large, (3, 96, 96))):
+        assert _forward(model, shape).shape == (2, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "vgg11", "alexnet"])
+def test_first_conv_takes_input_channels(name):
+    model = build_model(name, (1, 32, 32), NUM_CLASSES)
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert first.in_channels == 1
+
+
+def test_vit_patch_size_and_channels():
+    assert [vit_patch_size(s) for s in (224, 96, 64, 32, 28, 8)] == [16, 16, 16, 4, 4, 2]
+    torch.manual_seed(0)
+    model = build_model("vit_b_16", (1, 8, 8), NUM_CLASSES)
+    assert model.conv_proj.in_channels == 1 and model.conv_proj.kernel_size == (2, 2)
+    assert model.hidden_dim == 768 and len(model.encoder.layers) == 12
+
+
+def test_vit_requires_square_input():
+    with pytest.raises(ModelError, match="square"):
+        build_model("vit_b_16", (3, 32, 28), NUM_CLASSES)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_same_seed_same_parameters(name):
+    shape = (3, 32, 32)
+    torch.manual_seed(123)
+    a = build_model(name, shape, NUM_CLASSES)
+    torch.manual_seed(123)
+    b = build_model(name, shape, NUM_CLASSES)
+    torch.testing.assert_close(a.state_dict(), b.state_dict(), rtol=0, atol=0)
+
+
+def test_different_seed_different_parameters():
+    torch.manual_seed(1)
+    a = build_model("cnn", (1, 8, 8), NUM_CLASSES)
+    torch.manual_seed(2)
+    b = build_model("cnn", (1, 8, 8), NUM_CLASSES)
+    assert not torch.equal(a.features[0].weight, b.features[0].weight)
+
+
+@pytest.mark.parametrize("name", ["cnn", "mlp"])
+def test_small_models_have_no_batch_dependent_layers(name):
+    model = build_model(name, (1, 8, 8), NUM_CLASSES)
+    banned = (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.Dropout2d, nn.AlphaDropout)
+    assert not any(isinstance(m, banned) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", ["cnn", "mlp"])
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32)])
+def test_small_models_are_per_sample_independent(name, shape):
+    torch.manual_seed(0)
+    model = build_model(name, shape, NUM_CLASSES)
+    model.train()  # independence must hold in training mode, where BSP gradients are computed
+    x = torch.randn(6, *shape)
+    with torch.no_grad():
+        full = model(x)
+        for i in range(x.shape[0]):
+            torch.testing.assert_close(full[i : i + 1], model(x[i : i + 1]))
+
+
+def test_unknown_name_lists_choices():
+    with pytest.raises(ModelError) as err:
+        build_model("foo", (1, 8, 8), NUM_CLASSES)
+    msg = str(err.value)
+    assert msg.startswith("model.name='foo' is not a model; choose one of: alexnet, cnn, ")
+    assert "\n" not in msg
+    for name in MODELS:
+        assert name in msg
+    assert isinstance(err.value, ValueError)
+
+
+@pytest.mark.parametrize("bad", [(8, 8), (1, 0, 8), (1, 8.0, 8)])
+def test_bad_input_shape_rejected(bad):
+    with pytest.raises(ModelError, match="input_shape"):
+        build_model("cnn", bad, NUM_CLASSES)
+
+
+def test_bad_num_classes_rejected():
+    with pytest.raises(ModelError, match="num_classes"):
+        build_model("cnn", (1, 8, 8), 0)
+
+
+@pytest.mark.parametrize("name,shape", [("cnn", (1, 8, 8)), ("resnet18", (3, 32, 32))])
+def test_backward_reaches_every_parameter(name, shape):
+    torch.manual_seed(0)
+    model = build_model(name, shape, NUM_CLASSES)
+    model.train()
+    x = torch.randn(4, *shape)
+    target = torch.arange(4) % NUM_CLASSES
+    nn.functional.cross_entropy(model(x), target).backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, pname
+        assert torch.isfinite(p.grad).all(), pname
