@@ -26,35 +26,47 @@ def _fail(msg: str, rank: int = 0) -> None:
         print(f"lbfl: error: {msg}", file=sys.stderr, flush=True)
 
 
+def _agree_on_error(comm, error: str | None) -> bool:
+    """Collective: True on every rank when any rank has an error; rank 0 prints the first one.
+
+    The barrier after printing keeps the launcher from killing rank 0 (when another rank exits with
+    code 2 first) before the message is out.
+    """
+    errors = comm.allgather_obj(error)
+    bad = [(r, e) for r, e in enumerate(errors) if e is not None]
+    if bad:
+        r, e = bad[0]
+        _fail(e if r == 0 else f"(rank {r}) {e}", comm.rank)
+        comm.barrier()
+    return bool(bad)
+
+
 def cmd_train(args) -> int:
+    cfg, error = None, None
     try:
         cfg = load_config(args.config, args.set or [])
-    except ConfigError as e:  # before MPI starts: every rank fails the same way, nothing is written
-        _fail(str(e))
-        return BAD_INPUT
+    except ConfigError as e:
+        error = str(e)
     from .dist.comm import Comm, abort_on_error
 
     comm = Comm()
     with abort_on_error(comm):
-        bad_input = _bad_input_types()
-        error = None
-        if cfg.run.world_size and cfg.run.world_size != comm.world_size:
+        if error is None and cfg.run.world_size and cfg.run.world_size != comm.world_size:
             error = f"run.world_size={cfg.run.world_size} but the job has {comm.world_size} ranks"
         trainer = None
         if error is None:
             try:
                 from .trainer import Trainer
 
-                trainer = Trainer(cfg, comm)
-            except bad_input as e:
+                trainer = Trainer(cfg, comm)  # dataset, partition, model: no file is written yet
+            except _bad_input_types() as e:
                 error = str(e)
-        if comm.any_true(error is not None):  # agree before anyone leaves
-            _fail(error or "another rank rejected the input (see its message)", 0 if error else comm.rank)
+        if _agree_on_error(comm, error):
             return BAD_INPUT
         try:
             summary = trainer.run()
         except ConfigError as e:  # run directory refused: raised identically on every rank
-            _fail(str(e), comm.rank)
+            _agree_on_error(comm, str(e))
             return BAD_INPUT
         if summary is not None:
             print(f"final test acc {summary['final_test_acc']:.4f}  best {summary['best_test_acc']:.4f} "

@@ -1,0 +1,81 @@
+"""Multi-rank tests: pytest launches mpiexec itself (-n 2, and -n 4 --oversubscribe)."""
+from __future__ import annotations
+
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch.testing import assert_close
+
+from lbfl_mpi.telemetry import STEP_COLUMNS, open_rank_file, read_group
+
+from ..conftest import SCRIPTS, run_lbfl, run_mpi, tiny_run_args
+
+
+@pytest.mark.parametrize("n,unequal", [(2, False), (2, True), (4, True)])
+def test_sync_matches_single_process_reference(n, unequal):
+    args = [str(SCRIPTS / "sync_reference.py"), "--steps", "4"] + (["--unequal"] if unequal else [])
+    p = run_mpi(n, args)
+    assert f"sync reference OK: world_size={n}" in p.stdout
+
+
+def test_exception_on_one_rank_ends_the_job(tmp_path):
+    t0 = time.monotonic()
+    p = run_mpi(2, [str(SCRIPTS / "fault.py"), *tiny_run_args(tmp_path / "run")], timeout=60, check=False)
+    elapsed = time.monotonic() - t0
+    assert p.returncode != 0
+    assert elapsed < 30, f"job took {elapsed:.1f} s to end"
+    assert "injected failure on rank 1" in p.stderr
+
+
+@pytest.mark.parametrize("bad,named", [
+    (["train.lr=0"], "train.lr"),                               # rejected before MPI starts
+    (["sync.period=0"], "sync.period"),
+    (["run.world_size=3"], "run.world_size"),                   # rejected after MPI starts
+    (["data.name='cifar10'", "data.root='{missing}'"], "data.root"),
+])
+def test_bad_input_under_mpi_exits_2_and_writes_nothing(tmp_path, bad, named):
+    out = tmp_path / "run"
+    extra = [b.format(missing=tmp_path / "no_data") for b in bad]
+    p = run_lbfl(tiny_run_args(out, *extra), n=2, check=False, timeout=60)
+    assert p.returncode == 2, p.stdout + p.stderr
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("lbfl: error:")]
+    assert len(errors) == 1, p.stderr
+    assert named in errors[0]
+    assert not out.exists()
+
+
+def test_four_rank_run_writes_contract_files(tmp_path):
+    out = tmp_path / "run"
+    run_lbfl(tiny_run_args(out, "sync.mode='fedavg'", "sync.period=3"), n=4)
+    files = sorted(out.glob("rank*.h5"))
+    assert [f.name for f in files] == [f"rank{r:04d}.h5" for r in range(4)]
+    lengths = set()
+    for r, f in enumerate(files):
+        with open_rank_file(f) as h:
+            assert {"rank", "world_size", "config_json", "hostname", "device", "versions"} <= set(h.attrs)
+            assert int(h.attrs["rank"]) == r and int(h.attrs["world_size"]) == 4
+            steps = read_group(h, "steps")
+            assert set(STEP_COLUMNS) <= set(steps)
+            lengths |= {len(v) for v in steps.values()}
+            np.testing.assert_array_equal(steps["step"], np.arange(12))
+            # FedAvg with H=3 syncs after steps 2, 5, 8, 11
+            np.testing.assert_array_equal(np.flatnonzero(steps["synced"]), [2, 5, 8, 11])
+            assert set(read_group(h, "eval")["step"]) == {5, 11}
+    assert lengths == {12}
+    assert (out / "summary.json").exists() and (out / "config.toml").exists()
+
+
+def test_two_rank_resume_continues_identically(tmp_path):
+    common = ["sync.mode='postlocal'", "sync.switch_step=4", "sync.period=2", "run.checkpoint_every=6",
+              "train.momentum=0.9"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    run_lbfl(tiny_run_args(full, *common), n=2)
+    run_lbfl(tiny_run_args(part, *common, "train.steps=6"), n=2)
+    run_lbfl(tiny_run_args(part, *common, "run.resume=true"), n=2)
+    for r in range(2):
+        with h5py.File(full / f"rank{r:04d}.h5") as a, h5py.File(part / f"rank{r:04d}.h5") as b:
+            assert_close(torch.from_numpy(b["steps/loss"][:]), torch.from_numpy(a["steps/loss"][:]), rtol=0, atol=0)
+            np.testing.assert_array_equal(b["steps/step"][:], np.arange(12))

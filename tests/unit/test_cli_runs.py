@@ -1,0 +1,85 @@
+"""The CLI as a user runs it, single process: run-directory protection, resume after SIGKILL, analyze."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import torch
+from torch.testing import assert_close
+
+from ..conftest import ROOT, _env, run_lbfl, tiny_run_args
+
+
+def test_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    p = run_lbfl(tiny_run_args(out, "sync.period=0"), check=False)
+    assert p.returncode == 2
+    assert p.stderr.strip() == "lbfl: error: sync.period=0: must be >= 1"
+    assert not out.exists()
+
+
+def test_run_dir_is_never_silently_overwritten(tmp_path):
+    out = tmp_path / "run"
+    run_lbfl(tiny_run_args(out))
+    before = (out / "rank0000.h5").stat().st_mtime_ns
+    p = run_lbfl(tiny_run_args(out), check=False)
+    assert p.returncode == 2 and "already holds a run" in p.stderr and "run.overwrite=true" in p.stderr
+    assert (out / "rank0000.h5").stat().st_mtime_ns == before
+    p = run_lbfl(tiny_run_args(out, "run.resume=true"), check=False)
+    assert p.returncode == 2 and "holds no checkpoint" in p.stderr
+    keep = out / "notes.txt"
+    keep.write_text("mine")
+    run_lbfl(tiny_run_args(out, "run.overwrite=true", "train.steps=6"))
+    with h5py.File(out / "rank0000.h5") as f:
+        assert f["steps/step"].shape == (6,)
+    assert keep.read_text() == "mine"  # only the run's own files are replaced
+    assert json.loads((out / "summary.json").read_text())["steps"] == 6
+
+
+def test_sigkilled_run_resumes_with_identical_losses(tmp_path):
+    opts = ["train.steps=40", "run.checkpoint_every=5", "telemetry.flush_every=1", "train.momentum=0.9",
+            "train.eval_every=10"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    run_lbfl(tiny_run_args(full, *opts))
+    proc = subprocess.Popen([sys.executable, "-m", "lbfl_mpi", *tiny_run_args(part, *opts)], env=_env(), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = part / "checkpoints" / "latest.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if latest.exists() and json.loads(latest.read_text())["step"] >= 15:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "run finished before it could be killed; raise train.steps"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (part / "summary.json").exists()
+    run_lbfl(tiny_run_args(part, *opts, "run.resume=true"))
+    with h5py.File(full / "rank0000.h5") as a, h5py.File(part / "rank0000.h5") as b:
+        np.testing.assert_array_equal(b["steps/step"][:], np.arange(40))
+        assert_close(torch.from_numpy(b["steps/loss"][:]), torch.from_numpy(a["steps/loss"][:]), rtol=0, atol=0)
+        assert_close(torch.from_numpy(b["eval/test_acc"][:]), torch.from_numpy(a["eval/test_acc"][:]), rtol=0, atol=0)
+    sa = json.loads((full / "summary.json").read_text())
+    sb = json.loads((part / "summary.json").read_text())
+    assert sb["final_test_acc"] == sa["final_test_acc"] and sb["samples"] == sa["samples"]
+    assert len(list((part / "checkpoints").glob("step_*"))) == 2
+
+
+def test_analyze_reports_accuracy_and_mean_times(tmp_path):
+    out = tmp_path / "run"
+    run_lbfl(tiny_run_args(out, "sync.mode='fedavg'", "sync.period=2"))
+    p = run_lbfl(["analyze", str(out), "--json"])
+    rec = json.loads(p.stdout)[0]
+    summary = json.loads((out / "summary.json").read_text())
+    assert rec["final_test_acc"] == summary["final_test_acc"] and rec["best_test_acc"] == summary["best_test_acc"]
+    with h5py.File(out / "rank0000.h5") as f:
+        for col in ("t_data", "t_compute", "t_sync", "t_step"):
+            assert rec["ranks"][0][f"mean_{col}"] == float(np.mean(f["steps"][col][:]))
+    text = run_lbfl(["analyze", str(out), str(out), "--plots", str(tmp_path / "plots")]).stdout
+    assert "final test acc" in text and "t_compute ms" in text
+    assert (tmp_path / "plots" / "convergence.png").stat().st_size > 1000
+    p = run_lbfl(["analyze", str(tmp_path / "nothing")], check=False)
+    assert p.returncode == 2 and "not a run directory" in p.stderr

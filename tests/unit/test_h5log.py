@@ -1,0 +1,73 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+from lbfl_mpi.telemetry import EVAL_COLUMNS, STEP_COLUMNS, RankLog, open_rank_file, read_group
+
+
+def _row(step):
+    row = {c: step * 0.5 for c in STEP_COLUMNS}
+    row.update(step=step, batch_size=8, synced=step % 2, bytes_sent=100 * step)
+    return row
+
+
+def _log(path, **kw):
+    return RankLog(path, rank=1, world_size=3, config_json='{"a": 1}', device="cpu", **kw)
+
+
+def test_round_trip_all_columns(tmp_path):
+    path = tmp_path / "rank0001.h5"
+    log = _log(path, flush_every=3)
+    for s in range(7):
+        log.log_step(**_row(s))
+    log.log_eval(6, 0.5, 0.75)
+    log.close()
+    with open_rank_file(path) as f:
+        assert dict(f.attrs)["rank"] == 1 and f.attrs["world_size"] == 3 and f.attrs["config_json"] == '{"a": 1}'
+        assert {"hostname", "device", "versions"} <= set(f.attrs)
+        steps = read_group(f, "steps")
+        assert set(steps) == set(STEP_COLUMNS)
+        assert {len(v) for v in steps.values()} == {7}
+        np.testing.assert_array_equal(steps["step"], np.arange(7))
+        np.testing.assert_allclose(steps["loss"], np.arange(7) * 0.5)
+        np.testing.assert_array_equal(steps["bytes_sent"], np.arange(7) * 100)
+        ev = read_group(f, "eval")
+        assert set(ev) == set(EVAL_COLUMNS) and ev["test_acc"].tolist() == [0.75]
+
+
+def test_killed_writer_leaves_readable_file_missing_only_unflushed_rows(tmp_path):
+    path = tmp_path / "rank0001.h5"
+    code = textwrap.dedent(f"""
+        import os, signal
+        from tests.unit.test_h5log import _log, _row
+        log = _log({str(path)!r}, flush_every=4)
+        for s in range(10):
+            log.log_step(**_row(s))
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    p = subprocess.run([sys.executable, "-c", code], cwd=os.getcwd(), capture_output=True)
+    assert p.returncode == -signal.SIGKILL
+    with open_rank_file(path) as f:
+        steps = read_group(f, "steps")
+    np.testing.assert_array_equal(steps["step"], np.arange(8))  # rows 8, 9 were never flushed
+
+
+def test_resume_keeps_rows_before_the_checkpoint_step(tmp_path):
+    path = tmp_path / "rank0001.h5"
+    log = _log(path, flush_every=1)
+    for s in range(9):
+        log.log_step(**_row(s))
+    log.log_eval(3, 1.0, 0.1)
+    log.log_eval(7, 1.0, 0.2)
+    log.flush()
+    log.f.close()  # simulate a crash: no orderly close
+    log = _log(path, flush_every=1, resume_step=5)
+    log.log_step(**_row(5))
+    log.close()
+    with open_rank_file(path) as f:
+        np.testing.assert_array_equal(read_group(f, "steps")["step"], [0, 1, 2, 3, 4, 5])
+        assert read_group(f, "eval")["step"].tolist() == [3]
