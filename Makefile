@@ -24,8 +24,8 @@ $(VENV)/.installed: setup.py $(BIN)/python
 install: $(VENV)/.installed
 
 demo: install
-	rm -rf $(DEMO_DIR)
-	$(BIN)/mpiexec -n $(RANKS) --oversubscribe $(BIN)/lbfl train --config jobs/demo.toml --set run.out_dir=$(DEMO_DIR)
+	$(BIN)/mpiexec -n $(RANKS) --oversubscribe $(BIN)/lbfl train --config jobs/demo.toml \
+		--set run.out_dir=$(DEMO_DIR) --set run.overwrite=true
 	$(BIN)/lbfl analyze $(DEMO_DIR)
 
 test: install

@@ -45,6 +45,7 @@ class Trainer:
                                    comm.rank, cfg.data.workers)
         torch.manual_seed(seed)  # same init everywhere; rank 0's copy is broadcast anyway
         self.model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes).to(self.device)
+        torch.manual_seed(seed * 1_000_003 + comm.rank + 1)  # independent dropout/augmentation per client
         self.sync = build_sync(cfg, comm, self.model)
         self.opt = build_optimizer(cfg.train, self.sync.params)
         self.global_batch = cfg.train.batch_size * comm.world_size
@@ -123,7 +124,7 @@ class Trainer:
             self.model.eval()
             acc = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count
             for x, y in eval_batches(self.test_set, self.comm.rank, self.comm.world_size,
-                                     self.cfg.train.eval_batch):
+                                     self.cfg.train.eval_batch, self.cfg.data.workers):
                 x, y = x.to(self.device), y.to(self.device)
                 out = self.model(x)
                 acc[0] += F.cross_entropy(out, y, reduction="sum").double()
@@ -168,6 +169,7 @@ class Trainer:
         finally:
             bar.close()
             log.close()
+            self.loader.close()
         return summary
 
     def _summary(self, log: RankLog, wall: float, samples: int) -> dict:
