@@ -1,5 +1,6 @@
 # Two entry points, each doing the whole set-up on a fresh machine:
-#   make demo   create .venv, install, train 4 clients on the embedded digits set, print the analysis
+#   make demo   create .venv, install, train 4 clients on the embedded digits set with BSP and with
+#               FedAvg (H=8), print the analysis and write plots
 #   make test   create .venv, install, run the whole test suite (unit + multi-rank MPI tests)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -25,8 +26,10 @@ install: $(VENV)/.installed
 
 demo: install
 	$(BIN)/mpiexec -n $(RANKS) --oversubscribe $(BIN)/lbfl train --config jobs/demo.toml \
-		--set run.out_dir=$(DEMO_DIR) --set run.overwrite=true
-	$(BIN)/lbfl analyze $(DEMO_DIR)
+		--set run.out_dir=$(DEMO_DIR)/bsp --set run.overwrite=true
+	$(BIN)/mpiexec -n $(RANKS) --oversubscribe $(BIN)/lbfl train --config jobs/demo.toml \
+		--set run.out_dir=$(DEMO_DIR)/fedavg --set sync.mode=fedavg --set sync.period=8 --set run.overwrite=true
+	$(BIN)/lbfl analyze $(DEMO_DIR)/bsp $(DEMO_DIR)/fedavg --plots $(DEMO_DIR)/plots
 
 test: install
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest tests -q -ra
