@@ -69,7 +69,7 @@ def test_four_rank_run_writes_contract_files(tmp_path):
 
 
 def test_two_rank_resume_continues_identically(tmp_path):
-    common = ["sync.mode='postlocal'", "sync.switch_step=4", "sync.period=2", "run.checkpoint_every=6",
+    common = ["sync.mode='postlocal'", "sync.switch_step=4", "sync.period=4", "run.checkpoint_every=6",
               "train.momentum=0.9"]
     full, part = tmp_path / "full", tmp_path / "part"
     run_lbfl(tiny_run_args(full, *common), n=2)

@@ -92,6 +92,20 @@ with abort_on_error(comm):
     got = torch.cat([p.detach().reshape(-1) for p in m.parameters()]).double()
     assert_close(got, expect, rtol=1e-5, atol=1e-6)
 
+    # 3b. BatchNorm running statistics are averaged with the same weights; integer buffers stay local
+    torch.manual_seed(R)
+    bn_model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    bn = bn_model[1]
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    bn.num_batches_tracked.fill_(7 + R)
+    local = torch.cat([bn.running_mean, bn.running_var])
+    gathered = torch.from_numpy(comm.allgather_array(local.numpy())).double()
+    FedAvgSync(comm, bn_model, period=1).average_state_(sizes[R])
+    expect = (gathered * weights[:, None]).sum(0) / weights.sum()
+    assert_close(torch.cat([bn.running_mean, bn.running_var]).double(), expect, rtol=1e-5, atol=1e-6)
+    assert int(bn.num_batches_tracked) == 7 + R
+
     # 4. every rank ends with identical parameters
     flat = torch.cat([p.detach().reshape(-1) for p in bsp_model.parameters()])
     allp = comm.allgather_array(flat.numpy())
