@@ -70,7 +70,7 @@ def cmd_train(args) -> int:
             return BAD_INPUT
         if summary is not None:
             print(f"final test acc {summary['final_test_acc']:.4f}  best {summary['best_test_acc']:.4f} "
-                  f"(step {summary['best_step']})  {summary['samples_per_s']:.0f} samples/s  "
+                  f"(after step {summary['best_step'] + 1})  {summary['samples_per_s']:.0f} samples/s  "
                   f"{summary['wall_time_s']:.1f} s  -> {cfg.run.out_dir}", flush=True)
     return 0
 

@@ -1,7 +1,7 @@
 """Experiment configuration: nested dataclasses, TOML loading, ``--set`` overrides and validation.
 
 Every field carries its documentation in ``metadata["help"]`` so that the README reference and
-``lbfl train --help-config`` come from one place. Validation runs once, before MPI collectives,
+``lbfl config`` come from one place. Validation runs once, before MPI collectives,
 training or any file write; every problem raises :class:`ConfigError` whose message names the key.
 """
 from __future__ import annotations
@@ -40,7 +40,8 @@ class RunConfig:
     seed: int = _f(0, "Seed for model init, data partition and shuffling. Same seed, same run.")
     world_size: int = _f(0, "Expected number of ranks (clients); 0 accepts any. A mismatch is an error, "
                             "so a 10-client experiment cannot silently run on 4 ranks.")
-    checkpoint_every: int = _f(0, "Write a checkpoint every N steps (0: never). The last 2 are kept.")
+    checkpoint_every: int = _f(0, "Write a checkpoint every N steps and at the end (0: never). "
+                                  "The last 2 are kept.")
     resume: bool = _f(False, "Continue from the latest checkpoint in out_dir.")
     overwrite: bool = _f(False, "Delete the earlier run's files in out_dir and start again.")
 
@@ -49,11 +50,12 @@ class RunConfig:
 class DataConfig:
     name: str = _f("digits", "Dataset.", DATASETS)
     root: str = _f("", "Directory holding a pre-staged dataset (cifar*, caltech*, food101, fashion_mnist). "
-                       "Nothing is downloaded. Empty: the dataset's default location.")
+                       "Nothing is downloaded. Required for cifar*, caltech*, food101; for fashion_mnist "
+                       "empty means /usr/share/datasets/fashion-mnist.")
     partition: str = _f("iid", "How training samples are split among clients.", ("iid", "labels", "dirichlet"))
     labels_per_client: int = _f(1, "With partition='labels': classes per client.")
     alpha: float = _f(0.5, "With partition='dirichlet': concentration; small alpha = more skew.")
-    image_size: int = _f(0, "Resize images to this side for torchvision datasets (0: dataset default).")
+    image_size: int = _f(0, "Image side for cifar*, caltech*, food101 (0: 32 for CIFAR, 224 otherwise).")
     workers: int = _f(0, "DataLoader worker processes per rank for image-file datasets (0: in-process).")
     synthetic_shape: list = _f([3, 32, 32], "Synthetic: sample shape [C, H, W].")
     synthetic_classes: int = _f(10, "Synthetic: number of classes.")
@@ -75,8 +77,9 @@ class TrainConfig:
     momentum: float = _f(0.0, "SGD momentum (optimizer='sgd').")
     weight_decay: float = _f(0.0, "L2 weight decay.")
     optimizer: str = _f("sgd", "Optimizer; its state stays local to each client.", ("sgd", "adam"))
-    schedule: str = _f("constant", "Learning-rate schedule after warm-up.", ("constant", "cosine"))
-    warmup_steps: int = _f(0, "Linear warm-up steps from lr/10 to the (scaled) lr.")
+    schedule: str = _f("constant", "Learning-rate schedule after warm-up; cosine decays to 0 at train.steps.",
+                       ("constant", "cosine"))
+    warmup_steps: int = _f(0, "Linear warm-up: step t < warmup_steps uses lr * (t + 1) / warmup_steps.")
     scale_lr: bool = _f(False, "Linear scaling rule: lr * global_batch / base_batch (Goyal et al. 2017).")
     base_batch: int = _f(32, "Reference batch for scale_lr.")
     eval_every: int = _f(50, "Evaluate the global model every N steps (0: only at the end).")
@@ -125,7 +128,7 @@ def _resolve(name: str) -> type:
 
 
 def reference() -> list[tuple[str, str, Any, str]]:
-    """(key, type, default, help) for every config key, for docs and ``--help-config``."""
+    """(key, type, default, help) for every config key, for docs and ``lbfl config``."""
     rows = []
     for sec, cls in sections().items():
         for f in dataclasses.fields(cls):

@@ -95,9 +95,9 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x), y)
         loss.backward()
-        timer.lap("compute")
         local_sq = grad_sq_norm(self.sync.params)
         scale = self.transform_grads_(step)
+        timer.lap("compute")
         self.compress_(step)
         timer.lap("compress")
 
@@ -111,7 +111,7 @@ class Trainer:
         timer.lap("sync")
         return {
             "step": step, "epoch": self.loader.epoch, "batch_size": b, "lr": lr, "loss": float(loss.item()),
-            "t_data": timer.get("data"), "t_compute": timer.get("compute"), "t_compress": 0.0,
+            "t_data": timer.get("data"), "t_compute": timer.get("compute"), "t_compress": timer.get("compress"),
             "t_sync": timer.get("sync"), "t_step": sum(timer.times.values()),
             "grad_norm_sq": local_sq, "grad_change": delta, "scale_factor": scale,
             "synced": int(res_g.synced or res_p.synced), "bytes_sent": res_g.bytes_sent + res_p.bytes_sent,
@@ -163,6 +163,10 @@ class Trainer:
                     self._checkpoint(done, t0)
                 bar.update(row["loss"], last.get("acc"))
             log.flush()
+            done = cfg.train.steps
+            if cfg.run.checkpoint_every and done % cfg.run.checkpoint_every and self.start_step < done:
+                self._checkpoint(done, t0)  # the end is always resumable (e.g. to train longer)
+            self._save_global_model()
             wall = self.elapsed + time.time() - t0
             samples = self.comm.allgather_obj(self.loader.samples_seen)
             summary = self._summary(log, wall, int(sum(samples))) if comm.rank == 0 else None
@@ -171,6 +175,14 @@ class Trainer:
             log.close()
             self.loader.close()
         return summary
+
+    def _save_global_model(self) -> None:
+        """Rank 0 writes the final global (averaged) model's state_dict to ``model.pt``; collective."""
+        with self.sync.global_view(self.sync.eval_weight(self.cfg.train.batch_size)):
+            if self.comm.rank == 0:
+                path = Path(self.cfg.run.out_dir) / "model.pt"
+                torch.save(self.model.state_dict(), path.with_suffix(".pt.tmp"))
+                path.with_suffix(".pt.tmp").replace(path)
 
     def _summary(self, log: RankLog, wall: float, samples: int) -> dict:
         cfg = self.cfg

@@ -190,21 +190,23 @@ def _torchvision(cfg: DataConfig) -> DatasetBundle:
         raise DataError(f"data.name={name!r} needs torchvision (pip install torchvision)") from None
     try:
         if name in _CIFAR_STATS:
-            return _cifar(name, root, datasets, T)
+            return _cifar(name, root, cfg.image_size or 32, datasets, T)
         return _large_images(name, root, cfg.image_size or 224, datasets, T)
     except RuntimeError:
         raise _not_found(name, root) from None
 
 
-def _cifar(name, root, datasets, T) -> DatasetBundle:
+def _cifar(name, root, size, datasets, T) -> DatasetBundle:
+    """Standard CIFAR augmentation; ``size`` other than 32 resizes (e.g. 224 for ImageNet-shaped models)."""
     mean, std = _CIFAR_STATS[name]
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-    train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                          T.Normalize(mean, std)])
-    test_tf = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+    resize = [T.Resize(size)] if size != 32 else []
+    train_tf = T.Compose(resize + [T.RandomCrop(size, padding=size // 8), T.RandomHorizontalFlip(),
+                                   T.ToTensor(), T.Normalize(mean, std)])
+    test_tf = T.Compose(resize + [T.ToTensor(), T.Normalize(mean, std)])
     train = cls(root, train=True, transform=train_tf, download=False)
     test = cls(root, train=False, transform=test_tf, download=False)
-    return DatasetBundle(train, test, NUM_CLASSES[name], (3, 32, 32),
+    return DatasetBundle(train, test, NUM_CLASSES[name], (3, size, size),
                          np.asarray(train.targets, dtype=np.int64))
 
 

@@ -49,7 +49,7 @@ def test_bad_input_under_mpi_exits_2_and_writes_nothing(tmp_path, bad, named):
 
 def test_four_rank_run_writes_contract_files(tmp_path):
     out = tmp_path / "run"
-    run_lbfl(tiny_run_args(out, "sync.mode='fedavg'", "sync.period=3"), n=4)
+    run_lbfl(tiny_run_args(out, "sync.mode='fedavg'", "sync.period=5", "run.checkpoint_every=12"), n=4)
     files = sorted(out.glob("rank*.h5"))
     assert [f.name for f in files] == [f"rank{r:04d}.h5" for r in range(4)]
     lengths = set()
@@ -61,11 +61,22 @@ def test_four_rank_run_writes_contract_files(tmp_path):
             assert set(STEP_COLUMNS) <= set(steps)
             lengths |= {len(v) for v in steps.values()}
             np.testing.assert_array_equal(steps["step"], np.arange(12))
-            # FedAvg with H=3 syncs after steps 2, 5, 8, 11
-            np.testing.assert_array_equal(np.flatnonzero(steps["synced"]), [2, 5, 8, 11])
+            # FedAvg with H=5 averages after steps 4 and 9; steps 10 and 11 stay local
+            np.testing.assert_array_equal(np.flatnonzero(steps["synced"]), [4, 9])
+            assert (steps["bytes_sent"][[4, 9]] > 0).all() and steps["bytes_sent"].sum() == 2 * steps["bytes_sent"][4]
+            phases = steps["t_data"] + steps["t_compute"] + steps["t_compress"] + steps["t_sync"]
+            np.testing.assert_allclose(steps["t_step"], phases, rtol=1e-9)
             assert set(read_group(h, "eval")["step"]) == {5, 11}
     assert lengths == {12}
     assert (out / "summary.json").exists() and (out / "config.toml").exists()
+    # model.pt is the global model: the average of the four local models after the last (local) step
+    local = [torch.load(out / "checkpoints" / "step_00000012" / f"rank{r:04d}.pt", weights_only=False)["model"]
+             for r in range(4)]
+    final = torch.load(out / "model.pt")
+    first = next(iter(final))
+    assert not torch.equal(local[0][first], local[1][first])  # the local models really differ
+    for k, v in final.items():
+        assert_close(v, sum(m[k] for m in local) / 4, rtol=1e-5, atol=1e-6)
 
 
 def test_two_rank_resume_continues_identically(tmp_path):

@@ -62,6 +62,8 @@ def test_sigkilled_run_resumes_with_identical_losses(tmp_path):
         np.testing.assert_array_equal(b["steps/step"][:], np.arange(40))
         assert_close(torch.from_numpy(b["steps/loss"][:]), torch.from_numpy(a["steps/loss"][:]), rtol=0, atol=0)
         assert_close(torch.from_numpy(b["eval/test_acc"][:]), torch.from_numpy(a["eval/test_acc"][:]), rtol=0, atol=0)
+    p = run_lbfl(tiny_run_args(part, *opts, "run.resume=true", "train.lr=0.5"), check=False)
+    assert p.returncode == 2 and "train.lr differ from the run being resumed" in p.stderr
     sa = json.loads((full / "summary.json").read_text())
     sb = json.loads((part / "summary.json").read_text())
     assert sb["final_test_acc"] == sa["final_test_acc"] and sb["samples"] == sa["samples"]
