@@ -28,10 +28,12 @@ def mpiexec() -> str:
     return exe
 
 
-def run_mpi(n: int, args: list[str], timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess:
+def run_mpi(n: int, args: list[str], timeout: float = 240, check: bool = True,
+            extra_env: dict | None = None) -> subprocess.CompletedProcess:
     """``mpiexec -n N --oversubscribe python ARGS``; fails the test with both streams on error."""
     cmd = [mpiexec(), "-n", str(n), "--oversubscribe", sys.executable, *args]
-    p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    env = {**_env(), **(extra_env or {})}
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     if check and p.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} exited {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}")
     return p

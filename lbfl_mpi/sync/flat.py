@@ -29,23 +29,24 @@ class FlatBuffer:
 
     def pack_(self, tensors: list[torch.Tensor | None], weight: float = 1.0) -> torch.Tensor:
         """buf <- [weight * t for t in tensors] ++ [weight]; a None tensor packs as zeros."""
-        for view, t in zip(self.views, tensors):
+        for view, t in zip(self.views, tensors):  # one pass over memory: scale while copying
             if t is None:
                 view.zero_()
+            elif weight != 1.0:
+                torch.mul(t.reshape(-1), weight, out=view)
             else:
                 view.copy_(t.reshape(-1))
-        if weight != 1.0:
-            self.body.mul_(weight)
         self.buf[-1] = weight
         return self.buf
 
     def unpack_(self, tensors: list[torch.Tensor], average: bool = True) -> float:
         """tensors <- buf / total weight (when ``average``); returns the total weight."""
         total = float(self.buf[-1].item())
-        if average:
-            if total <= 0:
-                raise RuntimeError(f"weighted average with total weight {total}: no rank contributed samples")
-            self.body.div_(total)
-        for view, t in zip(self.views, tensors):
-            t.copy_(view.view_as(t))
+        if average and total <= 0:
+            raise RuntimeError(f"weighted average with total weight {total}: no rank contributed samples")
+        for view, t in zip(self.views, tensors):  # one pass: divide while copying out
+            if average and total != 1.0:
+                torch.div(view.view_as(t), total, out=t)
+            else:
+                t.copy_(view.view_as(t))
         return total

@@ -14,10 +14,11 @@ from lbfl_mpi.telemetry import STEP_COLUMNS, open_rank_file, read_group
 from ..conftest import SCRIPTS, run_lbfl, run_mpi, tiny_run_args
 
 
-@pytest.mark.parametrize("n,unequal", [(2, False), (2, True), (4, True)])
-def test_sync_matches_single_process_reference(n, unequal):
+@pytest.mark.parametrize("n,unequal,chunk_mb", [(2, False, "4"), (2, True, "4"), (4, True, "0.01")])
+def test_sync_matches_single_process_reference(n, unequal, chunk_mb):
+    # chunk_mb=0.01 reduces the flat buffers in ~10 KB slices: the sliced allreduce path
     args = [str(SCRIPTS / "sync_reference.py"), "--steps", "4"] + (["--unequal"] if unequal else [])
-    p = run_mpi(n, args)
+    p = run_mpi(n, args, extra_env={"LBFL_ALLREDUCE_CHUNK_MB": chunk_mb})
     assert f"sync reference OK: world_size={n}" in p.stdout
 
 
