@@ -203,16 +203,6 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     return cfg
 
 
-def config_from_dict(data: dict) -> Config:
-    """Rebuild a Config from ``to_dict()`` output (checkpoints, HDF5 attrs); validates."""
-    cfg = Config()
-    for section, table in data.items():
-        for key, value in table.items():
-            _apply(cfg, section, key, value)
-    validate(cfg)
-    return cfg
-
-
 # ------------------------------------------------------------------------------------------ validation
 def _check(cond: bool, key: str, value: Any, want: str) -> None:
     if not cond:

@@ -150,12 +150,6 @@ class Comm:
     def barrier(self) -> None:
         self.comm.Barrier()
 
-    def any_true(self, flag: bool) -> bool:
-        """True on every rank when ``flag`` is true on any rank (a cheap agreement point)."""
-        if self.world_size == 1:
-            return bool(flag)
-        return bool(self.comm.allreduce(int(bool(flag)), op=self.MPI.MAX))
-
     def abort(self, code: int = 1) -> None:
         """End the whole job; other ranks never wait for a dead one."""
         sys.stdout.flush()

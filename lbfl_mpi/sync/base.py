@@ -84,7 +84,7 @@ class Synchronizer:
             yield
             return
         saved = [t.detach().clone() for t in self.state]
-        self.average_state_(max(float(weight), 1e-12))
+        self.average_state_(weight)
         try:
             yield
         finally:
