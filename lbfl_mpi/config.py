@@ -96,6 +96,23 @@ class SyncConfig:
 
 
 @dataclass
+class CompressConfig:
+    method: str = _f("none", "Gradient compression (Eq. 9): none, or top-k sparsification with error "
+                             "feedback. BSP compresses gradients; FedAvg compresses the model delta at each "
+                             "average.", ("none", "topk"))
+    density: float = _f(0.01, "Fraction k/n of entries sent (0 < density <= 1).")
+    selection: str = _f("exact", "exact: torch.topk over |x|; sampled: threshold estimated from a random "
+                                 "sample (DGC), corrected when the kept count misses k.", ("exact", "sampled"))
+    scope: str = _f("global", "global: one top-k over the whole flat vector; layerwise: the same density "
+                              "in every tensor.", ("global", "layerwise"))
+    error_feedback: bool = _f(True, "Carry the unsent remainder g + r - C(g + r) to the next step.")
+    warmup_steps: int = _f(0, "Dense steps before compression starts.")
+    sample_fraction: float = _f(0.01, "sampled: fraction of entries sampled to estimate the threshold "
+                                      "(at least 1000 entries).")
+    tolerance: float = _f(0.2, "sampled: relative miss of the kept count from k that triggers a correction.")
+
+
+@dataclass
 class TelemetryConfig:
     flush_every: int = _f(10, "Write buffered HDF5 rows every N steps; a killed job loses at most N rows.")
 
@@ -107,6 +124,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
 
     def to_dict(self) -> dict:
@@ -252,6 +270,11 @@ def validate(cfg: Config) -> None:
     _check(t.eval_batch >= 1, "train.eval_batch", t.eval_batch, "must be >= 1")
     _check(s.period >= 1, "sync.period", s.period, "must be >= 1")
     _check(s.switch_step >= 0, "sync.switch_step", s.switch_step, "must be >= 0")
+    c = cfg.compress
+    _check(0 < c.density <= 1, "compress.density", c.density, "must be in (0, 1]")
+    _check(c.warmup_steps >= 0, "compress.warmup_steps", c.warmup_steps, "must be >= 0")
+    _check(0 < c.sample_fraction <= 1, "compress.sample_fraction", c.sample_fraction, "must be in (0, 1]")
+    _check(0 < c.tolerance < 1, "compress.tolerance", c.tolerance, "must be in (0, 1)")
     _check(cfg.telemetry.flush_every >= 1, "telemetry.flush_every", cfg.telemetry.flush_every, "must be >= 1")
 
 

@@ -77,9 +77,6 @@ class Trainer:
         """Gradient transform slot (Eq. 5-7); identity: returns scale factor 1."""
         return 1.0
 
-    def compress_(self, step: int) -> None:
-        """Compression slot (Eq. 9); identity."""
-
     def train_step(self, step: int, timer: StepTimer) -> dict:
         cfg, model = self.cfg, self.model
         lr = lr_at(cfg.train, step, self.global_batch)
@@ -98,23 +95,24 @@ class Trainer:
         local_sq = grad_sq_norm(self.sync.params)
         scale = self.transform_grads_(step)
         timer.lap("compute")
-        self.compress_(step)
-        timer.lap("compress")
 
-        res_g = self.sync.sync_grads(step, b)
+        # compression (Eq. 9) happens inside the synchroniser, which laps "compress" and "sync"
+        res_g = self.sync.sync_grads(step, b, timer)
         timer.lap("sync")
         used_sq = grad_sq_norm(self.sync.params) if res_g.synced and self.comm.world_size > 1 else local_sq
         delta = self.grad_change.update(used_sq)
         self.opt.step()
         timer.lap("compute")
-        res_p = self.sync.sync_params(step, b)
+        res_p = self.sync.sync_params(step, b, timer)
         timer.lap("sync")
+        res = res_g if res_g.synced else res_p
         return {
             "step": step, "epoch": self.loader.epoch, "batch_size": b, "lr": lr, "loss": float(loss.item()),
             "t_data": timer.get("data"), "t_compute": timer.get("compute"), "t_compress": timer.get("compress"),
             "t_sync": timer.get("sync"), "t_step": sum(timer.times.values()),
             "grad_norm_sq": local_sq, "grad_change": delta, "scale_factor": scale,
             "synced": int(res_g.synced or res_p.synced), "bytes_sent": res_g.bytes_sent + res_p.bytes_sent,
+            "density_actual": res.density, "residual_norm_sq": res.residual_norm_sq,
         }
 
     @torch.no_grad()
@@ -144,7 +142,8 @@ class Trainer:
             self.sync.broadcast_initial()
         log = RankLog(rank_file(cfg.run.out_dir, comm.rank), rank=comm.rank, world_size=comm.world_size,
                       config_json=cfg.to_json(), device=str(self.device),
-                      flush_every=cfg.telemetry.flush_every, resume_step=resume_step)
+                      flush_every=cfg.telemetry.flush_every, resume_step=resume_step,
+                      extra_attrs={"dense_bytes": self.sync.dense_bytes})
         timer = StepTimer(self.device)
         bar = _progress(comm.rank == 0, cfg.train.steps, self.start_step)
         t0 = time.time()

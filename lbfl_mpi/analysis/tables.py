@@ -20,13 +20,32 @@ def run_record(run: RunData) -> dict:
     for r in run.ranks:
         rec = {"rank": r.rank, "rows": int(r.steps["step"].size) if "step" in r.steps else 0}
         rec.update({f"mean_{c}": _mean(r.steps.get(c)) for c in TIME_COLUMNS})
+        rec["mean_t_compress"] = _mean(r.steps.get("t_compress"))
         rec["bytes_sent_per_step"] = _mean(r.steps.get("bytes_sent"))
+        rec.update(_traffic(r))
         ranks.append(rec)
     s = run.summary or {}
     return {"run": str(run.path), "name": run.name, "final_test_acc": final, "best_test_acc": best,
             "complete": run.summary is not None, "steps": s.get("steps"), "world_size": len(run.ranks),
             "sync_mode": run.config.get("sync", {}).get("mode"), "samples_per_s": s.get("samples_per_s"),
             "wall_time_s": s.get("wall_time_s"), "ranks": ranks}
+
+
+def _traffic(r) -> dict:
+    """Bytes per synchronising step against one dense exchange of the same vector (the rank file's
+    ``dense_bytes`` attribute), and the realised density of what was sent."""
+    synced = r.steps.get("synced")
+    sent = r.steps.get("bytes_sent")
+    dense = r.attrs.get("dense_bytes")
+    if synced is None or sent is None or not synced.any():
+        return {"bytes_per_sync": float("nan"), "dense_bytes": dense, "bytes_vs_dense": float("nan"),
+                "mean_density": float("nan")}
+    per_sync = float(np.mean(sent[synced.astype(bool)]))
+    density = r.steps.get("density_actual")
+    return {"bytes_per_sync": per_sync, "dense_bytes": dense,
+            "bytes_vs_dense": per_sync / dense if dense else float("nan"),
+            "mean_density": float(np.nanmean(density)) if density is not None and np.isfinite(density).any()
+            else float("nan")}
 
 
 def _fmt(x) -> str:
@@ -45,6 +64,11 @@ def format_run(rec: dict) -> str:
         head += "  [incomplete: no summary.json]"
     elif rec["samples_per_s"]:
         head += f", {rec['samples_per_s']:.0f} samples/s, {rec['wall_time_s']:.1f} s"
+    r0 = rec["ranks"][0] if rec["ranks"] else None
+    if r0 and not math.isnan(r0["bytes_per_sync"]):
+        head += (f"\n   traffic (rank 0): {r0['bytes_per_sync']:.0f} bytes per sync = "
+                 f"{100 * r0['bytes_vs_dense']:.2f} % of dense ({r0['dense_bytes']} bytes), density "
+                 f"{r0['mean_density']:.4g}, mean t_compress {r0['mean_t_compress'] * 1e3:.2f} ms")
     cols = ("rank", "rows") + tuple(f"mean_{c}" for c in TIME_COLUMNS)
     lines = [head, "   " + "  ".join(f"{c.replace('mean_', '') + (' ms' if c.startswith('mean') else ''):>12s}"
                                     for c in cols)]
@@ -56,9 +80,13 @@ def format_run(rec: dict) -> str:
 def format_comparison(records: list[dict]) -> str:
     """One line per run, for grids (Table I/II)."""
     w = max(len(r["name"]) for r in records)
-    lines = [f"{'run':{w}s}  {'sync':9s} {'final_acc':>9s} {'best_acc':>9s} {'t_step ms':>9s}"]
+    lines = [f"{'run':{w}s}  {'sync':9s} {'final_acc':>9s} {'best_acc':>9s} {'t_step ms':>9s} "
+             f"{'t_compress ms':>13s} {'% dense bytes':>13s}"]
     for r in records:
-        t_step = np.nanmean([x["mean_t_step"] for x in r["ranks"]]) if r["ranks"] else float("nan")
+        ranks = r["ranks"]
+        t_step = np.nanmean([x["mean_t_step"] for x in ranks]) if ranks else float("nan")
+        t_comp = np.nanmean([x["mean_t_compress"] for x in ranks]) if ranks else float("nan")
+        ratio = ranks[0]["bytes_vs_dense"] if ranks else float("nan")
         lines.append(f"{r['name']:{w}s}  {str(r['sync_mode']):9s} {r['final_test_acc']:9.4f} "
-                     f"{r['best_test_acc']:9.4f} {t_step * 1e3:9.2f}")
+                     f"{r['best_test_acc']:9.4f} {t_step * 1e3:9.2f} {t_comp * 1e3:13.3f} {100 * ratio:13.2f}")
     return "\n".join(lines)

@@ -90,14 +90,19 @@ class Comm:
         if self.cuda_aware:
             torch.cuda.current_stream(t.device).synchronize()  # MPI must see finished kernels
             return t, False
-        key = (t.numel(), t.dtype)
-        buf = self._pinned.get(key)
-        if buf is None:
-            buf = torch.empty(t.numel(), dtype=t.dtype, pin_memory=True)
-            self._pinned[key] = buf
+        buf = self._pinned_buffer(t.numel(), t.dtype, slot="send")
         buf.copy_(t.reshape(-1), non_blocking=True)
         torch.cuda.current_stream(t.device).synchronize()
         return buf, True
+
+    def _pinned_buffer(self, numel: int, dtype: torch.dtype, slot: str) -> torch.Tensor:
+        """A pinned host view of ``numel`` elements; one growing buffer per (slot, dtype), reused."""
+        key = (slot, dtype)
+        buf = self._pinned.get(key)
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(max(numel, 1), dtype=dtype, pin_memory=True)
+            self._pinned[key] = buf
+        return buf[:numel]
 
     def _mpi_buf(self, t: torch.Tensor):
         if t.device.type == "cpu":
@@ -133,6 +138,21 @@ class Comm:
         if staged:
             flat.copy_(host, non_blocking=True)
         return flat
+
+    def allgatherv(self, local: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """Concatenation over ranks of 1-D tensors whose sizes differ (``counts[r]`` from rank r), on
+        ``local``'s device (one MPI_Allgatherv)."""
+        assert local.is_contiguous() and local.dim() == 1 and local.numel() == counts[self.rank]
+        if self.world_size == 1:
+            return local.clone()
+        send, staged = self._host(local)
+        total = int(sum(counts))
+        if staged:
+            recv = self._pinned_buffer(total, local.dtype, slot="recv")
+        else:
+            recv = torch.empty(total, dtype=local.dtype, device=local.device)
+        self.comm.Allgatherv(self._mpi_buf(send), [self._mpi_buf(recv), [int(c) for c in counts]])
+        return recv.to(local.device, non_blocking=True) if staged else recv
 
     def allgather_array(self, local: np.ndarray) -> np.ndarray:
         """Allgather of equal-size numpy arrays -> array of shape [world_size, *local.shape]."""

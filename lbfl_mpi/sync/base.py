@@ -2,6 +2,7 @@
 and the sample-weighted model average used by FedAvg and by evaluation of the global model."""
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -13,7 +14,9 @@ from .flat import FlatBuffer
 @dataclass
 class SyncResult:
     synced: bool
-    bytes_sent: int  # payload bytes this rank handed to MPI for the step's collective(s)
+    bytes_sent: int                 # payload bytes this rank handed to MPI for the step's collective(s)
+    density: float = math.nan       # fraction of the vector's entries sent (1 for dense, nan: nothing sent)
+    residual_norm_sq: float = 0.0   # |error-feedback residual|^2 after the step (0 without compression)
 
 
 NO_SYNC = SyncResult(synced=False, bytes_sent=0)
@@ -62,11 +65,19 @@ class Synchronizer:
         flat.unpack_(self.state)
         return flat.nbytes
 
-    def sync_grads(self, step: int, batch_size: int) -> SyncResult:
+    def sync_grads(self, step: int, batch_size: int, timer=None) -> SyncResult:
+        """Before the optimizer step. ``timer`` (a StepTimer) gets compression time lapped as
+        "compress" and communication as "sync"."""
         return NO_SYNC
 
-    def sync_params(self, step: int, samples: int) -> SyncResult:
+    def sync_params(self, step: int, samples: int, timer=None) -> SyncResult:
+        """After the optimizer step; ``samples`` is this rank's batch of the step."""
         return NO_SYNC
+
+    @property
+    def dense_bytes(self) -> int:
+        """Payload of one dense exchange of this scheme (for compression ratios)."""
+        return self.state_flat.nbytes
 
     def eval_weight(self, batch_size: int) -> float:
         """This rank's weight in the evaluation-time average of the models."""

@@ -21,13 +21,21 @@ class BSPSync(Synchronizer):
         super().__init__(comm, model)
         self.grads = FlatBuffer(self.params)
 
-    def sync_grads(self, step: int, batch_size: int) -> SyncResult:
+    @property
+    def dense_bytes(self) -> int:
+        return self.grads.nbytes
+
+    def grads_(self) -> list[torch.Tensor]:
+        """The gradient tensors, created as zeros where a layer got none (another rank may use it)."""
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        return [p.grad for p in self.params]
+
+    def sync_grads(self, step: int, batch_size: int, timer=None) -> SyncResult:
         if self.comm.world_size == 1:
-            return SyncResult(synced=True, bytes_sent=0)
+            return SyncResult(synced=True, bytes_sent=0, density=1.0)
         self.grads.pack_([p.grad for p in self.params], weight=float(batch_size))
         self.comm.allreduce_(self.grads.buf)
-        for p in self.params:
-            if p.grad is None:  # a layer unused locally may be used on another rank
-                p.grad = torch.zeros_like(p)
-        self.grads.unpack_([p.grad for p in self.params])
-        return SyncResult(synced=True, bytes_sent=self.grads.nbytes)
+        self.grads.unpack_(self.grads_())
+        return SyncResult(synced=True, bytes_sent=self.grads.nbytes, density=1.0)

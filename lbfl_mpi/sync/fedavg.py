@@ -27,13 +27,22 @@ class FedAvgSync(Synchronizer):
         """Average after local steps start_step+H-1, start_step+2H-1, ... (0-based step indices)."""
         return step >= self.start_step and (step - self.start_step + 1) % self.period == 0
 
-    def sync_params(self, step: int, samples: int) -> SyncResult:
+    def sync_params(self, step: int, samples: int, timer=None) -> SyncResult:
         self.samples_since_sync += samples
         if not self.is_sync_step(step):
             return NO_SYNC
-        nbytes = self.average_state_(self.samples_since_sync)
+        res = self.average_(step, timer)
         self.samples_since_sync = 0
-        return SyncResult(synced=True, bytes_sent=nbytes)
+        return res
+
+    def reset_anchor(self) -> None:
+        """Mark the current (rank-identical) model as the last synchronised one; dense FedAvg needs
+        no anchor."""
+
+    def average_(self, step: int, timer) -> SyncResult:
+        """The model average of a sync step (Eq. 1b), weighted by samples since the last one."""
+        nbytes = self.average_state_(self.samples_since_sync)
+        return SyncResult(synced=True, bytes_sent=nbytes, density=1.0)
 
     def eval_weight(self, batch_size: int) -> float:
         return float(self.samples_since_sync)
@@ -47,20 +56,31 @@ class PostLocalSync(Synchronizer):
 
     name = "postlocal"
 
-    def __init__(self, comm, model: torch.nn.Module, period: int, switch_step: int):
+    def __init__(self, comm, model: torch.nn.Module, period: int, switch_step: int,
+                 bsp: BSPSync | None = None, local: FedAvgSync | None = None):
         super().__init__(comm, model)
         self.switch_step = switch_step
-        self.bsp = BSPSync(comm, model)
-        self.local = FedAvgSync(comm, model, period, start_step=switch_step)
+        self.bsp = bsp or BSPSync(comm, model)
+        self.local = local or FedAvgSync(comm, model, period, start_step=switch_step)
 
     def _active(self, step: int) -> Synchronizer:
         return self.bsp if step < self.switch_step else self.local
 
-    def sync_grads(self, step: int, batch_size: int) -> SyncResult:
-        return self._active(step).sync_grads(step, batch_size)
+    def broadcast_initial(self) -> None:
+        self.local.broadcast_initial()  # also sets the anchor of a compressed FedAvg
 
-    def sync_params(self, step: int, samples: int) -> SyncResult:
-        return self._active(step).sync_params(step, samples)
+    @property
+    def dense_bytes(self) -> int:
+        return self.bsp.dense_bytes
+
+    def sync_grads(self, step: int, batch_size: int, timer=None) -> SyncResult:
+        return self._active(step).sync_grads(step, batch_size, timer)
+
+    def sync_params(self, step: int, samples: int, timer=None) -> SyncResult:
+        res = self._active(step).sync_params(step, samples, timer)
+        if step == self.switch_step - 1:
+            self.local.reset_anchor()  # BSP kept the models identical: local deltas start here
+        return res
 
     def eval_weight(self, batch_size: int) -> float:
         return self.local.eval_weight(batch_size) if self.local.samples_since_sync else float(batch_size)
@@ -69,7 +89,8 @@ class PostLocalSync(Synchronizer):
         return self.local.needs_average_for_eval() or self.bsp.needs_average_for_eval()
 
     def state_dict(self) -> dict:
-        return self.local.state_dict()
+        return {"bsp": self.bsp.state_dict(), "local": self.local.state_dict()}
 
     def load_state_dict(self, d: dict) -> None:
-        self.local.load_state_dict(d)
+        self.bsp.load_state_dict(d["bsp"])
+        self.local.load_state_dict(d["local"])

@@ -18,6 +18,7 @@ STEP_COLUMNS: dict[str, str] = {
     "step": "i8", "epoch": "f8", "batch_size": "i4", "lr": "f8", "loss": "f8",
     "t_data": "f8", "t_compute": "f8", "t_compress": "f8", "t_sync": "f8", "t_step": "f8",
     "grad_norm_sq": "f8", "grad_change": "f8", "scale_factor": "f8", "synced": "i1", "bytes_sent": "i8",
+    "density_actual": "f8", "residual_norm_sq": "f8",
 }
 EVAL_COLUMNS: dict[str, str] = {"step": "i8", "test_loss": "f8", "test_acc": "f8"}
 
@@ -59,7 +60,7 @@ class RankLog:
 
     def __init__(self, path: str | os.PathLike, *, rank: int, world_size: int, config_json: str,
                  device: str, flush_every: int, resume_step: int | None = None,
-                 step_columns: dict[str, str] | None = None):
+                 step_columns: dict[str, str] | None = None, extra_attrs: dict | None = None):
         self.path = Path(path)
         self.flush_every = flush_every
         self.columns = {"steps": dict(step_columns or STEP_COLUMNS), "eval": dict(EVAL_COLUMNS)}
@@ -68,7 +69,8 @@ class RankLog:
         tmp = self.path.with_suffix(".h5.tmp")
         f = h5py.File(tmp if kept is not None else self.path, "w", libver="latest")
         f.attrs.update({"rank": rank, "world_size": world_size, "config_json": config_json,
-                        "hostname": platform.node(), "device": device, "versions": versions()})
+                        "hostname": platform.node(), "device": device, "versions": versions(),
+                        **(extra_attrs or {})})
         for group, cols in self.columns.items():
             g = f.create_group(group)
             for name, dtype in cols.items():

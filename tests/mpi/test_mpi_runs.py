@@ -1,6 +1,7 @@
 """Multi-rank tests: pytest launches mpiexec itself (-n 2, and -n 4 --oversubscribe)."""
 from __future__ import annotations
 
+import json
 import time
 
 import h5py
@@ -80,14 +81,49 @@ def test_four_rank_run_writes_contract_files(tmp_path):
         assert_close(v, sum(m[k] for m in local) / 4, rtol=1e-5, atol=1e-6)
 
 
-def test_two_rank_resume_continues_identically(tmp_path):
-    common = ["sync.mode='postlocal'", "sync.switch_step=4", "sync.period=4", "run.checkpoint_every=6",
-              "train.momentum=0.9"]
+@pytest.mark.parametrize("cut,common", [
+    # FedAvg phase of post-local SGD: averages after steps 7 and 11, so the checkpoint at 10 holds a
+    # non-zero residual, the anchor of step 7 and 3 steps of samples since the last average
+    (10, ["sync.mode='postlocal'", "sync.switch_step=4", "sync.period=4", "train.momentum=0.9",
+          "compress.method=topk", "compress.density=0.05", "compress.selection=sampled"]),
+    # compressed BSP: the gradient residual and the sampler's generator are in the checkpoint
+    (6, ["train.momentum=0.9", "compress.method=topk", "compress.density=0.05", "compress.selection=sampled"]),
+])
+def test_two_rank_resume_continues_identically(tmp_path, cut, common):
+    common = [*common, f"run.checkpoint_every={cut}"]
     full, part = tmp_path / "full", tmp_path / "part"
     run_lbfl(tiny_run_args(full, *common), n=2)
-    run_lbfl(tiny_run_args(part, *common, "train.steps=6"), n=2)
+    run_lbfl(tiny_run_args(part, *common, f"train.steps={cut}"), n=2)
     run_lbfl(tiny_run_args(part, *common, "run.resume=true"), n=2)
     for r in range(2):
         with h5py.File(full / f"rank{r:04d}.h5") as a, h5py.File(part / f"rank{r:04d}.h5") as b:
             assert_close(torch.from_numpy(b["steps/loss"][:]), torch.from_numpy(a["steps/loss"][:]), rtol=0, atol=0)
             np.testing.assert_array_equal(b["steps/step"][:], np.arange(12))
+    final_a, final_b = torch.load(full / "model.pt"), torch.load(part / "model.pt")
+    for k, v in final_a.items():
+        assert_close(final_b[k], v, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_compressed_sync_matches_single_process_reference(n):
+    p = run_mpi(n, [str(SCRIPTS / "sparse_reference.py")])
+    assert f"sparse reference OK: world_size={n}" in p.stdout
+
+
+def test_topk_run_logs_compression_telemetry(tmp_path):
+    out = tmp_path / "run"
+    run_lbfl(tiny_run_args(out, "compress.method=topk", "compress.density=0.01", "compress.warmup_steps=2"), n=2)
+    with open_rank_file(out / "rank0000.h5") as h:
+        steps = read_group(h, "steps")
+        dense = int(h.attrs["dense_bytes"])
+    n = dense // 4 - 1  # flat gradient entries (+1 weight slot)
+    k = round(0.01 * n)
+    np.testing.assert_array_equal(steps["bytes_sent"][:2], [dense, dense])       # dense warm-up
+    np.testing.assert_array_equal(steps["bytes_sent"][2:], 16 + 8 * k)
+    np.testing.assert_allclose(steps["density_actual"], [1.0, 1.0] + [k / n] * 10)
+    assert (steps["residual_norm_sq"][:2] == 0).all() and (steps["residual_norm_sq"][2:] > 0).all()
+    assert (steps["t_compress"][2:] > 0).all()
+    rec = json.loads(run_lbfl(["analyze", str(out), "--json"]).stdout)[0]["ranks"][0]
+    assert rec["dense_bytes"] == dense
+    assert rec["bytes_per_sync"] == float(np.mean(steps["bytes_sent"]))
+    assert rec["mean_t_compress"] == float(np.mean(steps["t_compress"]))

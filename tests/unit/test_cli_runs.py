@@ -8,6 +8,7 @@ import time
 
 import h5py
 import numpy as np
+import pytest
 import torch
 from torch.testing import assert_close
 
@@ -20,6 +21,14 @@ def test_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip() == "lbfl: error: sync.period=0: must be >= 1"
     assert not out.exists()
+
+
+@pytest.mark.parametrize("bad", ["compress.density=0", "compress.density=1.5", "compress.selection=fancy"])
+def test_bad_compression_values_exit_2(tmp_path, bad):
+    p = run_lbfl(tiny_run_args(tmp_path / "run", "compress.method=topk", bad), check=False)
+    assert p.returncode == 2
+    assert len(p.stderr.strip().splitlines()) == 1 and bad.split("=")[0] in p.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_run_dir_is_never_silently_overwritten(tmp_path):

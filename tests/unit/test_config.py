@@ -39,6 +39,13 @@ def test_toml_file_and_typed_overrides(tmp_path):
     ("train.nosuch=1", "unknown config key train.nosuch"),
     ("train.lr", "expected section.key=value"),
     ("telemetry.flush_every=0", "telemetry.flush_every"),
+    ("compress.density=0", "compress.density=0.0: must be in (0, 1]"),
+    ("compress.density=-0.1", "compress.density"),
+    ("compress.density=1.01", "compress.density=1.01"),
+    ("compress.selection=random", "compress.selection='random'"),
+    ("compress.scope=bucket", "compress.scope"),
+    ("compress.method=powersgd", "compress.method"),
+    ("compress.warmup_steps=-1", "compress.warmup_steps"),
 ])
 def test_bad_values_name_the_key(override, fragment):
     with pytest.raises(ConfigError) as e:
