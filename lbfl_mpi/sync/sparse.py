@@ -34,8 +34,12 @@ def _lap(timer, name: str) -> None:
 
 
 def sparse_average(comm, values: torch.Tensor, idx: torch.Tensor, weight: float, numel: int,
-                   timer=None) -> tuple[torch.Tensor, int]:
-    """Dense sum_c w_c C_c / sum_c w_c from every rank's (values, indices); returns (dense, bytes sent)."""
+                   timer=None, out: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """Dense sum_c w_c C_c / sum_c w_c from every rank's (values, indices); returns (dense, bytes sent).
+
+    ``out`` (numel float32, overwritten) avoids allocating a fresh dense vector per call, which on CPU
+    cost more than the whole exchange (page faults; benchmarks/results/*bench_topk.md).
+    """
     k = int(idx.numel())
     payload = torch.empty(2 * k, dtype=torch.float32, device=values.device)
     torch.mul(values, weight, out=payload[:k])
@@ -51,9 +55,9 @@ def sparse_average(comm, values: torch.Tensor, idx: torch.Tensor, weight: float,
         vals.append(recv[off:off + kr])
         inds.append(recv[off + kr:off + c].view(torch.int32))
         off += c
-    dense = torch.zeros(numel, dtype=torch.float32, device=values.device)
-    dense.index_add_(0, torch.cat(inds).long(), torch.cat(vals))
-    dense.div_(float(heads[:, 1].sum()))
+    dense = torch.zeros(numel, dtype=torch.float32, device=values.device) if out is None else out.zero_()
+    # dividing the 2k gathered values is cheaper than dividing the n-entry result
+    dense.index_add_(0, torch.cat(inds).long(), torch.cat(vals).div_(float(heads[:, 1].sum())))
     _lap(timer, "compress")
     return dense, HEADER_BYTES + payload.numel() * payload.element_size()
 
@@ -99,10 +103,11 @@ class SparseBSPSync(BSPSync):
             _lap(timer, "sync")
             self.grads.unpack_(self.grads_())
         else:
-            dense, nbytes = sparse_average(self.comm, values, idx, w, self.grads.numel, timer)
+            # values/idx are copies, so the flat buffer can receive the dense result
+            _, nbytes = sparse_average(self.comm, values, idx, w, self.grads.numel, timer, out=self.grads.body)
             if self.comm.world_size == 1:
                 nbytes = 0
-            for g, v in zip(self.grads_(), dense.split(self.grads.sizes)):
+            for g, v in zip(self.grads_(), self.grads.views):
                 g.copy_(v.view_as(g))
         _lap(timer, "compress")
         return SyncResult(synced=True, bytes_sent=nbytes, density=idx.numel() / self.grads.numel,
@@ -162,7 +167,7 @@ class SparseFedAvgSync(FedAvgSync):
             flat.body.div_(float(flat.buf[-1]))
             avg = flat.body
         else:
-            avg, nbytes = sparse_average(self.comm, values, idx, w, flat.numel, timer)
+            avg, nbytes = sparse_average(self.comm, values, idx, w, flat.numel, timer, out=flat.body)
             if self.comm.world_size == 1:
                 nbytes = 0
         self.anchor += avg
