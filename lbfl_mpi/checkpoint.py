@@ -65,6 +65,7 @@ def save_checkpoint(comm, out_dir, step: int, payload: dict) -> None:
 
 
 def load_checkpoint(comm, out_dir, step: int, device: torch.device) -> dict:
-    """This rank's checkpoint payload for ``step``; RNG states are restored by the caller."""
+    """This rank's checkpoint payload for ``step``, on the CPU (RNG states must stay CPU ByteTensors;
+    load_state_dict moves model and optimizer state to their device). The caller restores RNGs."""
     path = ckpt_dir(out_dir, step) / f"rank{comm.rank:04d}.pt"
-    return torch.load(path, map_location=device, weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=False)

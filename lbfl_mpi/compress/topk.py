@@ -86,32 +86,42 @@ class TopKCompressor:
         self.density, self.selection, self.scope = cfg.density, cfg.selection, cfg.scope
         self.error_feedback = cfg.error_feedback
         self.sample_fraction, self.tolerance = cfg.sample_fraction, cfg.tolerance
+        if numel >= 2**31:
+            raise ValueError(f"top-k over {numel} entries: indices travel as int32 (at most 2**31 - 1)")
         self.sizes = sizes
         self.numel = numel
-        self.residual = torch.zeros(numel, dtype=torch.float32, device=device)
+        self.residual = torch.zeros(numel if self.error_feedback else 0, dtype=torch.float32, device=device)
+        self._spare = torch.empty_like(self.residual)  # next step's acc: no n-vector allocated per step
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
         self.steps = 0
 
     def compress(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(values, int64 indices) of C(x + r); updates the residual. ``x`` is not modified."""
-        acc = x + self.residual if self.error_feedback else x.clone()
+        """(values, int64 indices) of C(x + r); updates the residual. ``x`` is not modified; the
+        values are a copy."""
+        acc = torch.add(x, self.residual, out=self._spare) if self.error_feedback else x
         idx = select(acc, self.density, self.selection, self.scope, self.sizes, self.generator,
                      self.sample_fraction, self.tolerance)
         values = acc[idx]
         if self.error_feedback:
             acc[idx] = 0
-            self.residual = acc
+            self._spare, self.residual = self.residual, acc
         self.steps += 1
         return values, idx
 
     def residual_norm_sq(self) -> float:
-        return float(self.residual.double().pow(2).sum().item()) if self.error_feedback else 0.0
+        """|r|^2 accumulated in float64 over 1M-entry slices (no n-entry float64 temporary)."""
+        if not self.error_feedback:
+            return 0.0
+        total = torch.zeros((), dtype=torch.float64, device=self.residual.device)
+        for chunk in self.residual.split(2**20):
+            total += chunk.double().pow(2).sum()
+        return float(total.item())
 
     def state_dict(self) -> dict:
         return {"residual": self.residual, "steps": self.steps, "generator": self.generator.get_state()}
 
     def load_state_dict(self, d: dict) -> None:
-        self.residual = d["residual"].to(self.residual.device)
+        self.residual = d["residual"].to(self.residual.device).clone()
         self.steps = int(d["steps"])
         self.generator.set_state(d["generator"])

@@ -55,9 +55,15 @@ def sparse_average(comm, values: torch.Tensor, idx: torch.Tensor, weight: float,
         vals.append(recv[off:off + kr])
         inds.append(recv[off + kr:off + c].view(torch.int32))
         off += c
+    total = float(heads[:, 1].sum())
+    if total <= 0:
+        raise RuntimeError(f"sparse average with total weight {total}: no rank contributed samples")
     dense = torch.zeros(numel, dtype=torch.float32, device=values.device) if out is None else out.zero_()
-    # dividing the 2k gathered values is cheaper than dividing the n-entry result
-    dense.index_add_(0, torch.cat(inds).long(), torch.cat(vals).div_(float(heads[:, 1].sum())))
+    # one index_add_ per rank, in rank order: within a rank the indices are unique, so even CUDA's
+    # atomic adds give every rank the same bits (one call over all ranks' duplicates would not);
+    # dividing the k gathered values is cheaper than dividing the n-entry result
+    for v, i in zip(vals, inds):
+        dense.index_add_(0, i.long(), v / total)
     _lap(timer, "compress")
     return dense, HEADER_BYTES + payload.numel() * payload.element_size()
 
