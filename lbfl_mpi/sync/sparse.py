@@ -65,7 +65,19 @@ def sparse_average(comm, values: torch.Tensor, idx: torch.Tensor, weight: float,
     for v, i in zip(vals, inds):
         dense.index_add_(0, i.long(), v / total)
     _lap(timer, "compress")
-    return dense, HEADER_BYTES + payload.numel() * payload.element_size()
+    return dense, (HEADER_BYTES + payload.numel() * payload.element_size()) if comm.world_size > 1 else 0
+
+
+def dense_exchange_(comm, flat, values: torch.Tensor, idx: torch.Tensor, weight: float, timer=None) -> int:
+    """Crossover path: the compressed vector, scattered into ``flat`` with its weight, goes through the
+    dense allreduce; ``flat.buf`` then holds the weighted sum and the total weight. Returns bytes sent."""
+    flat.body.zero_()
+    flat.body[idx] = values * weight
+    flat.buf[-1] = weight
+    _lap(timer, "compress")
+    comm.allreduce_(flat.buf)
+    _lap(timer, "sync")
+    return flat.nbytes if comm.world_size > 1 else 0
 
 
 def uses_dense_exchange(density: float, world_size: int) -> bool:
@@ -99,20 +111,11 @@ class SparseBSPSync(BSPSync):
         values, idx = self.compressor.compress(flat)
         w = float(batch_size)
         if self.dense_exchange:
-            body = self.grads.body
-            body.zero_()
-            body[idx] = values * w
-            self.grads.buf[-1] = w
-            _lap(timer, "compress")
-            self.comm.allreduce_(self.grads.buf)
-            nbytes = self.grads.nbytes if self.comm.world_size > 1 else 0
-            _lap(timer, "sync")
+            nbytes = dense_exchange_(self.comm, self.grads, values, idx, w, timer)
             self.grads.unpack_(self.grads_())
         else:
             # values/idx are copies, so the flat buffer can receive the dense result
             _, nbytes = sparse_average(self.comm, values, idx, w, self.grads.numel, timer, out=self.grads.body)
-            if self.comm.world_size == 1:
-                nbytes = 0
             for g, v in zip(self.grads_(), self.grads.views):
                 g.copy_(v.view_as(g))
         _lap(timer, "compress")
@@ -163,19 +166,10 @@ class SparseFedAvgSync(FedAvgSync):
         w = float(self.samples_since_sync)
         flat = self.state_flat
         if self.dense_exchange:
-            flat.body.zero_()
-            flat.body[idx] = values * w
-            flat.buf[-1] = w
-            _lap(timer, "compress")
-            self.comm.allreduce_(flat.buf)
-            nbytes = flat.nbytes if self.comm.world_size > 1 else 0
-            _lap(timer, "sync")
-            flat.body.div_(float(flat.buf[-1]))
-            avg = flat.body
+            nbytes = dense_exchange_(self.comm, flat, values, idx, w, timer)
+            avg = flat.body.div_(float(flat.buf[-1]))
         else:
             avg, nbytes = sparse_average(self.comm, values, idx, w, flat.numel, timer, out=flat.body)
-            if self.comm.world_size == 1:
-                nbytes = 0
         self.anchor += avg
         flat.body.copy_(self.anchor)
         flat.buf[-1] = 1.0
