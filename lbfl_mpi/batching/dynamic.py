@@ -1,0 +1,62 @@
+"""Heterogeneity-aware batch allocation (OmniLearn-style; Tyagi 2025, Sec. on heterogeneity).
+
+Each client gets a batch proportional to its measured throughput, keeping the global batch fixed, so
+that fast clients stop waiting for slow ones:
+
+1. ideal b_i = G * s_i / sum_j s_j      (s_i: smoothed samples/s of client i, G: global batch)
+2. clamp every b_i to [min_i, max_i]; give what clamping freed or took to the unclamped clients, in
+   proportion to their throughput, until no bound is violated (water-filling)
+3. round to integers with sum exactly G (largest remainders first, bounds kept)
+4. keep the current allocation when no client would change by more than the deadband (relative)
+"""
+from __future__ import annotations
+
+import math
+
+
+def allocate(throughputs: list[float], global_batch: int, min_batch: int | list[int],
+             max_batch: list[int | None] | None = None) -> list[int]:
+    """Integer batch sizes proportional to ``throughputs`` with sum ``global_batch`` within bounds."""
+    n = len(throughputs)
+    lo = [min_batch] * n if isinstance(min_batch, int) else list(min_batch)
+    hi = [math.inf if m is None else m for m in (max_batch or [None] * n)]
+    if any(not (t > 0 and math.isfinite(t)) for t in throughputs):
+        raise ValueError(f"throughputs must be positive and finite, got {throughputs}")
+    if sum(lo) > global_batch:
+        raise ValueError(f"global batch {global_batch} < sum of minimum batches {sum(lo)}")
+    if sum(hi) < global_batch:
+        raise ValueError(f"global batch {global_batch} > sum of maximum batches {sum(hi)}")
+    share = [0.0] * n
+    free = set(range(n))
+    remaining = float(global_batch)
+    while free:
+        total = sum(throughputs[i] for i in free)
+        ideal = {i: remaining * throughputs[i] / total for i in free}
+        low = {i for i in free if ideal[i] < lo[i]}
+        high = {i for i in free if ideal[i] > hi[i]}
+        # pin the side that violates more; pinning both at once could overshoot the budget
+        pin = low if sum(lo[i] - ideal[i] for i in low) >= sum(ideal[i] - hi[i] for i in high) else high
+        if not pin:
+            for i in free:
+                share[i] = ideal[i]
+            break
+        for i in pin:
+            share[i] = lo[i] if i in low else hi[i]
+            remaining -= share[i]
+        free -= pin
+    out = [min(hi[i], max(lo[i], math.floor(share[i]))) for i in range(n)]
+    short = global_batch - sum(out)
+    order = sorted(range(n), key=lambda i: share[i] - math.floor(share[i]), reverse=True)
+    while short > 0:  # largest remainders first, never past a bound
+        for i in order:
+            if short and out[i] < hi[i]:
+                out[i] += 1
+                short -= 1
+    return [int(b) for b in out]
+
+
+def apply_deadband(current: list[int], proposed: list[int], deadband: float) -> list[int]:
+    """``proposed`` if any client's batch changes by more than ``deadband`` (relative), else ``current``."""
+    if any(abs(p - c) > deadband * c for c, p in zip(current, proposed)):
+        return list(proposed)
+    return list(current)
