@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import ConfigError, load_config, reference
+from .config import ConfigError, load_config, reference, validate_for_world
 
 BAD_INPUT = 2
 
@@ -51,8 +51,11 @@ def cmd_train(args) -> int:
 
     comm = Comm()
     with abort_on_error(comm):
-        if error is None and cfg.run.world_size and cfg.run.world_size != comm.world_size:
-            error = f"run.world_size={cfg.run.world_size} but the job has {comm.world_size} ranks"
+        if error is None:
+            try:
+                validate_for_world(cfg, comm.world_size)
+            except ConfigError as e:
+                error = str(e)
         trainer = None
         if error is None:
             try:

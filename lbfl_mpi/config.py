@@ -113,6 +113,25 @@ class CompressConfig:
 
 
 @dataclass
+class BatchingConfig:
+    mode: str = _f("static", "static: every client uses train.batch_size; dynamic: batches proportional to "
+                             "measured throughput with a fixed global batch (OmniLearn).", ("static", "dynamic"))
+    global_batch: int = _f(0, "dynamic: global batch sum_c b_c kept fixed (0: train.batch_size x ranks).")
+    min_batch: int = _f(1, "dynamic: smallest batch a client may get.")
+    max_batch: int = _f(0, "dynamic: largest batch a client may get (0: no limit).")
+    interval: int = _f(20, "dynamic: steps between re-allocations.")
+    deadband: float = _f(0.1, "dynamic: keep the batches unless one would change by more than this fraction.")
+    ewma: float = _f(0.5, "dynamic: weight of the newest interval in the smoothed throughput (1: no smoothing).")
+
+
+@dataclass
+class HeteroConfig:
+    slowdown: list = _f([], "Per-rank slowdown factors emulating slower devices (one per rank; 1.0 = none): "
+                            "a rank with factor f sleeps (f - 1) x t_compute after each compute, logged as "
+                            "t_straggle. Empty: no emulation.")
+
+
+@dataclass
 class TelemetryConfig:
     flush_every: int = _f(10, "Write buffered HDF5 rows every N steps; a killed job loses at most N rows.")
 
@@ -125,6 +144,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    hetero: HeteroConfig = field(default_factory=HeteroConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
 
     def to_dict(self) -> dict:
@@ -275,7 +296,40 @@ def validate(cfg: Config) -> None:
     _check(c.warmup_steps >= 0, "compress.warmup_steps", c.warmup_steps, "must be >= 0")
     _check(0 < c.sample_fraction <= 1, "compress.sample_fraction", c.sample_fraction, "must be in (0, 1]")
     _check(0 < c.tolerance < 1, "compress.tolerance", c.tolerance, "must be in (0, 1)")
+    bt = cfg.batching
+    _check(bt.global_batch >= 0, "batching.global_batch", bt.global_batch, "must be >= 0")
+    _check(bt.min_batch >= 1, "batching.min_batch", bt.min_batch, "must be >= 1")
+    _check(bt.max_batch == 0 or bt.max_batch >= bt.min_batch, "batching.max_batch", bt.max_batch,
+           "must be 0 (no limit) or >= batching.min_batch")
+    _check(bt.interval >= 1, "batching.interval", bt.interval, "must be >= 1")
+    _check(bt.deadband >= 0, "batching.deadband", bt.deadband, "must be >= 0")
+    _check(0 < bt.ewma <= 1, "batching.ewma", bt.ewma, "must be in (0, 1]")
+    _check(all(isinstance(f, (int, float)) and not isinstance(f, bool) and f >= 1 for f in cfg.hetero.slowdown),
+           "hetero.slowdown", cfg.hetero.slowdown, "must be a list of numbers >= 1")
     _check(cfg.telemetry.flush_every >= 1, "telemetry.flush_every", cfg.telemetry.flush_every, "must be >= 1")
+
+
+def validate_for_world(cfg: Config, world_size: int) -> None:
+    """Checks that need the job's rank count (run after MPI starts, before anything is written)."""
+    r, bt = cfg.run, cfg.batching
+    _check(not r.world_size or r.world_size == world_size, "run.world_size", r.world_size,
+           f"does not match the job's {world_size} ranks")
+    n = len(cfg.hetero.slowdown)
+    _check(n in (0, world_size), "hetero.slowdown", cfg.hetero.slowdown,
+           f"needs one factor per rank: {n} given, the job has {world_size} ranks")
+    if bt.mode == "dynamic":
+        g = global_batch(cfg, world_size)
+        _check(g >= world_size * bt.min_batch, "batching.global_batch", g,
+               f"is below {world_size} ranks x batching.min_batch={bt.min_batch}")
+        _check(not bt.max_batch or g <= world_size * bt.max_batch, "batching.global_batch", g,
+               f"is above {world_size} ranks x batching.max_batch={bt.max_batch}")
+
+
+def global_batch(cfg: Config, world_size: int) -> int:
+    """sum_c b_c: batching.global_batch in dynamic mode when set, else train.batch_size x ranks."""
+    if cfg.batching.mode == "dynamic" and cfg.batching.global_batch:
+        return cfg.batching.global_batch
+    return cfg.train.batch_size * world_size
 
 
 # ------------------------------------------------------------------------------------------------ TOML

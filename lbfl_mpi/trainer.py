@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-from .config import Config
+from .batching.dynamic import DynamicBatcher
+from .config import Config, global_batch
 from .data import ClientLoader, eval_batches, load_dataset, partition_indices
 from .models import build_model
 from .optim import build_optimizer, lr_at, set_lr_
@@ -48,7 +49,12 @@ class Trainer:
         torch.manual_seed(seed * 1_000_003 + comm.rank + 1)  # independent dropout/augmentation per client
         self.sync = build_sync(cfg, comm, self.model)
         self.opt = build_optimizer(cfg.train, self.sync.params)
-        self.global_batch = cfg.train.batch_size * comm.world_size
+        self.global_batch = global_batch(cfg, comm.world_size)
+        self.batcher = None
+        if cfg.batching.mode == "dynamic":
+            self.batcher = DynamicBatcher(cfg.batching, comm.world_size, self.global_batch)
+            self.loader.batch_size = self.batcher.sizes[comm.rank]
+        self.slowdown = float(cfg.hetero.slowdown[comm.rank]) if cfg.hetero.slowdown else 1.0
         self.grad_change = GradChange()
         self.start_step = 0
         self.elapsed = 0.0  # wall seconds of earlier segments of a resumed run
@@ -62,6 +68,9 @@ class Trainer:
         self.sync.load_state_dict(ck["sync"])
         self.grad_change.load_state_dict(ck["grad_change"])
         self.elapsed = ck["elapsed"]
+        if self.batcher is not None and ck.get("batcher"):
+            self.batcher.load_state_dict(ck["batcher"])
+            self.loader.batch_size = self.batcher.sizes[self.comm.rank]
         set_rng_state(ck["rng"])
         self.start_step = step
 
@@ -70,6 +79,7 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
             "loader": self.loader.state_dict(), "sync": self.sync.state_dict(),
             "grad_change": self.grad_change.state_dict(), "elapsed": self.elapsed + time.time() - t0,
+            "batcher": self.batcher.state_dict() if self.batcher is not None else None,
         })
 
     # ------------------------------------------------------------------------- pipeline
@@ -92,6 +102,10 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x), y)
         loss.backward()
+        t_fb = timer.lap("compute")
+        if self.slowdown > 1:  # emulated slower device: its own column, never inside t_compute
+            time.sleep((self.slowdown - 1) * t_fb)
+        timer.lap("straggle")
         local_sq = grad_sq_norm(self.sync.params)
         scale = self.transform_grads_(step)
         timer.lap("compute")
@@ -106,6 +120,9 @@ class Trainer:
         res_p = self.sync.sync_params(step, b, timer)
         timer.lap("sync")
         res = res_g if res_g.synced else res_p
+        busy = timer.get("compute") + timer.get("straggle")
+        if self.batcher is not None:
+            self.batcher.observe(b, busy)
         return {
             "step": step, "epoch": self.loader.epoch, "batch_size": b, "lr": lr, "loss": float(loss.item()),
             "t_data": timer.get("data"), "t_compute": timer.get("compute"), "t_compress": timer.get("compress"),
@@ -113,6 +130,7 @@ class Trainer:
             "grad_norm_sq": local_sq, "grad_change": delta, "scale_factor": scale,
             "synced": int(res_g.synced or res_p.synced), "bytes_sent": res_g.bytes_sent + res_p.bytes_sent,
             "density_actual": res.density, "residual_norm_sq": res.residual_norm_sq,
+            "t_straggle": timer.get("straggle"), "throughput": b / busy if busy > 0 else 0.0,
         }
 
     @torch.no_grad()
@@ -160,6 +178,10 @@ class Trainer:
                 if cfg.run.checkpoint_every and done % cfg.run.checkpoint_every == 0:
                     log.flush()
                     self._checkpoint(done, t0)
+                if self.batcher is not None and done < cfg.train.steps:
+                    new = self.batcher.step_end(step, comm)
+                    if new is not None:
+                        self.loader.batch_size = new[comm.rank]
                 bar.update(row["loss"], last.get("acc"))
             log.flush()
             done = cfg.train.steps
@@ -168,7 +190,8 @@ class Trainer:
             self._save_global_model()
             wall = self.elapsed + time.time() - t0
             samples = self.comm.allgather_obj(self.loader.samples_seen)
-            summary = self._summary(log, wall, int(sum(samples))) if comm.rank == 0 else None
+            sizes = self.comm.allgather_obj(self.loader.batch_size)
+            summary = self._summary(log, wall, int(sum(samples)), sizes) if comm.rank == 0 else None
         finally:
             bar.close()
             log.close()
@@ -183,7 +206,7 @@ class Trainer:
                 torch.save(self.model.state_dict(), path.with_suffix(".pt.tmp"))
                 path.with_suffix(".pt.tmp").replace(path)
 
-    def _summary(self, log: RankLog, wall: float, samples: int) -> dict:
+    def _summary(self, log: RankLog, wall: float, samples: int, sizes: list[int]) -> dict:
         cfg = self.cfg
         ev = {k: log.f["eval"][k][:] for k in ("step", "test_loss", "test_acc")}
         best = int(np.argmax(ev["test_acc"]))
@@ -195,6 +218,8 @@ class Trainer:
             "sync_mode": cfg.sync.mode, "period": cfg.sync.period, "dataset": cfg.data.name,
             "partition": cfg.data.partition, "model": cfg.model.name, "partition_sizes": self.partition_sizes,
             "wall_time_s": wall, "samples": samples, "samples_per_s": samples / wall if wall > 0 else 0.0,
+            "batching": cfg.batching.mode, "final_batch_sizes": [int(b) for b in sizes],
+            "batch_changes": self.batcher.changes if self.batcher is not None else 0,
         }
         path = Path(cfg.run.out_dir) / "summary.json"
         path.write_text(json.dumps(summary, indent=2) + "\n")

@@ -60,3 +60,48 @@ def apply_deadband(current: list[int], proposed: list[int], deadband: float) -> 
     if any(abs(p - c) > deadband * c for c, p in zip(current, proposed)):
         return list(proposed)
     return list(current)
+
+
+class DynamicBatcher:
+    """Every ``interval`` steps: smooth this rank's compute throughput (EWMA), allgather it, and
+    re-allocate the batches (``allocate`` + ``apply_deadband``). Every rank computes the same
+    allocation from the same gathered numbers at the same step, so collectives never disagree."""
+
+    def __init__(self, bcfg, world_size: int, global_batch: int):
+        self.interval, self.deadband, self.ewma = bcfg.interval, bcfg.deadband, bcfg.ewma
+        self.min_batch = bcfg.min_batch
+        self.max_batch = [bcfg.max_batch or None] * world_size
+        self.global_batch = global_batch
+        self.sizes = allocate([1.0] * world_size, global_batch, self.min_batch, self.max_batch)
+        self.smoothed: float | None = None
+        self.samples, self.busy = 0, 0.0
+        self.changes = 0
+
+    def observe(self, samples: int, busy_seconds: float) -> None:
+        """Record one step: samples computed and the time spent computing them (incl. slowdown)."""
+        self.samples += samples
+        self.busy += busy_seconds
+
+    def step_end(self, step: int, comm) -> list[int] | None:
+        """Collective every ``interval`` steps; returns the new sizes when they change."""
+        if (step + 1) % self.interval:
+            return None
+        rate = self.samples / max(self.busy, 1e-9)
+        self.smoothed = rate if self.smoothed is None else self.ewma * rate + (1 - self.ewma) * self.smoothed
+        self.samples, self.busy = 0, 0.0
+        rates = [float(r) for r in comm.allgather_obj(self.smoothed)]
+        proposed = allocate(rates, self.global_batch, self.min_batch, self.max_batch)
+        new = apply_deadband(self.sizes, proposed, self.deadband)
+        if new == self.sizes:
+            return None
+        self.sizes = new
+        self.changes += 1
+        return new
+
+    def state_dict(self) -> dict:
+        return {"sizes": self.sizes, "smoothed": self.smoothed, "samples": self.samples, "busy": self.busy,
+                "changes": self.changes}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.sizes, self.smoothed = list(d["sizes"]), d["smoothed"]
+        self.samples, self.busy, self.changes = d["samples"], d["busy"], d["changes"]

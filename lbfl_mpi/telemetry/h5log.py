@@ -18,7 +18,7 @@ STEP_COLUMNS: dict[str, str] = {
     "step": "i8", "epoch": "f8", "batch_size": "i4", "lr": "f8", "loss": "f8",
     "t_data": "f8", "t_compute": "f8", "t_compress": "f8", "t_sync": "f8", "t_step": "f8",
     "grad_norm_sq": "f8", "grad_change": "f8", "scale_factor": "f8", "synced": "i1", "bytes_sent": "i8",
-    "density_actual": "f8", "residual_norm_sq": "f8",
+    "density_actual": "f8", "residual_norm_sq": "f8", "t_straggle": "f8", "throughput": "f8",
 }
 EVAL_COLUMNS: dict[str, str] = {"step": "i8", "test_loss": "f8", "test_acc": "f8"}
 

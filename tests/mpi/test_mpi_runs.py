@@ -66,7 +66,7 @@ def test_four_rank_run_writes_contract_files(tmp_path):
             # FedAvg with H=5 averages after steps 4 and 9; steps 10 and 11 stay local
             np.testing.assert_array_equal(np.flatnonzero(steps["synced"]), [4, 9])
             assert (steps["bytes_sent"][[4, 9]] > 0).all() and steps["bytes_sent"].sum() == 2 * steps["bytes_sent"][4]
-            phases = steps["t_data"] + steps["t_compute"] + steps["t_compress"] + steps["t_sync"]
+            phases = steps["t_data"] + steps["t_compute"] + steps["t_straggle"] + steps["t_compress"] + steps["t_sync"]
             np.testing.assert_allclose(steps["t_step"], phases, rtol=1e-9)
             assert set(read_group(h, "eval")["step"]) == {5, 11}
     assert lengths == {12}
@@ -127,3 +127,34 @@ def test_topk_run_logs_compression_telemetry(tmp_path):
     assert rec["dense_bytes"] == dense
     assert rec["bytes_per_sync"] == float(np.mean(steps["bytes_sent"]))
     assert rec["mean_t_compress"] == float(np.mean(steps["t_compress"]))
+
+
+def test_dynamic_batching_follows_throughput_without_desynchronising(tmp_path):
+    out = tmp_path / "run"
+    run_lbfl(tiny_run_args(out, "batching.mode=dynamic", "batching.global_batch=64", "batching.interval=3",
+                           "batching.deadband=0.05", "batching.min_batch=2", "hetero.slowdown=[1, 1, 1, 3]",
+                           "train.steps=15"), n=4)
+    cols = []
+    for r in range(4):
+        with open_rank_file(out / f"rank{r:04d}.h5") as h:
+            cols.append(read_group(h, "steps"))
+    sizes = np.stack([c["batch_size"] for c in cols])                      # [rank, step]
+    np.testing.assert_array_equal(sizes.sum(0), 64)                         # global batch kept every step
+    np.testing.assert_array_equal(sizes[:, :3], 16)                         # equal split before the first re-allocation
+    assert sizes[3, -1] < sizes[0, -1]                                      # the 3x slower rank gets less
+    assert all((c["step"] == np.arange(15)).all() for c in cols)
+    assert (cols[3]["t_straggle"] > 0).all() and (cols[0]["t_straggle"] < 1e-3).all()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_batch_sizes"] == sizes[:, -1].tolist() and summary["batch_changes"] >= 1
+
+
+@pytest.mark.parametrize("bad,named", [
+    (["batching.mode=dynamic", "batching.global_batch=6", "batching.min_batch=4"], "batching.global_batch"),
+    (["hetero.slowdown=[1, 2, 3]"], "hetero.slowdown"),
+])
+def test_bad_batching_values_exit_2(tmp_path, bad, named):
+    p = run_lbfl(tiny_run_args(tmp_path / "run", *bad), n=2, check=False, timeout=60)
+    assert p.returncode == 2, p.stderr
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("lbfl: error:")]
+    assert len(errors) == 1 and named in errors[0]
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,236 @@
+"""Memory model of paper Eq. 3: M_total = M_model + M_grad + M_opt + M_act + M_batch.
+
+What is analytic and what is measured:
+
+- ``M_model``, ``M_grad`` and ``M_opt`` are computed from the parameter tensors (:func:`static_bytes`);
+  they do not depend on the batch size ``b``.
+- ``M_act`` (tensors autograd keeps for backward) is *measured* at a few probe batch sizes with
+  :func:`activation_bytes` and ``M_batch`` (the input and label tensors) is measured as their
+  ``nbytes``; both are then *modelled* as lines ``intercept + slope * b`` fitted by least squares
+  (:func:`fit_memory`).
+- :meth:`MemoryModel.max_batch` inverts the fitted total to give the largest permissible ``b`` for a
+  device memory budget. On CUDA, :func:`measure_peak_bytes` reads the allocator's peak for one real
+  training step, which also includes allocator rounding and backward-pass temporaries that Eq. 3
+  does not model.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "MemoryModel",
+    "MemoryProbe",
+    "activation_bytes",
+    "fit_memory",
+    "measure_peak_bytes",
+    "static_bytes",
+]
+
+_OPT_BUFFERS = {"adam": 2, "adamw": 2}
+
+
+@dataclass
+class MemoryProbe:
+    """Measured ``M_act`` and ``M_batch`` (bytes) at one probe batch size."""
+
+    batch: int
+    act_bytes: int
+    batch_bytes: int
+
+
+@dataclass
+class MemoryModel:
+    """Eq. 3 with batch-independent terms from :func:`static_bytes` and linear fits for the rest."""
+
+    model_bytes: int
+    grad_bytes: int
+    opt_bytes: int
+    act_slope: float
+    act_intercept: float
+    batch_slope: float
+    batch_intercept: float
+    probes: list[MemoryProbe] = field(default_factory=list)
+
+    @property
+    def static(self) -> int:
+        """``M_model + M_grad + M_opt``: the part of Eq. 3 that does not grow with ``b``."""
+        return self.model_bytes + self.grad_bytes + self.opt_bytes
+
+    def act(self, b: int) -> float:
+        """Modelled ``M_act(b)``."""
+        return self.act_intercept + self.act_slope * b
+
+    def batch(self, b: int) -> float:
+        """Modelled ``M_batch(b)``."""
+        return self.batch_intercept + self.batch_slope * b
+
+    def predict(self, b: int) -> float:
+        """Modelled ``M_total(b)`` in bytes (Eq. 3)."""
+        return self.static + self.act(b) + self.batch(b)
+
+    def max_batch(self, budget_bytes: float) -> int:
+        """Largest ``b >= 0`` with ``predict(b) <= budget_bytes``; 0 when even ``b = 0`` does not fit.
+
+        Solved in closed form from the linear fit, then nudged by whole steps so float rounding in
+        the division cannot return a batch that does not fit (or miss one that does).
+        """
+        if self.predict(0) > budget_bytes:
+            return 0
+        slope = self.act_slope + self.batch_slope
+        if not slope > 0:
+            raise ValueError(f"memory model does not grow with the batch (slope {slope}); no largest batch")
+        b = max(0, int(math.floor((budget_bytes - self.predict(0)) / slope)))
+        while b > 0 and self.predict(b) > budget_bytes:
+            b -= 1
+        while self.predict(b + 1) <= budget_bytes:
+            b += 1
+        return b
+
+    def fit_errors(self) -> list[tuple[int, float]]:
+        """``(b, relative error)`` of the modelled ``M_act + M_batch`` against each probe's measurement."""
+        out = []
+        for p in self.probes:
+            measured = p.act_bytes + p.batch_bytes
+            predicted = self.act(p.batch) + self.batch(p.batch)
+            out.append((p.batch, abs(predicted - measured) / measured if measured else abs(predicted)))
+        return out
+
+
+def _tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def static_bytes(model: nn.Module, optimizer: str, momentum: float = 0.9) -> tuple[int, int, int]:
+    """Analytic ``(M_model, M_grad, M_opt)`` in bytes.
+
+    ``M_model`` counts parameters and buffers (BatchNorm statistics live on the device too);
+    ``M_grad`` one gradient per trainable parameter; ``M_opt`` the optimizer state per trainable
+    parameter: SGD keeps one momentum buffer when ``momentum > 0`` and none otherwise, Adam keeps two
+    moment estimates.
+    """
+    params = list(model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    model_b = _tensor_bytes(params) + _tensor_bytes(model.buffers())
+    grad_b = _tensor_bytes(trainable)
+    name = optimizer.lower()
+    if name == "sgd":
+        n_buffers = 1 if momentum > 0 else 0
+    elif name in _OPT_BUFFERS:
+        n_buffers = _OPT_BUFFERS[name]
+    else:
+        raise ValueError(f"optimizer={optimizer!r} is not modelled; choose one of: adam, adamw, sgd")
+    return model_b, grad_b, n_buffers * grad_b
+
+
+def _storage_key(t: torch.Tensor) -> tuple[str, int, int]:
+    s = t.untyped_storage()
+    return (str(t.device), s.data_ptr(), s.nbytes())
+
+
+def activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Measured ``M_act``: bytes of the storages autograd saves for backward in forward + loss.
+
+    Every tensor passed to the saved-tensor pack hook is reduced to its storage, and each storage is
+    counted once, so views and in-place results sharing memory are not double-counted. Storages of
+    parameters and buffers (already in ``M_model``) and of ``x`` and ``y`` (already in ``M_batch``)
+    are excluded. The model runs in training mode (that is the memory a training step needs); its
+    mode and buffers are restored afterwards so probing does not move BatchNorm statistics.
+    """
+    exclude = {_storage_key(t) for t in list(model.parameters()) + list(model.buffers())}
+    exclude |= {_storage_key(x), _storage_key(y)}
+    seen: dict[tuple[str, int, int], int] = {}
+
+    def pack(t: torch.Tensor):
+        key = _storage_key(t)
+        if key not in exclude:
+            seen[key] = key[2]
+        return t
+
+    was_training = model.training
+    saved_buffers = [b.detach().clone() for b in model.buffers()]
+    try:
+        model.train()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = F.cross_entropy(model(x), y)
+        del loss  # frees the graph; ``seen`` already holds the sizes
+    finally:
+        with torch.no_grad():
+            for b, s in zip(model.buffers(), saved_buffers):
+                b.copy_(s)
+        model.train(was_training)
+    return int(sum(seen.values()))
+
+
+def _random_batch(input_shape, num_classes: int, b: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randn(b, *input_shape, device=device)
+    y = torch.randint(0, num_classes, (b,), device=device)
+    return x, y
+
+
+def _line(xs, ys) -> tuple[float, float]:
+    """Least-squares ``(slope, intercept)``; a single probe gives a line through the origin."""
+    xs = np.asarray(xs, dtype=np.float64)
+    ys = np.asarray(ys, dtype=np.float64)
+    if len(set(xs.tolist())) < 2:
+        return float(ys.mean() / xs.mean()) if xs.mean() else 0.0, 0.0
+    slope, intercept = np.polyfit(xs, ys, 1)
+    return float(slope), float(intercept)
+
+
+def fit_memory(model: nn.Module, input_shape, num_classes: int, optimizer: str, momentum: float, device,
+               probe_batches=(1, 2, 4, 8, 16, 32)) -> MemoryModel:
+    """Fit Eq. 3 for ``model`` on ``device``: analytic static terms plus measured, line-fitted
+    ``M_act`` and ``M_batch`` over ``probe_batches``. Moves ``model`` to ``device`` (in place)."""
+    if not probe_batches or any(int(b) < 1 for b in probe_batches):
+        raise ValueError(f"probe_batches must be positive batch sizes, got {probe_batches!r}")
+    model.to(device)
+    probes = []
+    for b in probe_batches:
+        x, y = _random_batch(input_shape, num_classes, int(b), device)
+        probes.append(MemoryProbe(int(b), activation_bytes(model, x, y), int(x.nbytes + y.nbytes)))
+        del x, y
+    bs = [p.batch for p in probes]
+    act_slope, act_intercept = _line(bs, [p.act_bytes for p in probes])
+    batch_slope, batch_intercept = _line(bs, [p.batch_bytes for p in probes])
+    m, g, o = static_bytes(model, optimizer, momentum)
+    return MemoryModel(m, g, o, act_slope, act_intercept, batch_slope, batch_intercept, probes)
+
+
+def measure_peak_bytes(model: nn.Module, input_shape, num_classes: int, b: int, device,
+                       optimizer: str = "sgd", momentum: float = 0.9, lr: float = 0.01) -> int | None:
+    """Measured peak CUDA allocation over one forward/backward/optimizer step at batch ``b``.
+
+    Returns ``None`` on non-CUDA devices, where no allocator peak is available. The step updates
+    ``model``'s parameters, so pass a copy when they matter.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    model.to(device)
+    model.train()
+    name = optimizer.lower()
+    if name == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    elif name == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+    elif name == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    else:
+        raise ValueError(f"optimizer={optimizer!r} is not modelled; choose one of: adam, adamw, sgd")
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    x, y = _random_batch(input_shape, num_classes, b, device)
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    torch.cuda.synchronize(device)
+    peak = int(torch.cuda.max_memory_allocated(device))
+    del opt, x, y
+    model.zero_grad(set_to_none=True)
+    return peak
