@@ -1,4 +1,4 @@
-"""Command line: ``lbfl train | analyze`` (``python -m lbfl_mpi`` is the same).
+"""Command line: ``lbfl train | plan | analyze | config`` (``python -m lbfl_mpi`` is the same).
 
 Exit codes: 0 success, 2 bad input (config, dataset, run directory), 1 anything else. Under MPI a
 bad input is agreed on by all ranks before anyone exits, and an unexpected exception on any rank
@@ -78,6 +78,52 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
+    return values
+
+
+def cmd_plan(args) -> int:
+    cfg, error = None, None
+    try:
+        cfg = load_config(args.config, args.set or [])
+        if args.memory_budget is not None and args.memory_budget <= 0:
+            raise ConfigError(f"--memory-budget={args.memory_budget}: must be > 0 (GB)")
+    except ConfigError as e:
+        error = str(e)
+    from .dist.comm import Comm, abort_on_error
+
+    comm = Comm()
+    with abort_on_error(comm):
+        result = None
+        if error is None:
+            from .batching.plan import plan_rank
+
+            budget = args.memory_budget * 1e9 if args.memory_budget else None
+            try:
+                result = plan_rank(cfg, comm, budget, args.probes, args.holdout)
+            except _bad_input_types() as e:
+                error = str(e)
+        if _agree_on_error(comm, error):
+            return BAD_INPUT
+        results = comm.allgather_obj(result)
+        if comm.rank == 0:
+            if args.json:
+                import json
+
+                print(json.dumps(results, indent=2))
+            else:
+                from .batching.plan import format_plan
+
+                print("\n\n".join(format_plan(r) for r in results))
+    return 0
+
+
 def cmd_analyze(args) -> int:
     from .analysis import analyze_main
 
@@ -98,6 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override a config value (repeatable); values are TOML: 0.1, true, [1, 2], word")
     t.set_defaults(func=cmd_train)
+    pl = sub.add_parser("plan", help="fit memory (Eq. 3) and compute models on each rank's device")
+    pl.add_argument("--config", help="TOML experiment file (model, data shape, optimizer)")
+    pl.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
+    pl.add_argument("--memory-budget", type=float, metavar="GB",
+                    help="memory per device for the largest permissible batch (default: the GPU's memory)")
+    pl.add_argument("--probes", type=_int_list, default=[1, 2, 4, 8, 16, 32], help="probe batch sizes")
+    pl.add_argument("--holdout", type=_int_list, default=[12, 24, 48], help="held-out batch sizes to check")
+    pl.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    pl.set_defaults(func=cmd_plan)
     a = sub.add_parser("analyze", help="summarise run directories")
     a.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     a.add_argument("--plots", metavar="DIR", help="write PNG charts to DIR")

@@ -159,12 +159,12 @@ def time_steps(model: nn.Module, input_shape, num_classes: int, b: int, device, 
     return ComputeProbe(int(b), float(statistics.median(t_c)), float(statistics.median(t_m)))
 
 
-def _line(xs, ys) -> tuple[float, float]:
+def fit_line(xs, ys) -> tuple[float, float]:
     """Least-squares ``(intercept, slope)``; a single probe gives a line through the origin."""
     xs = np.asarray(xs, dtype=np.float64)
     ys = np.asarray(ys, dtype=np.float64)
     if len(set(xs.tolist())) < 2:
-        return 0.0, float(ys.mean() / xs.mean())
+        return 0.0, float(ys.mean() / xs.mean()) if xs.mean() else 0.0
     slope, intercept = np.polyfit(xs, ys, 1)
     return float(intercept), float(slope)
 
@@ -174,8 +174,8 @@ def fit_from_probes(probes: list[ComputeProbe]) -> ComputeModel:
     if not probes:
         raise ValueError("need at least one probe")
     bs = [p.batch for p in probes]
-    alpha, beta = _line(bs, [p.t_compute for p in probes])
-    gamma, delta = _line(bs, [p.t_mov for p in probes])
+    alpha, beta = fit_line(bs, [p.t_compute for p in probes])
+    gamma, delta = fit_line(bs, [p.t_mov for p in probes])
     return ComputeModel(alpha, beta, gamma, delta, list(probes))
 
 

@@ -18,10 +18,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .compute import fit_line
 
 __all__ = [
     "MemoryModel",
@@ -173,16 +174,6 @@ def _random_batch(input_shape, num_classes: int, b: int, device) -> tuple[torch.
     return x, y
 
 
-def _line(xs, ys) -> tuple[float, float]:
-    """Least-squares ``(slope, intercept)``; a single probe gives a line through the origin."""
-    xs = np.asarray(xs, dtype=np.float64)
-    ys = np.asarray(ys, dtype=np.float64)
-    if len(set(xs.tolist())) < 2:
-        return float(ys.mean() / xs.mean()) if xs.mean() else 0.0, 0.0
-    slope, intercept = np.polyfit(xs, ys, 1)
-    return float(slope), float(intercept)
-
-
 def fit_memory(model: nn.Module, input_shape, num_classes: int, optimizer: str, momentum: float, device,
                probe_batches=(1, 2, 4, 8, 16, 32)) -> MemoryModel:
     """Fit Eq. 3 for ``model`` on ``device``: analytic static terms plus measured, line-fitted
@@ -196,8 +187,8 @@ def fit_memory(model: nn.Module, input_shape, num_classes: int, optimizer: str, 
         probes.append(MemoryProbe(int(b), activation_bytes(model, x, y), int(x.nbytes + y.nbytes)))
         del x, y
     bs = [p.batch for p in probes]
-    act_slope, act_intercept = _line(bs, [p.act_bytes for p in probes])
-    batch_slope, batch_intercept = _line(bs, [p.batch_bytes for p in probes])
+    act_intercept, act_slope = fit_line(bs, [p.act_bytes for p in probes])
+    batch_intercept, batch_slope = fit_line(bs, [p.batch_bytes for p in probes])
     m, g, o = static_bytes(model, optimizer, momentum)
     return MemoryModel(m, g, o, act_slope, act_intercept, batch_slope, batch_intercept, probes)
 
