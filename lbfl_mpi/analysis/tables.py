@@ -14,15 +14,32 @@ def _mean(a: np.ndarray | None) -> float:
     return float(np.mean(a)) if a is not None and a.size else float("nan")
 
 
+def idle_wait_share(run: RunData) -> list[float]:
+    """Per rank: sum over steps of (t_sync - the fastest rank's t_sync that step) / sum of t_step, the
+    share of the step a rank spends waiting for slower ones inside the collective."""
+    cols = [r.steps.get("t_sync") for r in run.ranks]
+    if not cols or any(c is None for c in cols):
+        return []
+    n = min(len(c) for c in cols)
+    sync = np.stack([c[:n] for c in cols])
+    wait = sync - sync.min(axis=0)
+    return [float(wait[i].sum() / max(r.steps["t_step"][:n].sum(), 1e-12)) for i, r in enumerate(run.ranks)]
+
+
 def run_record(run: RunData) -> dict:
     final, best = run.accuracy()
     ranks = []
+    waits = idle_wait_share(run)
     for r in run.ranks:
         rec = {"rank": r.rank, "rows": int(r.steps["step"].size) if "step" in r.steps else 0}
         rec.update({f"mean_{c}": _mean(r.steps.get(c)) for c in TIME_COLUMNS})
         rec["mean_t_compress"] = _mean(r.steps.get("t_compress"))
         rec["bytes_sent_per_step"] = _mean(r.steps.get("bytes_sent"))
         rec.update(_traffic(r))
+        bs = r.steps.get("batch_size")
+        rec["idle_wait_share"] = waits[len(ranks)] if waits else float("nan")
+        rec["batch_changes"] = int(np.count_nonzero(np.diff(bs))) if bs is not None and bs.size else 0
+        rec["final_batch"] = int(bs[-1]) if bs is not None and bs.size else None
         ranks.append(rec)
     s = run.summary or {}
     return {"run": str(run.path), "name": run.name, "final_test_acc": final, "best_test_acc": best,
@@ -69,11 +86,15 @@ def format_run(rec: dict) -> str:
         head += (f"\n   traffic (rank 0): {r0['bytes_per_sync']:.0f} bytes per sync = "
                  f"{100 * r0['bytes_vs_dense']:.2f} % of dense ({r0['dense_bytes']} bytes), density "
                  f"{r0['mean_density']:.4g}, mean t_compress {r0['mean_t_compress'] * 1e3:.2f} ms")
-    cols = ("rank", "rows") + tuple(f"mean_{c}" for c in TIME_COLUMNS)
-    lines = [head, "   " + "  ".join(f"{c.replace('mean_', '') + (' ms' if c.startswith('mean') else ''):>12s}"
+    cols = ("rank", "rows") + tuple(f"mean_{c}" for c in TIME_COLUMNS) + ("idle_wait_share", "final_batch",
+                                                                           "batch_changes")
+    names = {"idle_wait_share": "idle wait %", "final_batch": "final b", "batch_changes": "b changes"}
+    lines = [head, "   " + "  ".join(f"{names.get(c, c.replace('mean_', '') + (' ms' if c.startswith('mean') else '')):>12s}"
                                     for c in cols)]
     for r in rec["ranks"]:
-        lines.append("   " + "  ".join(f"{_fmt(r[c]):>12s}" for c in cols))
+        cells = [f"{100 * r[c]:.1f}" if c == "idle_wait_share" and not math.isnan(r[c]) else _fmt(r[c])
+                 for c in cols]
+        lines.append("   " + "  ".join(f"{x:>12s}" for x in cells))
     return "\n".join(lines)
 
 

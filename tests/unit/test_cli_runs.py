@@ -94,3 +94,19 @@ def test_analyze_reports_accuracy_and_mean_times(tmp_path):
     assert (tmp_path / "plots" / "convergence.png").stat().st_size > 1000
     p = run_lbfl(["analyze", str(tmp_path / "nothing")], check=False)
     assert p.returncode == 2 and "not a run directory" in p.stderr
+
+
+def test_idle_wait_share_closed_form():
+    from lbfl_mpi.analysis.load import RankData, RunData
+    from lbfl_mpi.analysis.tables import idle_wait_share, run_record
+
+    def rank(r, t_sync, t_step, b):
+        steps = {"t_sync": np.array(t_sync), "t_step": np.array(t_step), "batch_size": np.array(b),
+                 "step": np.arange(len(t_sync))}
+        return RankData(rank=r, attrs={}, steps=steps, eval={})
+
+    run = RunData(path=ROOT, name="x", config={}, summary=None, ranks=[
+        rank(0, [0.5, 0.4], [1.0, 1.0], [8, 8]), rank(1, [0.1, 0.2], [1.0, 1.0], [8, 12])])
+    assert idle_wait_share(run) == pytest.approx([(0.4 + 0.2) / 2.0, 0.0])
+    rec = run_record(run)
+    assert [r["batch_changes"] for r in rec["ranks"]] == [0, 1] and rec["ranks"][1]["final_batch"] == 12
