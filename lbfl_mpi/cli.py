@@ -41,31 +41,40 @@ def _agree_on_error(comm, error: str | None) -> bool:
     return bool(bad)
 
 
-def cmd_train(args) -> int:
+def _on_every_rank(args, setup, finish, check_args=None) -> int:
+    """Shared shape of the MPI commands: load the config, start MPI, run ``setup(cfg, comm)`` (which
+    may reject bad input), agree on any rejection so every rank exits 2 together, then run
+    ``finish(cfg, comm, state)``. An unexpected exception anywhere aborts the whole job."""
     cfg, error = None, None
     try:
         cfg = load_config(args.config, args.set or [])
+        if check_args is not None:
+            check_args(args)
     except ConfigError as e:
         error = str(e)
     from .dist.comm import Comm, abort_on_error
 
     comm = Comm()
     with abort_on_error(comm):
+        state = None
         if error is None:
             try:
-                validate_for_world(cfg, comm.world_size)
-            except ConfigError as e:
-                error = str(e)
-        trainer = None
-        if error is None:
-            try:
-                from .trainer import Trainer
-
-                trainer = Trainer(cfg, comm)  # dataset, partition, model: no file is written yet
+                state = setup(cfg, comm)
             except _bad_input_types() as e:
                 error = str(e)
         if _agree_on_error(comm, error):
             return BAD_INPUT
+        return finish(cfg, comm, state)
+
+
+def cmd_train(args) -> int:
+    def setup(cfg, comm):
+        validate_for_world(cfg, comm.world_size)
+        from .trainer import Trainer
+
+        return Trainer(cfg, comm)  # dataset, partition, model: no file is written yet
+
+    def finish(cfg, comm, trainer):
         try:
             summary = trainer.run()
         except ConfigError as e:  # run directory refused: raised identically on every rank
@@ -75,7 +84,9 @@ def cmd_train(args) -> int:
             print(f"final test acc {summary['final_test_acc']:.4f}  best {summary['best_test_acc']:.4f} "
                   f"(after step {summary['best_step'] + 1})  {summary['samples_per_s']:.0f} samples/s  "
                   f"{summary['wall_time_s']:.1f} s  -> {cfg.run.out_dir}", flush=True)
-    return 0
+        return 0
+
+    return _on_every_rank(args, setup, finish)
 
 
 def _int_list(text: str) -> list[int]:
@@ -89,28 +100,17 @@ def _int_list(text: str) -> list[int]:
 
 
 def cmd_plan(args) -> int:
-    cfg, error = None, None
-    try:
-        cfg = load_config(args.config, args.set or [])
-        if args.memory_budget is not None and args.memory_budget <= 0:
-            raise ConfigError(f"--memory-budget={args.memory_budget}: must be > 0 (GB)")
-    except ConfigError as e:
-        error = str(e)
-    from .dist.comm import Comm, abort_on_error
+    def check_args(a):
+        if a.memory_budget is not None and a.memory_budget <= 0:
+            raise ConfigError(f"--memory-budget={a.memory_budget}: must be > 0 (GB)")
 
-    comm = Comm()
-    with abort_on_error(comm):
-        result = None
-        if error is None:
-            from .batching.plan import plan_rank
+    def setup(cfg, comm):
+        from .batching.plan import plan_rank
 
-            budget = args.memory_budget * 1e9 if args.memory_budget else None
-            try:
-                result = plan_rank(cfg, comm, budget, args.probes, args.holdout)
-            except _bad_input_types() as e:
-                error = str(e)
-        if _agree_on_error(comm, error):
-            return BAD_INPUT
+        budget = args.memory_budget * 1e9 if args.memory_budget else None
+        return plan_rank(cfg, comm, budget, args.probes, args.holdout)
+
+    def finish(cfg, comm, result):
         results = comm.allgather_obj(result)
         if comm.rank == 0:
             if args.json:
@@ -121,7 +121,9 @@ def cmd_plan(args) -> int:
                 from .batching.plan import format_plan
 
                 print("\n\n".join(format_plan(r) for r in results))
-    return 0
+        return 0
+
+    return _on_every_rank(args, setup, finish, check_args)
 
 
 def cmd_analyze(args) -> int:
