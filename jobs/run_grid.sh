@@ -13,6 +13,7 @@
 #   MPIEXEC_ARGS  options placed after "-n N"    [--oversubscribe] e.g. MPIEXEC_ARGS="" for srun
 #   LBFL          the lbfl command               [lbfl]           e.g. LBFL=".venv/bin/lbfl"
 #   PYTHON        Python >= 3.11 (reads TOML)    [python3]
+#   PLOTS         also write lbfl analyze's charts to this directory  [none]
 # The script stops at the first failing run (set -euo pipefail); runs already finished keep their files.
 # Overriding run.out_dir with --set is not supported: analysis reads out_dir from the TOML files.
 set -euo pipefail
@@ -64,4 +65,8 @@ for cfg in "${configs[@]}"; do
 done
 echo "=== grid of ${#configs[@]} runs done in $((SECONDS - t_grid)) s" >&2
 
-"${lbfl[@]}" analyze "${out_dirs[@]}"
+if [[ -n "${PLOTS:-}" ]]; then
+    "${lbfl[@]}" analyze "${out_dirs[@]}" --plots "$PLOTS"
+else
+    "${lbfl[@]}" analyze "${out_dirs[@]}"
+fi

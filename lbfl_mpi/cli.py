@@ -103,12 +103,15 @@ def cmd_plan(args) -> int:
     def check_args(a):
         if a.memory_budget is not None and a.memory_budget <= 0:
             raise ConfigError(f"--memory-budget={a.memory_budget}: must be > 0 (GB)")
+        for name in ("rounds", "repeats"):
+            if getattr(a, name) < 1:
+                raise ConfigError(f"--{name}={getattr(a, name)}: must be >= 1")
 
     def setup(cfg, comm):
         from .batching.plan import plan_rank
 
         budget = args.memory_budget * 1e9 if args.memory_budget else None
-        return plan_rank(cfg, comm, budget, args.probes, args.holdout)
+        return plan_rank(cfg, comm, budget, args.probes, args.holdout, rounds=args.rounds, repeats=args.repeats)
 
     def finish(cfg, comm, result):
         results = comm.allgather_obj(result)
@@ -151,8 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     pl.add_argument("--memory-budget", type=float, metavar="GB",
                     help="memory per device for the largest permissible batch (default: the GPU's memory)")
-    pl.add_argument("--probes", type=_int_list, default=[1, 2, 4, 8, 16, 32], help="probe batch sizes")
-    pl.add_argument("--holdout", type=_int_list, default=[12, 24, 48], help="held-out batch sizes to check")
+    pl.add_argument("--probes", type=_int_list, default=[1, 2, 4, 8, 16, 32, 64],
+                    help="probe batch sizes (default 1,2,4,8,16,32,64)")
+    pl.add_argument("--holdout", type=_int_list, default=[12, 24, 48],
+                    help="held-out batch sizes to check (default 12,24,48)")
+    pl.add_argument("--rounds", type=int, default=3,
+                    help="timing rounds over all batch sizes, interleaved; the median is kept (default 3)")
+    pl.add_argument("--repeats", type=int, default=3, help="timed steps per batch size and round (default 3)")
     pl.add_argument("--json", action="store_true", help="print JSON instead of tables")
     pl.set_defaults(func=cmd_plan)
     a = sub.add_parser("analyze", help="summarise run directories")

@@ -93,6 +93,11 @@ class SyncConfig:
                    ("bsp", "fedavg", "postlocal"))
     period: int = _f(1, "H: local steps between model averages (fedavg, postlocal).")
     switch_step: int = _f(0, "postlocal: first step that runs local SGD.")
+    wait_poll_us: float = _f(0.0, "0: wait for slower ranks inside MPI (which busy-polls). > 0: before each "
+                                  "synchronising collective, wait in a non-blocking barrier polled every "
+                                  "this many microseconds, sleeping in between, so that waiting ranks leave "
+                                  "the CPU to ranks still computing (more ranks than cores, emulated "
+                                  "heterogeneity). Numerics are unchanged.")
 
 
 @dataclass
@@ -122,6 +127,13 @@ class BatchingConfig:
     interval: int = _f(20, "dynamic: steps between re-allocations.")
     deadband: float = _f(0.1, "dynamic: keep the batches unless one would change by more than this fraction.")
     ewma: float = _f(0.5, "dynamic: weight of the newest interval in the smoothed throughput (1: no smoothing).")
+    plan_at_start: bool = _f(False, "Run the `lbfl plan` probes (memory Eq. 3, compute model) on each rank's "
+                                    "device before training and store them in the rank file's `plan` group; "
+                                    "with dynamic batching each rank's largest permissible batch becomes its "
+                                    "max batch.")
+    plan_probes: list = _f([1, 2, 4, 8, 16, 32], "plan_at_start: probe batch sizes.")
+    memory_budget_gb: float = _f(0.0, "plan_at_start: device memory budget in GB for the largest permissible "
+                                      "batch (0: the GPU's total memory; no limit on CPU).")
 
 
 @dataclass
@@ -129,6 +141,32 @@ class HeteroConfig:
     slowdown: list = _f([], "Per-rank slowdown factors emulating slower devices (one per rank; 1.0 = none): "
                             "a rank with factor f sleeps (f - 1) x t_compute after each compute, logged as "
                             "t_straggle. Empty: no emulation.")
+
+
+@dataclass
+class ScalingConfig:
+    method: str = _f("none", "Gradient transform before the update (Eq. 5-7): none; step: U(X) of Eq. 6 "
+                             "(factor X by critical phase); gain: per-layer r_l from the gradient noise "
+                             "scale for a target small batch; teacher: the learned A(.) of Eq. 5b. BSP "
+                             "transforms the synchronised gradient, FedAvg each client's local gradient.",
+                     ("none", "step", "gain", "teacher"))
+    threshold: float = _f(0.5, "Critical phase when the gradient change of Eq. 8 is >= this.")
+    ewma: float = _f(0.0, "EWMA weight of the previous value when smoothing Eq. 8 (0: raw Eq. 8).")
+    factor: float = _f(2.0, "step: X, the factor of U(X).")
+    polarity: str = _f("experiments", "step: experiments = scale by X in critical phases (the paper's "
+                                      "Fig. 7/8 runs); equation = scale by X outside them (Eq. 6a as printed).",
+                       ("experiments", "equation"))
+    small_batch: int = _f(0, "Target small batch b_s (gain, teacher) and micro-batch size. Micro-batches "
+                             "are used for teacher pairs, and for the noise scale where the free BSP "
+                             "estimate is unavailable (one rank, FedAvg); must divide train.batch_size "
+                             "there. 0: off (required > 0 for gain and teacher).")
+    noise_ema: float = _f(0.9, "Weight of the past in the bias-corrected EMAs of |G|^2 and tr(Sigma) "
+                               "(noise scale, gain).")
+    teacher_steps: int = _f(50, "teacher: training steps at the start and after each refresh.")
+    teacher_refresh: int = _f(0, "teacher: also retrain every N steps (0: only when a critical phase starts).")
+    teacher_chunk: int = _f(64, "teacher: gradient values per chunk the network reads.")
+    teacher_hidden: int = _f(64, "teacher: hidden units of the per-chunk MLP.")
+    teacher_lr: float = _f(1e-3, "teacher: Adam learning rate.")
 
 
 @dataclass
@@ -146,6 +184,7 @@ class Config:
     compress: CompressConfig = field(default_factory=CompressConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     hetero: HeteroConfig = field(default_factory=HeteroConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
 
     def to_dict(self) -> dict:
@@ -291,6 +330,7 @@ def validate(cfg: Config) -> None:
     _check(t.eval_batch >= 1, "train.eval_batch", t.eval_batch, "must be >= 1")
     _check(s.period >= 1, "sync.period", s.period, "must be >= 1")
     _check(s.switch_step >= 0, "sync.switch_step", s.switch_step, "must be >= 0")
+    _check(s.wait_poll_us >= 0, "sync.wait_poll_us", s.wait_poll_us, "must be >= 0")
     c = cfg.compress
     _check(0 < c.density <= 1, "compress.density", c.density, "must be in (0, 1]")
     _check(c.warmup_steps >= 0, "compress.warmup_steps", c.warmup_steps, "must be >= 0")
@@ -304,8 +344,25 @@ def validate(cfg: Config) -> None:
     _check(bt.interval >= 1, "batching.interval", bt.interval, "must be >= 1")
     _check(bt.deadband >= 0, "batching.deadband", bt.deadband, "must be >= 0")
     _check(0 < bt.ewma <= 1, "batching.ewma", bt.ewma, "must be in (0, 1]")
+    _check(bool(bt.plan_probes) and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1
+                                        for b in bt.plan_probes),
+           "batching.plan_probes", bt.plan_probes, "must be a non-empty list of integers >= 1")
+    _check(bt.memory_budget_gb >= 0, "batching.memory_budget_gb", bt.memory_budget_gb, "must be >= 0")
     _check(all(isinstance(f, (int, float)) and not isinstance(f, bool) and f >= 1 for f in cfg.hetero.slowdown),
            "hetero.slowdown", cfg.hetero.slowdown, "must be a list of numbers >= 1")
+    sc = cfg.scaling
+    _check(sc.factor > 0, "scaling.factor", sc.factor, "must be > 0")
+    _check(sc.threshold >= 0, "scaling.threshold", sc.threshold, "must be >= 0")
+    _check(0 <= sc.ewma < 1, "scaling.ewma", sc.ewma, "must be in [0, 1)")
+    _check(0 <= sc.noise_ema < 1, "scaling.noise_ema", sc.noise_ema, "must be in [0, 1)")
+    _check(sc.small_batch >= 0, "scaling.small_batch", sc.small_batch, "must be >= 0")
+    _check(sc.method not in ("gain", "teacher") or sc.small_batch >= 1, "scaling.small_batch", sc.small_batch,
+           f"must be >= 1 with scaling.method={sc.method!r}")
+    _check(sc.teacher_steps >= 1, "scaling.teacher_steps", sc.teacher_steps, "must be >= 1")
+    _check(sc.teacher_refresh >= 0, "scaling.teacher_refresh", sc.teacher_refresh, "must be >= 0")
+    _check(sc.teacher_chunk >= 1, "scaling.teacher_chunk", sc.teacher_chunk, "must be >= 1")
+    _check(sc.teacher_hidden >= 1, "scaling.teacher_hidden", sc.teacher_hidden, "must be >= 1")
+    _check(sc.teacher_lr > 0, "scaling.teacher_lr", sc.teacher_lr, "must be > 0")
     _check(cfg.telemetry.flush_every >= 1, "telemetry.flush_every", cfg.telemetry.flush_every, "must be >= 1")
 
 
@@ -317,12 +374,30 @@ def validate_for_world(cfg: Config, world_size: int) -> None:
     n = len(cfg.hetero.slowdown)
     _check(n in (0, world_size), "hetero.slowdown", cfg.hetero.slowdown,
            f"needs one factor per rank: {n} given, the job has {world_size} ranks")
+    sc, b = cfg.scaling, cfg.train.batch_size
+    if uses_micro_batches(cfg, world_size):
+        _check(bt.mode == "static", "batching.mode", bt.mode,
+               "must be 'static' when the local batch is split into scaling.small_batch micro-batches")
+        _check(b % sc.small_batch == 0 and b // sc.small_batch >= 2, "scaling.small_batch", sc.small_batch,
+               f"must divide train.batch_size={b} into at least 2 micro-batches")
+    elif sc.method == "gain":
+        _check(sc.small_batch < global_batch(cfg, world_size), "scaling.small_batch", sc.small_batch,
+               f"must be below the global batch {global_batch(cfg, world_size)}")
     if bt.mode == "dynamic":
         g = global_batch(cfg, world_size)
         _check(g >= world_size * bt.min_batch, "batching.global_batch", g,
                f"is below {world_size} ranks x batching.min_batch={bt.min_batch}")
         _check(not bt.max_batch or g <= world_size * bt.max_batch, "batching.global_batch", g,
                f"is above {world_size} ranks x batching.max_batch={bt.max_batch}")
+
+
+def uses_micro_batches(cfg: Config, world_size: int) -> bool:
+    """Whether the local batch is split into micro-batches of scaling.small_batch: always for the
+    teacher's training pairs; for the noise scale (and gain) where the free BSP estimate is missing."""
+    sc = cfg.scaling
+    if sc.small_batch < 1:
+        return False
+    return sc.method == "teacher" or cfg.sync.mode != "bsp" or world_size == 1
 
 
 def global_batch(cfg: Config, world_size: int) -> int:

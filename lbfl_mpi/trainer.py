@@ -19,12 +19,13 @@ import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from .batching.dynamic import DynamicBatcher
-from .config import Config, global_batch
+from .config import Config, ConfigError, global_batch, uses_micro_batches
 from .data import ClientLoader, eval_batches, load_dataset, partition_indices
 from .models import build_model
 from .optim import build_optimizer, lr_at, set_lr_
 from .rundir import prepare_run_dir, rank_file
-from .scaling.critical import GradChange, grad_sq_norm
+from .scaling.critical import grad_sq_norm
+from .scaling.transform import GradTransform
 from .sync import build_sync
 from .telemetry import RankLog, StepTimer
 
@@ -36,7 +37,15 @@ class Trainer:
     def __init__(self, cfg: Config, comm):
         self.cfg, self.comm = cfg, comm
         self.device = comm.pick_device()
+        comm.wait_poll_s = cfg.sync.wait_poll_us * 1e-6
         seed = cfg.run.seed
+        self.plan = None
+        if cfg.batching.plan_at_start:  # before any seeding below: probes draw random batches
+            from .batching.plan import plan_rank
+
+            budget = cfg.batching.memory_budget_gb * 1e9 or None
+            self.plan = plan_rank(cfg, comm, budget, list(cfg.batching.plan_probes), [],
+                                  rounds=2, repeats=2)
         bundle = load_dataset(cfg.data, seed)
         self.test_set = bundle.test
         parts = partition_indices(bundle.train_labels, comm.world_size, cfg.data.partition, seed,
@@ -55,7 +64,9 @@ class Trainer:
             self.batcher = DynamicBatcher(cfg.batching, comm.world_size, self.global_batch)
             self.loader.batch_size = self.batcher.sizes[comm.rank]
         self.slowdown = float(cfg.hetero.slowdown[comm.rank]) if cfg.hetero.slowdown else 1.0
-        self.grad_change = GradChange()
+        self.micro = cfg.scaling.small_batch if uses_micro_batches(cfg, comm.world_size) else 0
+        self.transform = GradTransform(cfg, comm, self.sync.params, self.global_batch, self.device)
+        self.exchanges_stats = comm.world_size > 1 and cfg.sync.mode in ("bsp", "postlocal")
         self.start_step = 0
         self.elapsed = 0.0  # wall seconds of earlier segments of a resumed run
 
@@ -66,7 +77,7 @@ class Trainer:
         self.opt.load_state_dict(ck["optimizer"])
         self.loader.load_state_dict(ck["loader"])
         self.sync.load_state_dict(ck["sync"])
-        self.grad_change.load_state_dict(ck["grad_change"])
+        self.transform.load_state_dict(ck["transform"])
         self.elapsed = ck["elapsed"]
         if self.batcher is not None and ck.get("batcher"):
             self.batcher.load_state_dict(ck["batcher"])
@@ -78,17 +89,42 @@ class Trainer:
         save_checkpoint(self.comm, self.cfg.run.out_dir, step, {
             "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
             "loader": self.loader.state_dict(), "sync": self.sync.state_dict(),
-            "grad_change": self.grad_change.state_dict(), "elapsed": self.elapsed + time.time() - t0,
+            "transform": self.transform.state_dict(), "elapsed": self.elapsed + time.time() - t0,
             "batcher": self.batcher.state_dict() if self.batcher is not None else None,
         })
 
     # ------------------------------------------------------------------------- pipeline
-    def transform_grads_(self, step: int) -> float:
-        """Gradient transform slot (Eq. 5-7); identity: returns scale factor 1."""
-        return 1.0
+    def _backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Mean loss and gradients of the local batch; with micro-batching (``scaling.small_batch``)
+        also the [m, n] micro-batch gradients, whose mean is left in ``.grad`` (same FLOPs, more memory)."""
+        model, params = self.model, self.sync.params
+        self.opt.zero_grad(set_to_none=True)
+        if not self.micro:
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            return loss.detach(), None
+        sizes = [p.numel() for p in params]
+        chunks = list(zip(x.split(self.micro), y.split(self.micro)))
+        flats = torch.empty(len(chunks), sum(sizes), device=x.device)
+        loss = torch.zeros((), device=x.device)
+        for j, (xs, ys) in enumerate(chunks):
+            self.opt.zero_grad(set_to_none=False)
+            lj = F.cross_entropy(model(xs), ys)
+            lj.backward()
+            loss += lj.detach()
+            for v, p in zip(flats[j].split(sizes), params):
+                if p.grad is None:  # a layer this micro-batch did not reach
+                    v.zero_()
+                else:
+                    v.copy_(p.grad.reshape(-1))
+        for v, p in zip(flats.mean(0).split(sizes), params):
+            if p.grad is None:
+                p.grad = torch.empty_like(p)
+            p.grad.copy_(v.view_as(p))
+        return loss / len(chunks), flats
 
     def train_step(self, step: int, timer: StepTimer) -> dict:
-        cfg, model = self.cfg, self.model
+        cfg = self.cfg
         lr = lr_at(cfg.train, step, self.global_batch)
         set_lr_(self.opt, lr)
         timer.start()
@@ -98,23 +134,22 @@ class Trainer:
         timer.lap("data")
         b = int(y.shape[0])
 
-        model.train()
-        self.opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
+        self.model.train()
+        loss, micro = self._backward(x, y)
         t_fb = timer.lap("compute")
         if self.slowdown > 1:  # emulated slower device: its own column, never inside t_compute
             time.sleep((self.slowdown - 1) * t_fb)
         timer.lap("straggle")
         local_sq = grad_sq_norm(self.sync.params)
-        scale = self.transform_grads_(step)
+        stats = self.transform.local_stats(b) if self.exchanges_stats else None
         timer.lap("compute")
 
         # compression (Eq. 9) happens inside the synchroniser, which laps "compress" and "sync"
-        res_g = self.sync.sync_grads(step, b, timer)
+        res_g = self.sync.sync_grads(step, b, timer, stats=stats)
         timer.lap("sync")
-        used_sq = grad_sq_norm(self.sync.params) if res_g.synced and self.comm.world_size > 1 else local_sq
-        delta = self.grad_change.update(used_sq)
+        # gradient transform (Eq. 5-8) on the gradient used for the update: BSP's synchronised one
+        collective = res_g.synced and self.comm.world_size > 1
+        info = self.transform.apply(step, b, res_g.stats, micro, collective, timer)
         self.opt.step()
         timer.lap("compute")
         res_p = self.sync.sync_params(step, b, timer)
@@ -127,7 +162,7 @@ class Trainer:
             "step": step, "epoch": self.loader.epoch, "batch_size": b, "lr": lr, "loss": float(loss.item()),
             "t_data": timer.get("data"), "t_compute": timer.get("compute"), "t_compress": timer.get("compress"),
             "t_sync": timer.get("sync"), "t_step": sum(timer.times.values()),
-            "grad_norm_sq": local_sq, "grad_change": delta, "scale_factor": scale,
+            "grad_norm_sq": local_sq, **info,
             "synced": int(res_g.synced or res_p.synced), "bytes_sent": res_g.bytes_sent + res_p.bytes_sent,
             "density_actual": res.density, "residual_norm_sq": res.residual_norm_sq,
             "t_straggle": timer.get("straggle"), "throughput": b / busy if busy > 0 else 0.0,
@@ -151,8 +186,27 @@ class Trainer:
         return float(acc[0] / acc[2]), float(acc[1] / acc[2])
 
     # ----------------------------------------------------------------------------- loop
+    def _apply_plan_limits(self) -> None:
+        """Collective: each rank's planned largest permissible batch caps its dynamic batch. Every rank
+        sees the same gathered limits, so an infeasible global batch is refused identically everywhere."""
+        limits = self.comm.allgather_obj(self.plan["max_batch"])
+        cap = self.cfg.batching.max_batch or None
+        merged = [m if cap is None else (cap if m is None else min(m, cap)) for m in limits]
+        small = [r for r, m in enumerate(merged) if m is not None and m < self.cfg.batching.min_batch]
+        if small:
+            raise ConfigError(f"batching.memory_budget_gb={self.cfg.batching.memory_budget_gb}: the planned "
+                              f"largest permissible batches {merged} are below batching.min_batch="
+                              f"{self.cfg.batching.min_batch} on ranks {small}")
+        if all(m is not None for m in merged) and sum(merged) < self.global_batch:
+            raise ConfigError(f"batching.global_batch={self.global_batch} does not fit the planned largest "
+                              f"permissible batches {merged} (sum {sum(merged)})")
+        self.batcher.set_max_batch(merged)
+        self.loader.batch_size = self.batcher.sizes[self.comm.rank]
+
     def run(self) -> dict | None:
         cfg, comm = self.cfg, self.comm
+        if self.plan is not None and self.batcher is not None:
+            self._apply_plan_limits()
         resume_step = prepare_run_dir(cfg, comm)
         if resume_step is not None:
             self._restore(resume_step)
@@ -161,7 +215,7 @@ class Trainer:
         log = RankLog(rank_file(cfg.run.out_dir, comm.rank), rank=comm.rank, world_size=comm.world_size,
                       config_json=cfg.to_json(), device=str(self.device),
                       flush_every=cfg.telemetry.flush_every, resume_step=resume_step,
-                      extra_attrs={"dense_bytes": self.sync.dense_bytes})
+                      extra_attrs={"dense_bytes": self.sync.dense_bytes}, plan=self.plan)
         timer = StepTimer(self.device)
         bar = _progress(comm.rank == 0, cfg.train.steps, self.start_step)
         t0 = time.time()

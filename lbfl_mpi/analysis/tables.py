@@ -26,6 +26,46 @@ def idle_wait_share(run: RunData) -> list[float]:
     return [float(wait[i].sum() / max(r.steps["t_step"][:n].sum(), 1e-12)) for i, r in enumerate(run.ranks)]
 
 
+def epoch_vs_ideal(run: RunData, dataset_size: int | None = None) -> dict:
+    """Wall time per global epoch (D samples over all clients) against the ideal.
+
+    actual = D x sum over steps of the slowest rank's ``t_step`` / samples processed by all ranks;
+    ideal  = D / sum_i s_i, with s_i = rank i's samples / its (``t_compute`` + ``t_straggle``): the
+    epoch time if every client's compute throughput were fully used (no waiting, no sync cost).
+    D is the clients' training samples (summary.json ``partition_sizes``) unless given. Evaluation and
+    checkpoints are outside ``t_step`` and so outside both times.
+    """
+    nan = {"epoch_time_s": float("nan"), "ideal_epoch_time_s": float("nan"), "epoch_vs_ideal": float("nan")}
+    need = ("t_step", "t_compute", "batch_size")
+    if not run.ranks or any(c not in r.steps for r in run.ranks for c in need):
+        return nan
+    if dataset_size is None:
+        dataset_size = sum((run.summary or {}).get("partition_sizes") or [])
+    n = min(r.steps["t_step"].size for r in run.ranks)
+    if not dataset_size or n == 0:
+        return nan
+    step = np.stack([r.steps["t_step"][:n] for r in run.ranks]).max(axis=0)
+    samples = np.stack([r.steps["batch_size"][:n] for r in run.ranks]).astype(np.float64)
+    busy = np.stack([r.steps["t_compute"][:n] + r.steps.get("t_straggle", np.zeros(n))[:n] for r in run.ranks])
+    actual = dataset_size * step.sum() / samples.sum()
+    ideal = dataset_size / float((samples.sum(axis=1) / busy.sum(axis=1)).sum())
+    return {"epoch_time_s": float(actual), "ideal_epoch_time_s": ideal, "epoch_vs_ideal": float(actual / ideal)}
+
+
+def scaling_label(config: dict) -> str:
+    """Short description of a run's gradient transform, e.g. ``step X=4 t=0.5``."""
+    sc = config.get("scaling", {})
+    method = sc.get("method", "none")
+    if method == "step":
+        pol = "" if sc.get("polarity", "experiments") == "experiments" else " eq"
+        return f"step X={sc.get('factor', 2.0):g} t={sc.get('threshold', 0.5):g}{pol}"
+    if method == "gain":
+        return f"gain b_s={sc.get('small_batch')}"
+    if method == "teacher":
+        return f"teacher b_s={sc.get('small_batch')}"
+    return method
+
+
 def run_record(run: RunData) -> dict:
     final, best = run.accuracy()
     ranks = []
@@ -45,7 +85,8 @@ def run_record(run: RunData) -> dict:
     return {"run": str(run.path), "name": run.name, "final_test_acc": final, "best_test_acc": best,
             "complete": run.summary is not None, "steps": s.get("steps"), "world_size": len(run.ranks),
             "sync_mode": run.config.get("sync", {}).get("mode"), "samples_per_s": s.get("samples_per_s"),
-            "wall_time_s": s.get("wall_time_s"), "ranks": ranks}
+            "global_batch": s.get("global_batch"), "scaling": scaling_label(run.config),
+            "wall_time_s": s.get("wall_time_s"), **epoch_vs_ideal(run), "ranks": ranks}
 
 
 def _traffic(r) -> dict:
@@ -81,6 +122,9 @@ def format_run(rec: dict) -> str:
         head += "  [incomplete: no summary.json]"
     elif rec["samples_per_s"]:
         head += f", {rec['samples_per_s']:.0f} samples/s, {rec['wall_time_s']:.1f} s"
+    if not math.isnan(rec.get("epoch_vs_ideal", float("nan"))):
+        head += (f"\n   time per global epoch {rec['epoch_time_s']:.2f} s = {rec['epoch_vs_ideal']:.2f} x the ideal "
+                 f"{rec['ideal_epoch_time_s']:.2f} s (every rank's compute throughput fully used)")
     r0 = rec["ranks"][0] if rec["ranks"] else None
     if r0 and not math.isnan(r0["bytes_per_sync"]):
         head += (f"\n   traffic (rank 0): {r0['bytes_per_sync']:.0f} bytes per sync = "
@@ -101,13 +145,15 @@ def format_run(rec: dict) -> str:
 def format_comparison(records: list[dict]) -> str:
     """One line per run, for grids (Table I/II)."""
     w = max(len(r["name"]) for r in records)
-    lines = [f"{'run':{w}s}  {'sync':9s} {'final_acc':>9s} {'best_acc':>9s} {'t_step ms':>9s} "
-             f"{'t_compress ms':>13s} {'% dense bytes':>13s}"]
+    ws = max(7, max(len(r["scaling"]) for r in records))
+    lines = [f"{'run':{w}s}  {'sync':9s} {'scaling':{ws}s} {'B':>5s} {'final_acc':>9s} {'best_acc':>9s} "
+             f"{'t_step ms':>9s} {'t_compress ms':>13s} {'% dense bytes':>13s}"]
     for r in records:
         ranks = r["ranks"]
         t_step = np.nanmean([x["mean_t_step"] for x in ranks]) if ranks else float("nan")
         t_comp = np.nanmean([x["mean_t_compress"] for x in ranks]) if ranks else float("nan")
         ratio = ranks[0]["bytes_vs_dense"] if ranks else float("nan")
-        lines.append(f"{r['name']:{w}s}  {str(r['sync_mode']):9s} {r['final_test_acc']:9.4f} "
+        gb = str(r["global_batch"]) if r["global_batch"] else "-"
+        lines.append(f"{r['name']:{w}s}  {str(r['sync_mode']):9s} {r['scaling']:{ws}s} {gb:>5s} {r['final_test_acc']:9.4f} "
                      f"{r['best_test_acc']:9.4f} {t_step * 1e3:9.2f} {t_comp * 1e3:13.3f} {100 * ratio:13.2f}")
     return "\n".join(lines)

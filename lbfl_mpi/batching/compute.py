@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ComputeModel", "ComputeProbe", "fit_compute", "fit_from_probes", "ring_allreduce_time", "time_steps"]
+__all__ = ["ComputeModel", "ComputeProbe", "fit_compute", "fit_from_probes", "ring_allreduce_time", "time_interleaved",
+           "time_steps"]
 
 KNEE_FRACTION = 0.95
 
@@ -159,31 +160,54 @@ def time_steps(model: nn.Module, input_shape, num_classes: int, b: int, device, 
     return ComputeProbe(int(b), float(statistics.median(t_c)), float(statistics.median(t_m)))
 
 
-def fit_line(xs, ys) -> tuple[float, float]:
-    """Least-squares ``(intercept, slope)``; a single probe gives a line through the origin."""
+def fit_line(xs, ys, relative: bool = False) -> tuple[float, float]:
+    """Least-squares ``(intercept, slope)``; a single probe gives a line through the origin.
+
+    ``relative=True`` minimises the relative residuals ``(y_i - fit_i) / y_i`` instead of the absolute
+    ones, so that small-batch probes (milliseconds) count as much as large ones (seconds); this is
+    the error the plan reports per probe.
+    """
     xs = np.asarray(xs, dtype=np.float64)
     ys = np.asarray(ys, dtype=np.float64)
     if len(set(xs.tolist())) < 2:
         return 0.0, float(ys.mean() / xs.mean()) if xs.mean() else 0.0
-    slope, intercept = np.polyfit(xs, ys, 1)
+    w = None
+    if relative and np.all(ys > 0):
+        w = 1.0 / ys
+    slope, intercept = np.polyfit(xs, ys, 1, w=w)
     return float(intercept), float(slope)
 
 
 def fit_from_probes(probes: list[ComputeProbe]) -> ComputeModel:
-    """Least-squares fit of both lines to already measured probes."""
+    """Fit both lines to already measured probes, minimising relative residuals."""
     if not probes:
         raise ValueError("need at least one probe")
     bs = [p.batch for p in probes]
-    alpha, beta = fit_line(bs, [p.t_compute for p in probes])
-    gamma, delta = fit_line(bs, [p.t_mov for p in probes])
+    alpha, beta = fit_line(bs, [p.t_compute for p in probes], relative=True)
+    gamma, delta = fit_line(bs, [p.t_mov for p in probes], relative=True)
     return ComputeModel(alpha, beta, gamma, delta, list(probes))
 
 
+def time_interleaved(model: nn.Module, input_shape, num_classes: int, batches, device, rounds: int = 3,
+                     warmup: int = 1, repeats: int = 3) -> dict[int, ComputeProbe]:
+    """:func:`time_steps` at every batch size, ``rounds`` times in round-robin order, and the median of
+    each size's rounds. A slow drift of the machine's speed (another job, clock changes) then spreads
+    over all sizes instead of biasing the sizes timed while it lasted."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    runs: dict[int, list[ComputeProbe]] = {int(b): [] for b in batches}
+    for _ in range(rounds):
+        for b in runs:
+            runs[b].append(time_steps(model, input_shape, num_classes, b, device, warmup=warmup, repeats=repeats))
+    return {b: ComputeProbe(b, float(statistics.median(p.t_compute for p in ps)),
+                            float(statistics.median(p.t_mov for p in ps))) for b, ps in runs.items()}
+
+
 def fit_compute(model: nn.Module, input_shape, num_classes: int, device,
-                probe_batches=(1, 2, 4, 8, 16, 32), warmup: int = 2, repeats: int = 5) -> ComputeModel:
-    """Measure :func:`time_steps` at each probe batch and fit the ``t_c`` and ``t_mov`` lines."""
+                probe_batches=(1, 2, 4, 8, 16, 32), rounds: int = 3, repeats: int = 3) -> ComputeModel:
+    """Measure :func:`time_interleaved` at each probe batch and fit the ``t_c`` and ``t_mov`` lines."""
     if not probe_batches:
         raise ValueError("probe_batches is empty")
-    probes = [time_steps(model, input_shape, num_classes, int(b), device, warmup=warmup, repeats=repeats)
-              for b in probe_batches]
-    return fit_from_probes(probes)
+    timed = time_interleaved(model, input_shape, num_classes, probe_batches, device, rounds=rounds,
+                             repeats=repeats)
+    return fit_from_probes([timed[int(b)] for b in probe_batches])

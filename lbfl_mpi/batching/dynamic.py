@@ -77,6 +77,12 @@ class DynamicBatcher:
         self.samples, self.busy = 0, 0.0
         self.changes = 0
 
+    def set_max_batch(self, max_batch: list[int | None]) -> None:
+        """Per-rank upper bounds (e.g. each device's planned largest permissible batch); the current
+        allocation is recomputed within them."""
+        self.max_batch = list(max_batch)
+        self.sizes = allocate([1.0] * len(self.max_batch), self.global_batch, self.min_batch, self.max_batch)
+
     def observe(self, samples: int, busy_seconds: float) -> None:
         """Record one step: samples computed and the time spent computing them (incl. slowdown)."""
         self.samples += samples

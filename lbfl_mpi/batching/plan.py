@@ -14,20 +14,22 @@ import torch
 
 from ..data import load_dataset
 from ..models import build_model
-from .compute import fit_compute, time_steps
+from .compute import fit_from_probes, time_interleaved
 from .memory import activation_bytes, fit_memory, measure_peak_bytes
 
 
 def plan_rank(cfg, comm, budget_bytes: float | None, probes: list[int], holdouts: list[int],
-              repeats: int = 5) -> dict:
+              rounds: int = 3, repeats: int = 3) -> dict:
     device = comm.pick_device()
     bundle = load_dataset(cfg.data, cfg.run.seed)
     shape, classes = tuple(bundle.input_shape), bundle.num_classes
     torch.manual_seed(cfg.run.seed)
     model = build_model(cfg.model.name, shape, classes).to(device)
     mem = fit_memory(model, shape, classes, cfg.train.optimizer, cfg.train.momentum, device, probes)
-    comp = fit_compute(model, shape, classes, device, probes, repeats=repeats)
-    timed = {p.batch: p for p in comp.probes}
+    # probes and held-out sizes are timed in the same interleaved rounds, so drift cannot favour either
+    timed = time_interleaved(model, shape, classes, sorted(set(probes) | set(holdouts)), device,
+                             rounds=rounds, repeats=repeats)
+    comp = fit_from_probes([timed[b] for b in probes])
     if budget_bytes is None and device.type == "cuda":
         budget_bytes = float(torch.cuda.get_device_properties(device).total_memory)
     rows = []
@@ -36,7 +38,7 @@ def plan_rank(cfg, comm, budget_bytes: float | None, probes: list[int], holdouts
         y = torch.randint(0, classes, (b,), device=device)
         measured = mem.static + activation_bytes(model, x, y) + x.nbytes + y.nbytes
         del x, y
-        probe = timed.get(b) or time_steps(model, shape, classes, b, device, repeats=repeats)
+        probe = timed[b]
         predicted_tc = comp.t_compute(b)
         rows.append({
             "batch": b, "held_out": b not in probes,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import time
 import traceback
 from contextlib import contextmanager
 
@@ -69,6 +70,7 @@ class Comm:
         self.chunk_bytes = int(float(os.environ.get("LBFL_ALLREDUCE_CHUNK_MB", "4")) * 2**20)
         self.device = torch.device("cpu")
         self._pinned: dict[tuple, torch.Tensor] = {}
+        self.wait_poll_s = 0.0  # > 0: wait for the other ranks sleeping, not spinning (see arrive())
 
     # -------------------------------------------------------------------------------- device
     def pick_device(self, prefer: str = "auto") -> torch.device:
@@ -109,6 +111,22 @@ class Comm:
             return t.numpy()
         return t  # CUDA-aware path: mpi4py reads __cuda_array_interface__/DLPack
 
+    def arrive(self) -> None:
+        """With ``wait_poll_s > 0``: block until every rank has reached this point by polling a
+        non-blocking barrier and sleeping ``wait_poll_s`` between polls.
+
+        MPI implementations busy-poll inside a blocking collective. When ranks share cores (more
+        ranks than cores, or ranks that also feed a shared GPU), an early rank's spinning takes CPU
+        from the ranks still computing, which slows exactly the ranks everyone waits for. Calling
+        this before the step's collective moves the wait out of the spin loop; the collective then
+        starts with every rank present. Costs one extra barrier latency per call.
+        """
+        if self.wait_poll_s <= 0 or self.world_size == 1:
+            return
+        req = self.comm.Ibarrier()
+        while not req.Test():
+            time.sleep(self.wait_poll_s)
+
     def allreduce_(self, flat: torch.Tensor) -> torch.Tensor:
         """In-place sum of a flat contiguous tensor over all ranks.
 
@@ -120,6 +138,7 @@ class Comm:
         if self.world_size == 1:
             return flat
         host, staged = self._host(flat)
+        self.arrive()
         buf = self._mpi_buf(host)
         step = self.chunk_bytes // host.element_size() if self.chunk_bytes > 0 else host.numel()
         for i in range(0, host.numel(), max(1, step)):

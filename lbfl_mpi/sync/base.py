@@ -17,6 +17,7 @@ class SyncResult:
     bytes_sent: int                 # payload bytes this rank handed to MPI for the step's collective(s)
     density: float = math.nan       # fraction of the vector's entries sent (1 for dense, nan: nothing sent)
     residual_norm_sq: float = 0.0   # |error-feedback residual|^2 after the step (0 without compression)
+    stats: torch.Tensor | None = None  # the ranks' ``stats`` summed, when the scheme exchanged them
 
 
 NO_SYNC = SyncResult(synced=False, bytes_sent=0)
@@ -65,9 +66,10 @@ class Synchronizer:
         flat.unpack_(self.state)
         return flat.nbytes
 
-    def sync_grads(self, step: int, batch_size: int, timer=None) -> SyncResult:
+    def sync_grads(self, step: int, batch_size: int, timer=None, stats: torch.Tensor | None = None) -> SyncResult:
         """Before the optimizer step. ``timer`` (a StepTimer) gets compression time lapped as
-        "compress" and communication as "sync"."""
+        "compress" and communication as "sync". ``stats`` (a small float vector) is summed over the
+        ranks together with the gradients where the scheme exchanges gradients (``SyncResult.stats``)."""
         return NO_SYNC
 
     def sync_params(self, step: int, samples: int, timer=None) -> SyncResult:

@@ -17,9 +17,9 @@ from .base import SyncResult, Synchronizer
 class BSPSync(Synchronizer):
     name = "bsp"
 
-    def __init__(self, comm, model: torch.nn.Module):
+    def __init__(self, comm, model: torch.nn.Module, stats_slots: int = 0):
         super().__init__(comm, model)
-        self.grads = FlatBuffer(self.params)
+        self.grads = FlatBuffer(self.params, extras=stats_slots)
 
     @property
     def dense_bytes(self) -> int:
@@ -32,10 +32,19 @@ class BSPSync(Synchronizer):
                 p.grad = torch.zeros_like(p)
         return [p.grad for p in self.params]
 
-    def sync_grads(self, step: int, batch_size: int, timer=None) -> SyncResult:
+    def sync_grads(self, step: int, batch_size: int, timer=None, stats: torch.Tensor | None = None) -> SyncResult:
         if self.comm.world_size == 1:
-            return SyncResult(synced=True, bytes_sent=0, density=1.0)
-        self.grads.pack_([p.grad for p in self.params], weight=float(batch_size))
+            return SyncResult(synced=True, bytes_sent=0, density=1.0, stats=stats)
+        self.grads.pack_([p.grad for p in self.params], weight=float(batch_size), extras=stats)
         self.comm.allreduce_(self.grads.buf)
         self.grads.unpack_(self.grads_())
-        return SyncResult(synced=True, bytes_sent=self.grads.nbytes, density=1.0)
+        return SyncResult(synced=True, bytes_sent=self.grads.nbytes, density=1.0,
+                          stats=self.summed_stats(stats))
+
+    def summed_stats(self, stats: torch.Tensor | None) -> torch.Tensor | None:
+        """The extras slots after the allreduce (the ranks' stats summed), or None."""
+        if stats is None:
+            return None
+        if self.grads.extras.numel() != stats.numel():
+            raise ValueError(f"{stats.numel()} stats for {self.grads.extras.numel()} slots")
+        return self.grads.extras.detach().to(torch.float64).clone()

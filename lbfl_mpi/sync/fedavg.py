@@ -73,8 +73,8 @@ class PostLocalSync(Synchronizer):
     def dense_bytes(self) -> int:
         return self.bsp.dense_bytes
 
-    def sync_grads(self, step: int, batch_size: int, timer=None) -> SyncResult:
-        return self._active(step).sync_grads(step, batch_size, timer)
+    def sync_grads(self, step: int, batch_size: int, timer=None, stats: torch.Tensor | None = None) -> SyncResult:
+        return self._active(step).sync_grads(step, batch_size, timer, stats)
 
     def sync_params(self, step: int, samples: int, timer=None) -> SyncResult:
         res = self._active(step).sync_params(step, samples, timer)

@@ -45,6 +45,7 @@ def sparse_average(comm, values: torch.Tensor, idx: torch.Tensor, weight: float,
     torch.mul(values, weight, out=payload[:k])
     payload[k:] = idx.to(torch.int32).view(torch.float32)  # indices travel bit-exact in the same buffer
     _lap(timer, "compress")
+    comm.arrive()
     heads = comm.allgather_array(np.array([k, weight], dtype=np.float64))  # [p, 2]
     counts = [2 * int(h[0]) for h in heads]
     recv = comm.allgatherv(payload, counts)
@@ -95,8 +96,8 @@ def _announce_crossover(comm, what: str, density: float) -> None:
 class SparseBSPSync(BSPSync):
     """BSP with top-k compressed gradients (dense for the first ``compress.warmup_steps``)."""
 
-    def __init__(self, comm, model, ccfg, seed: int):
-        super().__init__(comm, model)
+    def __init__(self, comm, model, ccfg, seed: int, stats_slots: int = 0):
+        super().__init__(comm, model, stats_slots)
         self.warmup = ccfg.warmup_steps
         self.compressor = TopKCompressor(ccfg, self.grads.numel, self.grads.buf.device, self.grads.sizes,
                                          seed=seed * 1_000_003 + comm.rank)
@@ -104,10 +105,10 @@ class SparseBSPSync(BSPSync):
         if self.dense_exchange:
             _announce_crossover(comm, "gradient", ccfg.density)
 
-    def sync_grads(self, step: int, batch_size: int, timer=None) -> SyncResult:
+    def sync_grads(self, step: int, batch_size: int, timer=None, stats: torch.Tensor | None = None) -> SyncResult:
         if step < self.warmup:
-            return super().sync_grads(step, batch_size, timer)
-        flat = self.grads.pack_([p.grad for p in self.params])[:-1]
+            return super().sync_grads(step, batch_size, timer, stats)
+        flat = self.grads.pack_([p.grad for p in self.params]).narrow(0, 0, self.grads.numel)
         values, idx = self.compressor.compress(flat)
         w = float(batch_size)
         if self.dense_exchange:
@@ -119,8 +120,13 @@ class SparseBSPSync(BSPSync):
             for g, v in zip(self.grads_(), self.grads.views):
                 g.copy_(v.view_as(g))
         _lap(timer, "compress")
+        summed = None
+        if stats is not None:  # a separate small collective: the compressed exchange has no spare slots
+            summed = stats.detach().to(torch.float64).cpu().clone()
+            self.comm.allreduce_(summed)
+            _lap(timer, "sync")
         return SyncResult(synced=True, bytes_sent=nbytes, density=idx.numel() / self.grads.numel,
-                          residual_norm_sq=self.compressor.residual_norm_sq())
+                          residual_norm_sq=self.compressor.residual_norm_sq(), stats=summed)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "compressor": self.compressor.state_dict()}

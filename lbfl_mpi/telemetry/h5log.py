@@ -19,6 +19,7 @@ STEP_COLUMNS: dict[str, str] = {
     "t_data": "f8", "t_compute": "f8", "t_compress": "f8", "t_sync": "f8", "t_step": "f8",
     "grad_norm_sq": "f8", "grad_change": "f8", "scale_factor": "f8", "synced": "i1", "bytes_sent": "i8",
     "density_actual": "f8", "residual_norm_sq": "f8", "t_straggle": "f8", "throughput": "f8",
+    "phase": "i1", "noise_scale": "f8", "t_teacher": "f8", "teacher_nll": "f8", "teacher_cos": "f8",
 }
 EVAL_COLUMNS: dict[str, str] = {"step": "i8", "test_loss": "f8", "test_acc": "f8"}
 
@@ -43,6 +44,25 @@ def read_group(f: h5py.File, group: str) -> dict[str, np.ndarray]:
     return {k: d[:n] for k, d in g.items()}
 
 
+def write_plan(f: h5py.File, plan: dict) -> None:
+    """Group ``plan``: the ``lbfl plan`` result of this rank. Scalars become attributes (None -> -1 for
+    batch sizes, NaN otherwise), the per-batch table becomes one dataset per column, and the whole
+    result is kept as JSON in the attribute ``json``."""
+    import json
+
+    g = f.create_group("plan")
+    g.attrs["json"] = json.dumps(plan)
+    for k, v in plan.items():
+        if isinstance(v, bool) or isinstance(v, (int, float, str)):
+            g.attrs[k] = v
+        elif v is None:
+            g.attrs[k] = -1 if k.endswith("batch") else float("nan")
+    for col in (plan.get("rows") or [{}])[0]:
+        vals = [r[col] for r in plan["rows"]]
+        g.create_dataset(col, data=np.asarray([np.nan if v is None else v for v in vals], dtype=np.float64)
+                         if col not in ("batch", "held_out") else np.asarray(vals, dtype=np.int64))
+
+
 def versions() -> str:
     import torch
 
@@ -60,7 +80,8 @@ class RankLog:
 
     def __init__(self, path: str | os.PathLike, *, rank: int, world_size: int, config_json: str,
                  device: str, flush_every: int, resume_step: int | None = None,
-                 step_columns: dict[str, str] | None = None, extra_attrs: dict | None = None):
+                 step_columns: dict[str, str] | None = None, extra_attrs: dict | None = None,
+                 plan: dict | None = None):
         self.path = Path(path)
         self.flush_every = flush_every
         self.columns = {"steps": dict(step_columns or STEP_COLUMNS), "eval": dict(EVAL_COLUMNS)}
@@ -79,6 +100,8 @@ class RankLog:
                 d = g.create_dataset(name, shape=(n,), maxshape=(None,), dtype=dtype, chunks=(1024,))
                 if n:
                     d[:] = data
+        if plan is not None:
+            write_plan(f, plan)
         if kept is not None:
             # the crashed file cannot be reopened for writing; the kept rows move to a fresh file
             f.close()

@@ -116,7 +116,11 @@ def test_topk_run_logs_compression_telemetry(tmp_path):
     with open_rank_file(out / "rank0000.h5") as h:
         steps = read_group(h, "steps")
         dense = int(h.attrs["dense_bytes"])
-    n = dense // 4 - 1  # flat gradient entries (+1 weight slot)
+    from lbfl_mpi.models import build_model
+
+    params = [p for p in build_model("cnn", (1, 8, 8), 10).parameters()]
+    n = sum(p.numel() for p in params)  # flat gradient entries
+    assert dense == 4 * (n + len(params) + 1 + 1)  # + per-layer statistics and 1/b, + the weight slot
     k = round(0.01 * n)
     np.testing.assert_array_equal(steps["bytes_sent"][:2], [dense, dense])       # dense warm-up
     np.testing.assert_array_equal(steps["bytes_sent"][2:], 16 + 8 * k)
@@ -146,6 +150,51 @@ def test_dynamic_batching_follows_throughput_without_desynchronising(tmp_path):
     assert (cols[3]["t_straggle"] > 0).all() and (cols[0]["t_straggle"] < 1e-3).all()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_batch_sizes"] == sizes[:, -1].tolist() and summary["batch_changes"] >= 1
+
+
+def test_dynamic_batching_run_equals_weighted_single_process_reference(tmp_path):
+    p = run_mpi(4, [str(SCRIPTS / "dynamic_reference.py"), str(tmp_path / "run")])
+    assert "dynamic reference OK" in p.stdout
+
+
+def _planned_budget_gb(batch: int) -> float:
+    """Memory budget (GB) at which the cnn-on-digits memory model allows exactly ``batch`` samples."""
+    (plan,) = json.loads(run_lbfl(["plan", "--probes", "1,2,4", "--holdout", "3", "--json"]).stdout)
+    per_sample = plan["act_bytes_per_sample"] + plan["batch_bytes_per_sample"]
+    at_1 = plan["rows"][0]["mem_predicted"]
+    return (at_1 + (batch - 1 + 0.5) * per_sample) / 1e9
+
+
+def test_plan_at_start_is_stored_and_caps_dynamic_batches(tmp_path):
+    out = tmp_path / "run"
+    budget = _planned_budget_gb(40)
+    run_lbfl(tiny_run_args(out, "batching.mode=dynamic", "batching.global_batch=64", "batching.interval=3",
+                           "batching.deadband=0.05", "hetero.slowdown=[3, 1]", "batching.plan_at_start=true",
+                           "batching.plan_probes=[1, 2, 4]", f"batching.memory_budget_gb={budget!r}",
+                           "train.steps=15"), n=2)
+    sizes = []
+    for r in range(2):
+        with open_rank_file(out / f"rank{r:04d}.h5") as h:
+            g = h["plan"]
+            assert g.attrs["max_batch"] == 40 and g.attrs["rank"] == r
+            np.testing.assert_array_equal(g["batch"][:], [1, 2, 4])
+            plan = json.loads(g.attrs["json"])
+            assert_close(g["mem_predicted"][:], np.asarray([row["mem_predicted"] for row in plan["rows"]]))
+            sizes.append(read_group(h, "steps")["batch_size"])
+    sizes = np.stack(sizes)
+    np.testing.assert_array_equal(sizes.sum(0), 64)
+    assert sizes.max() <= 40 and sizes[1, -1] == 40   # the fast rank would take 48; the plan caps it
+
+
+def test_plan_at_start_refuses_a_budget_that_cannot_hold_the_global_batch(tmp_path):
+    budget = _planned_budget_gb(20)
+    p = run_lbfl(tiny_run_args(tmp_path / "run", "batching.mode=dynamic", "batching.global_batch=64",
+                               "batching.plan_at_start=true", "batching.plan_probes=[1, 2, 4]",
+                               f"batching.memory_budget_gb={budget!r}"), n=2, check=False, timeout=120)
+    assert p.returncode == 2, p.stderr
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("lbfl: error:")]
+    assert len(errors) == 1 and "[20, 20]" in errors[0], p.stderr
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("bad,named", [

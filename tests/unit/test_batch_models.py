@@ -13,6 +13,7 @@ from lbfl_mpi.batching.compute import (
     ComputeProbe,
     fit_compute,
     fit_from_probes,
+    fit_line,
     ring_allreduce_time,
 )
 from lbfl_mpi.batching.memory import (
@@ -164,6 +165,21 @@ def test_memory_fit_errors_report_relative_error():
 # ---------------------------------------------------------------- compute model
 
 
+def test_relative_fit_weights_small_batches_like_large_ones():
+    # one outlier at b=1 (+50 %): an absolute fit barely moves for it, the relative fit trades it
+    # against the large-batch points, and its relative errors are smaller in total
+    bs = [1, 2, 4, 8, 16, 32]
+    ys = [0.01 + 0.001 * b for b in bs]
+    ys[0] *= 1.5
+    a_abs, b_abs = fit_line(bs, ys)
+    a_rel, b_rel = fit_line(bs, ys, relative=True)
+    rel = lambda a, s: sum(((a + s * x) - y) ** 2 / y**2 for x, y in zip(bs, ys))  # noqa: E731
+    assert rel(a_rel, b_rel) < rel(a_abs, b_abs)
+    w = 1 / np.asarray(ys)
+    slope, intercept = np.polyfit(bs, ys, 1, w=w)
+    assert (a_rel, b_rel) == pytest.approx((intercept, slope), rel=1e-12)
+
+
 def test_fit_from_exact_linear_probes_recovers_coefficients():
     alpha, beta, gamma, delta = 0.003, 0.0005, 1e-4, 2e-6
     probes = [ComputeProbe(b, alpha + beta * b, gamma + delta * b) for b in (1, 2, 4, 8, 16, 32)]
@@ -220,14 +236,15 @@ def test_fit_compute_smoke_on_mlp():
     model = build_model("mlp", shape, 10)
     before = [p.detach().clone() for p in model.parameters()]
     batches = (1, 4, 16)
-    cm = fit_compute(model, shape, 10, "cpu", probe_batches=batches, warmup=1, repeats=3)
+    cm = fit_compute(model, shape, 10, "cpu", probe_batches=batches, rounds=2, repeats=2)
     assert [p.batch for p in cm.probes] == list(batches)
     for p in cm.probes:
         assert math.isfinite(p.t_compute) and p.t_compute > 0
         assert math.isfinite(p.t_mov) and p.t_mov > 0
     bs = [p.batch for p in cm.probes]
-    beta, alpha = np.polyfit(bs, [p.t_compute for p in cm.probes], 1)
-    delta, gamma = np.polyfit(bs, [p.t_mov for p in cm.probes], 1)
+    tc, tm = [p.t_compute for p in cm.probes], [p.t_mov for p in cm.probes]
+    beta, alpha = np.polyfit(bs, tc, 1, w=1 / np.asarray(tc))  # relative residuals
+    delta, gamma = np.polyfit(bs, tm, 1, w=1 / np.asarray(tm))
     assert (cm.alpha, cm.beta, cm.gamma, cm.delta) == pytest.approx((alpha, beta, gamma, delta), rel=1e-9, abs=1e-15)
     assert cm.recommended_batch() in batches
     # timing runs on a copy: the caller's weights are untouched

@@ -1,0 +1,109 @@
+"""Gradient noise scale and the per-layer gain of a small-batch gradient (McCandlish et al. 2018,
+"An Empirical Model of Large-Batch Training", App. A).
+
+For a gradient estimated from a batch of B samples, E|G_B|^2 = |G|^2 + tr(Sigma) / B, with G the
+true gradient and Sigma the per-sample covariance. Two estimates at batch sizes b < B give unbiased
+estimates of both terms (App. A, Eq. A.2):
+
+    |G|^2    ~ (B |G_B|^2 - b |G_b|^2) / (B - b)
+    tr(Sigma) ~ (|G_b|^2 - |G_B|^2) / (1/b - 1/B)
+
+and the simple noise scale B_simple = tr(Sigma) / |G|^2 (Eq. 2.8). Both terms are smoothed with a
+bias-corrected exponential moving average before the ratio is taken, as the paper recommends.
+
+Where the two estimates come from:
+
+- BSP with several ranks, for free: the small one is each rank's local gradient (batch b_i; the mean
+  over ranks of |g_i|^2 with b = the harmonic mean of the b_i, because E|g_i|^2 = |G|^2 + tr/b_i),
+  the large one the synchronised gradient (batch sum b_i);
+- one rank or FedAvg: micro-batches of ``scaling.small_batch`` samples of the local batch (small)
+  and their mean (large).
+
+Everything is kept per layer (parameter tensor), so that the gain of Eq. 7 can be applied per layer:
+
+    r_l = sqrt(E|g_small,l|^2 / E|G_large,l|^2) = sqrt((|G_l|^2 + tr_l / b_s) / (|G_l|^2 + tr_l / B))
+
+the factor by which a gradient of a small batch b_s is longer than the large-batch one. It is the
+principled counterpart of the hand-tuned X of Eq. 7: 1 <= r_l <= sqrt(B / b_s) (pure noise).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+EPS = 1e-30
+
+
+def two_batch_estimates(small_sq: torch.Tensor, big_sq: torch.Tensor, b_small: float, b_big: float
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-layer unbiased (|G|^2, tr(Sigma)) from E|G_b|^2 and |G_B|^2 (McCandlish App. A)."""
+    if not b_big > b_small > 0:
+        raise ValueError(f"need b_big > b_small > 0, got b_small={b_small}, b_big={b_big}")
+    g2 = (b_big * big_sq - b_small * small_sq) / (b_big - b_small)
+    tr = (small_sq - big_sq) / (1.0 / b_small - 1.0 / b_big)
+    return g2, tr
+
+
+class NoiseScale:
+    """Bias-corrected EMAs of per-layer |G|^2 and tr(Sigma); ``b_simple`` and ``gain``."""
+
+    def __init__(self, n_layers: int, beta: float = 0.9):
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"beta must be in [0, 1), got {beta}")
+        self.beta = beta
+        self.g2 = torch.zeros(n_layers, dtype=torch.float64)
+        self.tr = torch.zeros(n_layers, dtype=torch.float64)
+        self.t = 0
+
+    def update(self, small_sq, big_sq, b_small: float, b_big: float) -> None:
+        """Add one step's per-layer squared norms: ``small_sq`` = E|G_b|^2, ``big_sq`` = |G_B|^2."""
+        small_sq = torch.as_tensor(small_sq, dtype=torch.float64).cpu()
+        big_sq = torch.as_tensor(big_sq, dtype=torch.float64).cpu()
+        g2, tr = two_batch_estimates(small_sq, big_sq, float(b_small), float(b_big))
+        self.g2.mul_(self.beta).add_(g2, alpha=1.0 - self.beta)
+        self.tr.mul_(self.beta).add_(tr, alpha=1.0 - self.beta)
+        self.t += 1
+
+    def _corrected(self) -> tuple[torch.Tensor, torch.Tensor]:
+        c = 1.0 - self.beta ** self.t
+        return self.g2 / c, self.tr / c
+
+    @property
+    def ready(self) -> bool:
+        return self.t > 0
+
+    def b_simple(self) -> float:
+        """tr(Sigma) / |G|^2 over all layers; NaN before the first update or when |G|^2 <= 0."""
+        if not self.ready:
+            return math.nan
+        g2, tr = self._corrected()
+        total = float(g2.sum())
+        return float(tr.sum()) / total if total > 0 else math.nan
+
+    def gain(self, b_small: float, b_large: float) -> torch.Tensor:
+        """Per-layer r_l for a target small batch ``b_small`` and the batch ``b_large`` of the gradient
+        being scaled; 1 everywhere before the first update. Negative noisy estimates are clipped
+        (|G|^2 to a tiny positive value, tr to 0), which keeps 1 <= r_l <= sqrt(b_large / b_small)."""
+        if not self.ready:
+            return torch.ones_like(self.g2)
+        g2, tr = self._corrected()
+        g2 = g2.clamp_min(EPS)
+        tr = tr.clamp_min(0.0)
+        return torch.sqrt((g2 + tr / b_small) / (g2 + tr / b_large))
+
+    def state_dict(self) -> dict:
+        return {"g2": self.g2.clone(), "tr": self.tr.clone(), "t": self.t}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.g2, self.tr, self.t = d["g2"].clone(), d["tr"].clone(), int(d["t"])
+
+
+def layer_sq_norms(tensors) -> torch.Tensor:
+    """Per-tensor squared L2 norms in float64, on the tensors' device (a missing tensor counts 0)."""
+    out = [t.detach().to(torch.float64).pow(2).sum() if t is not None else None for t in tensors]
+    ref = next((o for o in out if o is not None), None)
+    if ref is None:
+        return torch.zeros(len(out), dtype=torch.float64)
+    return torch.stack([o if o is not None else torch.zeros((), dtype=torch.float64, device=ref.device)
+                        for o in out])

@@ -1,0 +1,144 @@
+"""The trainer's gradient-transform stage (Tyagi 2025, Eq. 5a-c): G~ = A(G), then w <- w - eta G~.
+
+Runs after the gradient synchronisation, so in BSP it sees the synchronised gradient (every rank
+applies the same G~) and in FedAvg each client's local gradient. Per step it
+
+1. updates the noise-scale estimate (McCandlish et al. 2018, App. A; :mod:`.noise_scale`) from the
+   BSP statistics summed with the gradients, or from micro-batches of the local batch;
+2. computes the gradient change of Eq. 8 (optionally EWMA-smoothed) and the phase (:mod:`.critical`);
+3. applies ``scaling.method``: none; step, U(X) of Eq. 6 (:mod:`.step`); gain, the per-layer r_l of
+   :mod:`.noise_scale` (the principled Eq. 7); teacher, the learned A of Eq. 5b (:mod:`.teacher`).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .critical import GradChange, is_critical
+from .noise_scale import NoiseScale, layer_sq_norms
+from .step import scale_grads_, step_factor
+from .teacher import Teacher, cosine
+
+
+class GradTransform:
+    def __init__(self, cfg, comm, params: list[torch.Tensor], global_batch: int, device):
+        self.sc, self.comm, self.params = cfg.scaling, comm, params
+        self.global_batch = global_batch
+        self.detector = GradChange(self.sc.ewma)
+        self.noise = NoiseScale(len(params), self.sc.noise_ema)
+        self.teacher = None
+        self.teacher_left = 0
+        if self.sc.method == "teacher":
+            self.teacher = Teacher([p.numel() for p in params], device, self.sc.teacher_chunk,
+                                   self.sc.teacher_hidden, self.sc.teacher_lr, seed=cfg.run.seed)
+            self.teacher_left = self.sc.teacher_steps
+        self.was_critical = False
+
+    # ------------------------------------------------------------------------------ inputs
+    def local_stats(self, batch_size: int) -> torch.Tensor:
+        """[|g_l|^2 for each layer] ++ [1 / b] of this rank's local gradient, summed over the ranks by
+        the BSP exchange (free noise-scale estimate)."""
+        sq = layer_sq_norms([p.grad for p in self.params]).to(torch.float32)
+        return torch.cat([sq, torch.tensor([1.0 / batch_size], dtype=torch.float32, device=sq.device)])
+
+    def _update_noise(self, summed: torch.Tensor | None, micro: torch.Tensor | None, b: int) -> float:
+        """One noise-scale update; returns the batch of the gradient the transform sees."""
+        W = self.comm.world_size
+        big_sq = layer_sq_norms([p.grad for p in self.params])
+        if summed is not None:  # BSP: mean local |g_i|^2 at the harmonic-mean b, against the synced G
+            n = len(self.params)
+            small_sq = summed[:n].to(big_sq) / W
+            b_small = W / float(summed[n])
+            self.noise.update(small_sq, big_sq, b_small, self.global_batch)
+            return float(self.global_batch)
+        if micro is not None:  # micro-batches of the local batch against their mean
+            small_sq = torch.stack([micro_layer.double().pow(2).sum(1).mean() for micro_layer in
+                                    self._layer_slices(micro)])
+            self.noise.update(small_sq, big_sq, self.sc.small_batch, b)
+        return float(b)
+
+    def _layer_slices(self, micro: torch.Tensor) -> list[torch.Tensor]:
+        return list(micro.split([p.numel() for p in self.params], dim=1))
+
+    def _micro_grads(self, micro: torch.Tensor, j: int) -> list[torch.Tensor]:
+        return [v.view_as(p) for v, p in zip(micro[j].split([p.numel() for p in self.params]), self.params)]
+
+    # ------------------------------------------------------------------------------- apply
+    def apply(self, step: int, b: int, summed: torch.Tensor | None, micro: torch.Tensor | None,
+              collective: bool, timer=None) -> dict:
+        """Transform the gradients in ``self.params[i].grad`` in place; returns the logged values.
+
+        ``summed``: the BSP statistics summed over ranks (None when none were exchanged);
+        ``micro``: [m, n] micro-batch gradients of the local batch (or None); ``collective``: all
+        ranks see the same gradient this step (BSP), so teacher training averages over ranks.
+        """
+        grads = [p.grad for p in self.params]
+        b_large = self._update_noise(summed, micro, b)
+        delta = self.detector.update(float(layer_sq_norms(grads).sum()))
+        critical = is_critical(delta, self.sc.threshold)
+        out = {"grad_change": delta, "phase": int(critical), "noise_scale": self.noise.b_simple(),
+               "scale_factor": 1.0, "t_teacher": 0.0, "teacher_nll": math.nan, "teacher_cos": math.nan}
+        method = self.sc.method
+        if method == "step":
+            out["scale_factor"] = step_factor(critical, self.sc.factor, self.sc.polarity)
+            scale_grads_(grads, out["scale_factor"])
+        elif method == "gain":
+            r = self.noise.gain(self.sc.small_batch, b_large)
+            with torch.no_grad():
+                for g, rl in zip(grads, r.tolist()):
+                    g.mul_(rl)
+            out["scale_factor"] = float(r.mean())
+        elif method == "teacher":
+            if timer is not None:
+                timer.lap("compute")
+            self._teacher_step(step, grads, micro, critical, collective, out)
+            if timer is not None:
+                out["t_teacher"] = timer.lap("teacher")
+        self.was_critical = critical
+        return out
+
+    def _teacher_step(self, step, grads, micro, critical, collective, out) -> None:
+        sc, teacher = self.sc, self.teacher
+        if (critical and not self.was_critical and teacher.trained_steps >= sc.teacher_steps) or \
+                (sc.teacher_refresh and step > 0 and step % sc.teacher_refresh == 0):
+            self.teacher_left = sc.teacher_steps  # retrain: a critical phase begins, or the refresh period
+        m = micro.shape[0]
+        local_big = [v.view_as(p) for v, p in zip(micro.mean(0).split([p.numel() for p in self.params]),
+                                                   self.params)]
+        held_out = self._micro_grads(micro, m - 1)  # never trained on: the cosine is out of sample
+        if self.teacher_left > 0:
+            smalls = [self._micro_grads(micro, j) for j in range(m - 1)]
+            out["teacher_nll"] = teacher.train_step(local_big, smalls, self._average if collective else None)
+            self.teacher_left -= 1
+        if teacher.trained_steps < sc.teacher_steps:
+            return  # still in the initial training: the gradient is left as it is
+        new = teacher.sample(grads, step)
+        with torch.no_grad():
+            ratios = [float(n.norm() / g.norm()) if float(g.norm()) > 0 else 1.0 for n, g in zip(new, grads)]
+            for g, n in zip(grads, new):
+                g.copy_(n)
+        out["scale_factor"] = sum(ratios) / len(ratios)
+        out["teacher_cos"] = cosine(new, held_out)
+
+    def _average(self, tensors: list[torch.Tensor]) -> None:
+        flat = torch.cat([t.reshape(-1) for t in tensors]).contiguous()
+        self.comm.allreduce_(flat)
+        flat /= self.comm.world_size
+        off = 0
+        for t in tensors:
+            t.copy_(flat[off:off + t.numel()].view_as(t))
+            off += t.numel()
+
+    # ------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"detector": self.detector.state_dict(), "noise": self.noise.state_dict(),
+                "teacher": self.teacher.state_dict() if self.teacher is not None else None,
+                "teacher_left": self.teacher_left, "was_critical": self.was_critical}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.detector.load_state_dict(d["detector"])
+        self.noise.load_state_dict(d["noise"])
+        if self.teacher is not None and d.get("teacher"):
+            self.teacher.load_state_dict(d["teacher"])
+        self.teacher_left, self.was_critical = int(d["teacher_left"]), bool(d["was_critical"])

@@ -1,0 +1,113 @@
+"""Gradient transforms (Eq. 5-8) in real multi-rank runs: references, agreement between ranks, errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.testing import assert_close
+
+from lbfl_mpi.telemetry import open_rank_file, read_group
+
+from ..conftest import run_lbfl, tiny_run_args
+
+
+def _steps(out, rank=0):
+    with open_rank_file(out / f"rank{rank:04d}.h5") as h:
+        return read_group(h, "steps")
+
+
+def _local_models(out, step, n):
+    return [torch.load(out / "checkpoints" / f"step_{step:08d}" / f"rank{r:04d}.pt", weights_only=False)["model"]
+            for r in range(n)]
+
+
+def test_factor_one_is_bitwise_the_unscaled_run(tmp_path):
+    plain, x1 = tmp_path / "plain", tmp_path / "x1"
+    run_lbfl(tiny_run_args(plain), n=2)
+    run_lbfl(tiny_run_args(x1, "scaling.method=step", "scaling.factor=1.0", "scaling.threshold=0"), n=2)
+    a, b = _steps(plain), _steps(x1)
+    assert (b["phase"] == 1).all()  # every step is "critical", so U(X) = X = 1 is applied every step
+    for col in ("loss", "grad_norm_sq", "grad_change", "noise_scale"):
+        np.testing.assert_array_equal(a[col], b[col])
+    ma, mb = torch.load(plain / "model.pt"), torch.load(x1 / "model.pt")
+    for k in ma:
+        assert torch.equal(ma[k], mb[k]), k
+
+
+def test_step_scaling_in_every_step_equals_a_larger_learning_rate(tmp_path):
+    # threshold 0: every step is critical, so w <- w - lr X G, which plain SGD does with lr' = lr X
+    scaled, ref = tmp_path / "scaled", tmp_path / "ref"
+    run_lbfl(tiny_run_args(scaled, "train.lr=0.02", "scaling.method=step", "scaling.factor=4.0",
+                           "scaling.threshold=0"), n=2)
+    run_lbfl(tiny_run_args(ref, "train.lr=0.08"), n=2)
+    assert (_steps(scaled)["scale_factor"] == 4.0).all()
+    ms, mr = torch.load(scaled / "model.pt"), torch.load(ref / "model.pt")
+    for k in ms:
+        assert_close(ms[k], mr[k], rtol=1e-4, atol=1e-6)
+
+
+def test_equation_polarity_scales_outside_critical_phases(tmp_path):
+    out = tmp_path / "run"
+    run_lbfl(tiny_run_args(out, "scaling.method=step", "scaling.factor=3.0", "scaling.threshold=0.2",
+                           "scaling.polarity=equation"), n=2)
+    s = _steps(out)
+    np.testing.assert_array_equal(s["phase"], (s["grad_change"] >= 0.2).astype(np.int8))
+    np.testing.assert_array_equal(s["scale_factor"], np.where(s["phase"] == 1, 1.0, 3.0))
+    assert 0 < s["phase"].sum() < len(s["phase"])  # both regimes occur, so the test sees both
+
+
+@pytest.mark.parametrize("method", [
+    ["scaling.method=step", "scaling.factor=2.0", "scaling.threshold=0.3"],
+    ["scaling.method=gain", "scaling.small_batch=2"],
+    ["scaling.method=teacher", "scaling.small_batch=4", "scaling.teacher_steps=3", "scaling.teacher_refresh=5"],
+])
+def test_bsp_ranks_hold_identical_parameters_after_scaled_steps(tmp_path, method):
+    out = tmp_path / "run"
+    run_lbfl(tiny_run_args(out, *method, "run.checkpoint_every=12"), n=4)
+    models = _local_models(out, 12, 4)
+    for m in models[1:]:
+        for k in m:
+            assert torch.equal(m[k], models[0][k]), k
+    s = [_steps(out, r) for r in range(4)]
+    for col in ("scale_factor", "phase", "grad_change", "noise_scale"):
+        for r in range(1, 4):
+            np.testing.assert_array_equal(s[r][col], s[0][col])
+    assert np.isfinite(s[0]["noise_scale"][1:]).all()
+    if "scaling.method=gain" in method:
+        assert (s[0]["scale_factor"] >= 1.0).all() and (s[0]["scale_factor"] > 1.0).any()
+    if "scaling.method=teacher" in method:
+        trained = np.isfinite(s[0]["teacher_nll"])
+        assert trained[:3].all() and np.isfinite(s[0]["teacher_cos"][3:]).all() and (s[0]["t_teacher"] > 0).all()
+
+
+def test_fedavg_noise_scale_comes_from_micro_batches(tmp_path):
+    on, off = tmp_path / "on", tmp_path / "off"
+    common = ["sync.mode=fedavg", "sync.period=4", "train.batch_size=32"]
+    run_lbfl(tiny_run_args(on, *common, "scaling.small_batch=4"), n=2)
+    run_lbfl(tiny_run_args(off, *common), n=2)
+    a, b = _steps(on, 0)["noise_scale"], _steps(on, 1)["noise_scale"]
+    # each client estimates from its own 8 micro-batches (the first step may still be negative: NaN)
+    assert np.isfinite(a[1:]).all() and np.isfinite(b[1:]).all() and (a[1:] > 0).all()
+    assert not np.array_equal(a, b)
+    assert np.isnan(_steps(off)["noise_scale"]).all()  # FedAvg without micro-batches has no estimate
+
+
+@pytest.mark.parametrize("bad,named", [
+    (["scaling.method=step", "scaling.factor=0"], "scaling.factor"),
+    (["scaling.method=step", "scaling.threshold=-0.1"], "scaling.threshold"),
+    (["scaling.method=teacher", "scaling.small_batch=3"], "scaling.small_batch"),   # 3 does not divide 8
+    (["scaling.method=gain", "scaling.small_batch=0"], "scaling.small_batch"),
+])
+def test_bad_scaling_values_exit_2(tmp_path, bad, named):
+    p = run_lbfl(tiny_run_args(tmp_path / "run", *bad), n=2, check=False, timeout=60)
+    assert p.returncode == 2, p.stderr
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("lbfl: error:")]
+    assert len(errors) == 1 and named in errors[0], p.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_sleeping_wait_changes_no_numbers(tmp_path):
+    a, b = tmp_path / "spin", tmp_path / "sleep"
+    run_lbfl(tiny_run_args(a), n=2)
+    run_lbfl(tiny_run_args(b, "sync.wait_poll_us=100"), n=2)
+    np.testing.assert_array_equal(_steps(a)["loss"], _steps(b)["loss"])

@@ -1,0 +1,114 @@
+"""The paper's method: Eq. 8 with EWMA and phase, U(X) polarity, noise scale and gain, the teacher."""
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from lbfl_mpi.scaling.critical import GradChange, is_critical
+from lbfl_mpi.scaling.noise_scale import NoiseScale, layer_sq_norms, two_batch_estimates
+from lbfl_mpi.scaling.step import scale_grads_, step_factor
+from lbfl_mpi.scaling.teacher import ChunkLayout, Teacher, cosine
+
+
+def test_eq8_ewma_closed_form_and_phase():
+    raw = GradChange()
+    assert [raw.update(v) for v in (4.0, 5.0, 2.5)] == pytest.approx([0.0, 0.25, 0.5])
+    smooth = GradChange(ewma=0.5)
+    # s_1 = delta_1 = 0.25; s_2 = 0.5 * 0.25 + 0.5 * 0.5
+    assert [smooth.update(v) for v in (4.0, 5.0, 2.5)] == pytest.approx([0.0, 0.25, 0.375])
+    assert is_critical(0.5, 0.5) and not is_critical(0.49, 0.5)
+    restored = GradChange(ewma=0.5)
+    restored.load_state_dict(smooth.state_dict())
+    assert restored.update(2.5) == pytest.approx(0.5 * 0.375)
+    with pytest.raises(ValueError):
+        GradChange(ewma=1.0)
+
+
+def test_polarity_picks_the_scaled_regime():
+    assert step_factor(True, 4.0, "experiments") == 4.0 and step_factor(False, 4.0, "experiments") == 1.0
+    assert step_factor(True, 4.0, "equation") == 1.0 and step_factor(False, 4.0, "equation") == 4.0
+    with pytest.raises(ValueError):
+        step_factor(True, 4.0, "other")
+    g = [torch.tensor([1.0, -2.0]), torch.tensor([[3.0]])]
+    scale_grads_(g, 2.5)
+    assert_close(g[0], torch.tensor([2.5, -5.0])) and assert_close(g[1], torch.tensor([[7.5]]))
+
+
+def test_two_batch_estimates_are_exact_on_expected_norms():
+    g2, tr = torch.tensor([4.0, 1.0], dtype=torch.float64), torch.tensor([64.0, 8.0], dtype=torch.float64)
+    b, B = 8.0, 64.0
+    small, big = g2 + tr / b, g2 + tr / B  # E|G_b|^2 = |G|^2 + tr/b
+    est_g2, est_tr = two_batch_estimates(small, big, b, B)
+    assert_close(est_g2, g2)
+    assert_close(est_tr, tr)
+
+
+def _synthetic_steps(ns, G, sigma, b, W, steps, seed=0):
+    """Per step: W local gradients of batch b (G + noise of variance sigma^2 / b per coordinate) and
+    their mean (batch W b), as BSP would see them."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        local = [[G[l] + sigma[l] / math.sqrt(b) * torch.randn(ns[l], generator=gen, dtype=torch.float64)
+                  for l in range(len(ns))] for _ in range(W)]
+        big = [sum(loc[l] for loc in local) / W for l in range(len(ns))]
+        small_sq = torch.stack([layer_sq_norms(loc) for loc in local]).mean(0)
+        yield small_sq, layer_sq_norms(big)
+
+
+def test_gain_recovers_a_known_ratio_from_noisy_gradients():
+    torch.manual_seed(0)
+    ns = [2000, 500, 4000]
+    G = [torch.randn(n, dtype=torch.float64) * s for n, s in zip(ns, (0.05, 0.2, 0.02))]
+    sigma = [1.0, 0.5, 0.3]
+    b, W, b_s = 16, 4, 4
+    ns_est = NoiseScale(len(ns), beta=0.95)
+    for small_sq, big_sq in _synthetic_steps(ns, G, sigma, b, W, steps=300):
+        ns_est.update(small_sq, big_sq, b, W * b)
+    g2 = torch.tensor([float(g.pow(2).sum()) for g in G], dtype=torch.float64)
+    tr = torch.tensor([n * s**2 for n, s in zip(ns, sigma)], dtype=torch.float64)
+    expect_r = torch.sqrt((g2 + tr / b_s) / (g2 + tr / (W * b)))
+    assert_close(ns_est.gain(b_s, W * b), expect_r, rtol=0.10, atol=0)
+    assert ns_est.b_simple() == pytest.approx(float(tr.sum() / g2.sum()), rel=0.10)
+    assert (expect_r > 1.2).all()  # the test is not trivially r = 1
+
+
+def test_gain_is_one_before_data_and_bounded_by_pure_noise():
+    est = NoiseScale(2)
+    assert_close(est.gain(4, 64), torch.ones(2, dtype=torch.float64)) and math.isnan(est.b_simple())
+    est.update(torch.tensor([1.0, 1.0]), torch.tensor([0.0, 2.0]), 4, 64)  # noisy: negative estimates clip
+    r = est.gain(4, 64)
+    assert ((r >= 1.0 - 1e-12) & (r <= math.sqrt(64 / 4) + 1e-12)).all()
+
+
+def test_chunk_layout_round_trips():
+    tensors = [torch.randn(3, 5), torch.randn(7), torch.randn(2)]
+    layout = ChunkLayout([t.numel() for t in tensors], chunk=4, device="cpu")
+    scales = torch.tensor([2.0, 0.5, 1.0])
+    chunks = layout.to_chunks(tensors, scales)
+    assert chunks.shape == (4 + 2 + 1, 4) and layout.mask.sum() == 15 + 7 + 2
+    back = layout.from_chunks(chunks, scales, tensors)
+    for a, b in zip(back, tensors):
+        assert_close(a, b)
+
+
+def test_teacher_learns_a_known_variance_per_layer():
+    torch.manual_seed(0)
+    ns, sigma = [384, 256, 512], [0.5, 1.0, 2.0]
+    teacher = Teacher(ns, "cpu", chunk=32, hidden=32, lr=1e-2, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    first = None
+    for step in range(300):
+        big = [torch.randn(n, generator=gen) for n in ns]
+        smalls = [[g + s * torch.randn(g.shape, generator=gen) for g, s in zip(big, sigma)] for _ in range(4)]
+        nll = teacher.train_step(big, smalls)
+        first = nll if first is None else first
+    assert nll < first
+    big = [torch.randn(n, generator=gen) for n in ns]
+    mu, std = teacher.predict(big)
+    for l, s in enumerate(sigma):
+        assert float(std[l].pow(2).mean()) == pytest.approx(s**2, rel=0.15), l
+        assert cosine([mu[l]], [big[l]]) > 0.9  # the mean stays G_large (the truth is g_small = G + noise)
+    # the same seed and step draw the same G~ (BSP ranks must agree)
+    a, b = teacher.sample(big, step=7), teacher.sample(big, step=7)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
