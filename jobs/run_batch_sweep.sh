@@ -9,7 +9,8 @@
 # runs/batch_sweep/batch_sweep.png. Run it on the device you want to characterise (one rank, or
 # under srun/mpirun for one plan per device: rank 0's is tabulated).
 # Environment: LBFL (the lbfl command, default lbfl), PYTHON (default python3), OUT (runs/batch_sweep),
-# LAUNCH (a launcher prefix, e.g. "srun -n 1"; default none).
+# LAUNCH (a launcher prefix, e.g. "srun -n 1"; default none), PATTERN (which configs, default
+# "*.toml"; e.g. PATTERN="*_cifar.toml" for the CIFAR-shaped ones only).
 set -euo pipefail
 
 if [[ $# -lt 1 || ! -d "$1" ]]; then
@@ -24,9 +25,10 @@ python=${PYTHON:-python3}
 out=${OUT:-runs/batch_sweep}
 
 shopt -s nullglob
-configs=("$dir"/*.toml)
+pattern=${PATTERN:-*.toml}
+configs=("$dir"/$pattern)
 if [[ ${#configs[@]} -eq 0 ]]; then
-    echo "$0: no *.toml files in $dir" >&2
+    echo "$0: no $pattern files in $dir" >&2
     exit 2
 fi
 mkdir -p "$out"

@@ -165,7 +165,7 @@ class ScalingConfig:
     teacher_steps: int = _f(50, "teacher: training steps at the start and after each refresh.")
     teacher_refresh: int = _f(0, "teacher: also retrain every N steps (0: only when a critical phase starts).")
     teacher_chunk: int = _f(64, "teacher: gradient values per chunk the network reads.")
-    teacher_hidden: int = _f(64, "teacher: hidden units of the per-chunk MLP.")
+    teacher_hidden: int = _f(32, "teacher: hidden units of the per-chunk MLP.")
     teacher_lr: float = _f(1e-3, "teacher: Adam learning rate.")
 
 

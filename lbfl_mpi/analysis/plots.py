@@ -1,9 +1,11 @@
 """PNG charts of runs (matplotlib, imported here so analysis works without it).
 
 - ``convergence.png``: test accuracy and training loss of every run on one chart;
-- ``grad_change.png``: the gradient change of Eq. 8 over steps, with each run's threshold;
-- ``scale_factors.png``: kernel density of the applied scale factors per run (paper Fig. 7b/d);
-- ``grad_norm_early.png``: the local gradient norm over the first steps, per batch size (Fig. 6).
+- ``grad_change.png``: the gradient change of Eq. 8 over steps, one panel per run with its threshold;
+- ``scale_factors.png``: kernel density of the applied scale factors, one panel per run that applies
+  a transform (paper Fig. 7b/d);
+- ``grad_norm_early.png``: the local gradient norm over the first steps per batch size, from the
+  unscaled runs when there are any (Fig. 6).
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ def _save(fig, path: Path, plt) -> Path:
 
 def _convergence(runs, out, plt) -> Path:
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    for ax in (ax_acc, ax_loss):  # 20 distinct colours: grids have more runs than the default 10
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)
     for run in runs:
         ev = run.eval_curve()
         if ev.get("step") is not None and ev["step"].size:
@@ -58,47 +62,62 @@ def _convergence(runs, out, plt) -> Path:
     return _save(fig, out / "convergence.png", plt)
 
 
+def _panels(plt, n: int, title: str, sharey: bool = True):
+    """A grid of ``n`` small panels (3 per row), and the flat list of axes."""
+    cols = min(3, max(1, n))
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.6 * rows + 0.6), squeeze=False, sharey=sharey)
+    flat = list(axes.reshape(-1))
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    return fig, flat
+
+
+def _method(run: RunData) -> str:
+    return run.config.get("scaling", {}).get("method", "none")
+
+
 def _grad_change(runs, out, plt) -> Path:
-    fig, ax = plt.subplots(figsize=(8, 4))
-    thresholds = {}
-    for run in runs:
+    shown = [r for r in runs if _steps(r).get("grad_change") is not None and _steps(r)["grad_change"].size]
+    fig, axes = _panels(plt, len(shown), "Gradient change delta (Eq. 8) and the critical-phase threshold")
+    for ax, run in zip(axes, shown):
         st = _steps(run)
-        if st.get("grad_change") is None or not st["grad_change"].size:
-            continue
-        line, = ax.plot(st["step"] + 1, np.maximum(st["grad_change"], 1e-6), alpha=0.7, lw=0.8, label=run.name)
-        t = run.config.get("scaling", {}).get("threshold", 0.5)
-        thresholds.setdefault(float(t), line.get_color())
-    for t, color in thresholds.items():
+        t = float(run.config.get("scaling", {}).get("threshold", 0.5))
+        delta = np.maximum(st["grad_change"], 1e-6)
+        ax.plot(st["step"] + 1, delta, lw=0.7)
         ax.axhline(t, ls="--", color="k", lw=1)
-        ax.annotate(f"threshold {t:g}", (0.99, t), xycoords=("axes fraction", "data"), ha="right",
-                    va="bottom", fontsize=8)
-    ax.set(xlabel="step", ylabel="gradient change delta (Eq. 8)", yscale="log",
-           title="Gradient change and critical-phase threshold")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+        share = float(np.mean(st["phase"])) if "phase" in st else float(np.mean(delta >= t))
+        ax.set_title(f"{run.name}: threshold {t:g}, {100 * share:.0f} % critical", fontsize=8)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
     return _save(fig, out / "grad_change.png", plt)
 
 
 def _scale_factors(runs, out, plt) -> Path:
-    fig, ax = plt.subplots(figsize=(8, 4))
-    series = [(run.name, _steps(run).get("scale_factor")) for run in runs]
+    series = [(run.name, _steps(run).get("scale_factor")) for run in runs if _method(run) != "none"]
     series = [(n, s[np.isfinite(s)]) for n, s in series if s is not None and s.size]
-    if series:
-        lo = min(float(s.min()) for _, s in series)
-        hi = max(float(s.max()) for _, s in series)
-        pad = max(0.05 * (hi - lo), 0.05)
-        grid = np.linspace(lo - pad, hi + pad, 600)
-        for name, s in series:
-            ax.plot(grid, gaussian_kde(s, grid), label=f"{name} (mean {s.mean():.2f})")
-    ax.set(xlabel="applied scale factor", ylabel="density", title="Scale factors applied (KDE over steps)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    fig, axes = _panels(plt, max(1, len(series)), "Applied scale factors: kernel density over steps", sharey=False)
+    for ax, (name, s) in zip(axes, series):
+        lo, hi = float(s.min()), float(s.max())
+        pad = max(0.1 * (hi - lo), 0.05 * max(abs(hi), 1.0))
+        grid = np.linspace(lo - pad, hi + pad, 400)
+        ax.plot(grid, gaussian_kde(s, grid))
+        ax.set_title(f"{name}: mean {s.mean():.2f}", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    if not series:
+        axes[0].set_title("no run applied a gradient transform", fontsize=8)
     return _save(fig, out / "scale_factors.png", plt)
 
 
 def _grad_norm_early(runs, out, plt) -> Path:
+    """Unscaled runs only when there are any, so that the curves differ by batch size alone."""
+    plain = [r for r in runs if _method(r) == "none"]
     fig, ax = plt.subplots(figsize=(8, 4))
-    for run in runs:
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)
+    for run in plain or runs:
         st = _steps(run)
         if st.get("grad_norm_sq") is None or not st["grad_norm_sq"].size:
             continue
@@ -108,7 +127,7 @@ def _grad_norm_early(runs, out, plt) -> Path:
         label = f"{run.name} (b={b}" + (f", B={gb})" if gb else ")")
         ax.plot(st["step"][:n] + 1, np.sqrt(st["grad_norm_sq"][:n]), alpha=0.8, lw=0.9, label=label)
     ax.set(xlabel="step", ylabel="|g| of rank 0's local gradient", yscale="log",
-           title=f"Gradient norm over the first {EARLY_STEPS} steps")
+           title=f"Gradient norm over the first {EARLY_STEPS} steps" + (" (unscaled runs)" if plain else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, out / "grad_norm_early.png", plt)

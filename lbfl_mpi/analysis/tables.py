@@ -86,6 +86,7 @@ def run_record(run: RunData) -> dict:
             "complete": run.summary is not None, "steps": s.get("steps"), "world_size": len(run.ranks),
             "sync_mode": run.config.get("sync", {}).get("mode"), "samples_per_s": s.get("samples_per_s"),
             "global_batch": s.get("global_batch"), "scaling": scaling_label(run.config),
+            "lr": run.config.get("train", {}).get("lr"),
             "wall_time_s": s.get("wall_time_s"), **epoch_vs_ideal(run), "ranks": ranks}
 
 
@@ -146,7 +147,7 @@ def format_comparison(records: list[dict]) -> str:
     """One line per run, for grids (Table I/II)."""
     w = max(len(r["name"]) for r in records)
     ws = max(7, max(len(r["scaling"]) for r in records))
-    lines = [f"{'run':{w}s}  {'sync':9s} {'scaling':{ws}s} {'B':>5s} {'final_acc':>9s} {'best_acc':>9s} "
+    lines = [f"{'run':{w}s}  {'sync':9s} {'scaling':{ws}s} {'B':>5s} {'lr':>7s} {'final_acc':>9s} {'best_acc':>9s} "
              f"{'t_step ms':>9s} {'t_compress ms':>13s} {'% dense bytes':>13s}"]
     for r in records:
         ranks = r["ranks"]
@@ -154,6 +155,7 @@ def format_comparison(records: list[dict]) -> str:
         t_comp = np.nanmean([x["mean_t_compress"] for x in ranks]) if ranks else float("nan")
         ratio = ranks[0]["bytes_vs_dense"] if ranks else float("nan")
         gb = str(r["global_batch"]) if r["global_batch"] else "-"
-        lines.append(f"{r['name']:{w}s}  {str(r['sync_mode']):9s} {r['scaling']:{ws}s} {gb:>5s} {r['final_test_acc']:9.4f} "
+        lr = f"{r['lr']:g}" if r.get("lr") is not None else "-"
+        lines.append(f"{r['name']:{w}s}  {str(r['sync_mode']):9s} {r['scaling']:{ws}s} {gb:>5s} {lr:>7s} {r['final_test_acc']:9.4f} "
                      f"{r['best_test_acc']:9.4f} {t_step * 1e3:9.2f} {t_comp * 1e3:13.3f} {100 * ratio:13.2f}")
     return "\n".join(lines)

@@ -42,10 +42,10 @@ class GradTransform:
         sq = layer_sq_norms([p.grad for p in self.params]).to(torch.float32)
         return torch.cat([sq, torch.tensor([1.0 / batch_size], dtype=torch.float32, device=sq.device)])
 
-    def _update_noise(self, summed: torch.Tensor | None, micro: torch.Tensor | None, b: int) -> float:
+    def _update_noise(self, summed: torch.Tensor | None, micro: torch.Tensor | None, b: int,
+                      big_sq: torch.Tensor) -> float:
         """One noise-scale update; returns the batch of the gradient the transform sees."""
         W = self.comm.world_size
-        big_sq = layer_sq_norms([p.grad for p in self.params])
         if summed is not None:  # BSP: mean local |g_i|^2 at the harmonic-mean b, against the synced G
             n = len(self.params)
             small_sq = summed[:n].to(big_sq) / W
@@ -74,8 +74,9 @@ class GradTransform:
         ranks see the same gradient this step (BSP), so teacher training averages over ranks.
         """
         grads = [p.grad for p in self.params]
-        b_large = self._update_noise(summed, micro, b)
-        delta = self.detector.update(float(layer_sq_norms(grads).sum()))
+        sq = layer_sq_norms(grads)  # one pass, shared by the noise scale, Eq. 8 and the teacher
+        b_large = self._update_noise(summed, micro, b, sq)
+        delta = self.detector.update(float(sq.sum()))
         critical = is_critical(delta, self.sc.threshold)
         out = {"grad_change": delta, "phase": int(critical), "noise_scale": self.noise.b_simple(),
                "scale_factor": 1.0, "t_teacher": 0.0, "teacher_nll": math.nan, "teacher_cos": math.nan}
@@ -92,16 +93,17 @@ class GradTransform:
         elif method == "teacher":
             if timer is not None:
                 timer.lap("compute")
-            self._teacher_step(step, grads, micro, critical, collective, out)
+            self._teacher_step(step, grads, sq, micro, critical, collective, out)
             if timer is not None:
                 out["t_teacher"] = timer.lap("teacher")
         self.was_critical = critical
         return out
 
-    def _teacher_step(self, step, grads, micro, critical, collective, out) -> None:
+    def _teacher_step(self, step, grads, sq, micro, critical, collective, out) -> None:
         sc, teacher = self.sc, self.teacher
-        if (critical and not self.was_critical and teacher.trained_steps >= sc.teacher_steps) or \
-                (sc.teacher_refresh and step > 0 and step % sc.teacher_refresh == 0):
+        onset = critical and not self.was_critical and teacher.trained_steps >= sc.teacher_steps
+        refresh = sc.teacher_refresh and step > 0 and step % sc.teacher_refresh == 0
+        if (onset or refresh) and self.teacher_left == 0:
             self.teacher_left = sc.teacher_steps  # retrain: a critical phase begins, or the refresh period
         m = micro.shape[0]
         local_big = [v.view_as(p) for v, p in zip(micro.mean(0).split([p.numel() for p in self.params]),
@@ -113,13 +115,9 @@ class GradTransform:
             self.teacher_left -= 1
         if teacher.trained_steps < sc.teacher_steps:
             return  # still in the initial training: the gradient is left as it is
-        new = teacher.sample(grads, step)
-        with torch.no_grad():
-            ratios = [float(n.norm() / g.norm()) if float(g.norm()) > 0 else 1.0 for n, g in zip(new, grads)]
-            for g, n in zip(grads, new):
-                g.copy_(n)
-        out["scale_factor"] = sum(ratios) / len(ratios)
-        out["teacher_cos"] = cosine(new, held_out)
+        ratios = teacher.sample_(grads, step, sq)
+        out["scale_factor"] = float(ratios.mean())
+        out["teacher_cos"] = cosine(grads, held_out)
 
     def _average(self, tensors: list[torch.Tensor]) -> None:
         flat = torch.cat([t.reshape(-1) for t in tensors]).contiguous()

@@ -88,6 +88,9 @@ def test_four_rank_run_writes_contract_files(tmp_path):
           "compress.method=topk", "compress.density=0.05", "compress.selection=sampled"]),
     # compressed BSP: the gradient residual and the sampler's generator are in the checkpoint
     (6, ["train.momentum=0.9", "compress.method=topk", "compress.density=0.05", "compress.selection=sampled"]),
+    # the teacher's weights, Adam state, schedule and the EWMA detector and noise-scale EMAs
+    (6, ["scaling.method=teacher", "scaling.small_batch=4", "scaling.teacher_steps=3", "scaling.ewma=0.5",
+         "scaling.teacher_refresh=8"]),
 ])
 def test_two_rank_resume_continues_identically(tmp_path, cut, common):
     common = [*common, f"run.checkpoint_every={cut}"]

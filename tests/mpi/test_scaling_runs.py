@@ -111,3 +111,12 @@ def test_sleeping_wait_changes_no_numbers(tmp_path):
     run_lbfl(tiny_run_args(a), n=2)
     run_lbfl(tiny_run_args(b, "sync.wait_poll_us=100"), n=2)
     np.testing.assert_array_equal(_steps(a)["loss"], _steps(b)["loss"])
+
+
+def test_single_process_gain_uses_micro_batches(tmp_path):
+    out = tmp_path / "run"
+    run_lbfl(tiny_run_args(out, "train.batch_size=16", "scaling.method=gain", "scaling.small_batch=4"))
+    s = _steps(out)
+    assert np.isfinite(s["noise_scale"][1:]).all()
+    # r_l in [1, sqrt(16 / 4)] per layer, so the mean over layers is too; above 1 once noise is estimated
+    assert ((s["scale_factor"] >= 1.0) & (s["scale_factor"] <= 2.0 + 1e-9)).all() and (s["scale_factor"][1:] > 1.0).all()

@@ -130,3 +130,33 @@ def test_epoch_time_against_ideal_closed_form():
     actual = 60 * (1.3 + 1.2) / 30
     ideal = 60 / (10 + 5)
     assert got == pytest.approx({"epoch_time_s": actual, "ideal_epoch_time_s": ideal, "epoch_vs_ideal": actual / ideal})
+
+
+def test_kde_closed_form():
+    from lbfl_mpi.analysis.plots import gaussian_kde
+
+    grid = np.linspace(-10, 10, 4001)
+    samples = np.array([0.0, 1.0, 3.0])
+    dens = gaussian_kde(samples, grid)
+    assert np.trapezoid(dens, grid) == pytest.approx(1.0, abs=1e-6)
+    bw = samples.std(ddof=1) * 3 ** (-0.2)
+    at0 = sum(np.exp(-0.5 * ((0.0 - s) / bw) ** 2) for s in samples) / (3 * bw * np.sqrt(2 * np.pi))
+    assert gaussian_kde(samples, np.array([0.0]))[0] == pytest.approx(at0)
+    # a constant series (e.g. scale factor 1 every step) still integrates to 1 around its value
+    const = gaussian_kde(np.full(50, 2.0), grid)
+    assert np.trapezoid(const, grid) == pytest.approx(1.0, abs=1e-3) and grid[np.argmax(const)] == pytest.approx(2.0)
+
+
+def test_scaling_plots_and_table(tmp_path):
+    runs = []
+    for name, extra in (("plain", []), ("step", ["scaling.method=step", "scaling.factor=4.0", "scaling.threshold=0.3"])):
+        out = tmp_path / name
+        run_lbfl(tiny_run_args(out, f"run.name={name}", *extra))
+        runs.append(str(out))
+    p = run_lbfl(["analyze", *runs, "--plots", str(tmp_path / "plots")])
+    for png in ("convergence", "grad_change", "scale_factors", "grad_norm_early"):
+        assert (tmp_path / "plots" / f"{png}.png").stat().st_size > 1000, png
+    table = p.stdout.splitlines()[-3:]
+    assert table[0].split()[:5] == ["run", "sync", "scaling", "B", "lr"]
+    assert table[1].split()[:5] == ["plain", "bsp", "none", "8", "0.05"]
+    assert table[2].split()[:7] == ["step", "bsp", "step", "X=4", "t=0.3", "8", "0.05"]

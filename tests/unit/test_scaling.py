@@ -94,7 +94,7 @@ def test_chunk_layout_round_trips():
 
 def test_teacher_learns_a_known_variance_per_layer():
     torch.manual_seed(0)
-    ns, sigma = [384, 256, 512], [0.5, 1.0, 2.0]
+    ns, sigma = [384, 250, 520], [0.5, 1.0, 2.0]
     teacher = Teacher(ns, "cpu", chunk=32, hidden=32, lr=1e-2, seed=0)
     gen = torch.Generator().manual_seed(1)
     first = None
@@ -109,6 +109,39 @@ def test_teacher_learns_a_known_variance_per_layer():
     for l, s in enumerate(sigma):
         assert float(std[l].pow(2).mean()) == pytest.approx(s**2, rel=0.15), l
         assert cosine([mu[l]], [big[l]]) > 0.9  # the mean stays G_large (the truth is g_small = G + noise)
+    # G~ = a G + s eps, computed in place layer by layer, agrees with the chunked prediction:
+    # its mean over many draws is mu and its spread is std (layer sizes leave partial chunks)
+    draws = torch.stack([torch.cat([t.reshape(-1) for t in teacher.sample(big, step=k)]) for k in range(400)])
+    flat_mu = torch.cat([t.reshape(-1) for t in mu])
+    flat_std = torch.cat([t.reshape(-1) for t in std])
+    assert_close(draws.mean(0), flat_mu, atol=float(4 * flat_std.max() / 20), rtol=0)
+    assert float(draws.std(0).pow(2).mean()) == pytest.approx(float(flat_std.pow(2).mean()), rel=0.1)
     # the same seed and step draw the same G~ (BSP ranks must agree)
     a, b = teacher.sample(big, step=7), teacher.sample(big, step=7)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_teacher_retrains_on_a_critical_onset_without_extending_a_running_training():
+    from types import SimpleNamespace
+
+    from lbfl_mpi.config import load_config
+    from lbfl_mpi.scaling.transform import GradTransform
+
+    cfg = load_config(None, ["scaling.method=teacher", "scaling.small_batch=2", "scaling.teacher_steps=3",
+                             "scaling.threshold=0.5", "train.batch_size=4"])
+    p = torch.nn.Parameter(torch.zeros(8))
+    tr = GradTransform(cfg, SimpleNamespace(world_size=1), [p], 4, "cpu")
+    trained = []
+    # |G|^2: Eq. 8 is 3 at steps 4 and 6 (critical onsets), 0 elsewhere
+    for step, sq in enumerate([1, 1, 1, 1, 4, 4, 16, 16, 16, 16]):
+        g = torch.full((8,), math.sqrt(sq / 8))
+        p.grad = g.clone()
+        micro = torch.stack([g * 1.1, g * 0.9])
+        out = tr.apply(step, 4, None, micro, collective=False)
+        assert out["phase"] == int(step in (4, 6))
+        if math.isfinite(out["teacher_nll"]):
+            trained.append(step)
+        # the teacher is applied once its first training is done
+        assert math.isnan(out["teacher_cos"]) == (step < 2)
+    # 0-2: the initial training; 4-6: retraining after the onset at 4; the onset at 6 falls inside it
+    assert trained == [0, 1, 2, 4, 5, 6]
