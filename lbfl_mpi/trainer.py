@@ -1,10 +1,11 @@
 """The client's step loop.
 
 Per step (Tyagi 2025, Eq. 2: t_step = t_c + t_mov + [i % H == 0] t_sync):
-  data (fetch + host->device: t_data, the paper's t_mov) -> forward/backward (t_compute) ->
-  gradient transform -> compression (t_compress) -> gradient sync (BSP) -> optimizer step ->
-  parameter sync (FedAvg) -> log one HDF5 row.
-The transform and compression stages are identities here; they are the slots later stages fill.
+  data (fetch + host->device: t_data, the paper's t_mov) -> forward/backward, optionally in
+  micro-batches of scaling.small_batch (t_compute) -> emulated slowdown (t_straggle) ->
+  compression (t_compress, Eq. 9) and gradient sync (BSP, t_sync; the per-layer statistics of the
+  noise scale travel in the same allreduce) -> gradient transform (Eq. 5-8, scaling/transform.py;
+  t_teacher) -> optimizer step -> parameter sync (FedAvg, t_sync) -> log one HDF5 row.
 """
 from __future__ import annotations
 
