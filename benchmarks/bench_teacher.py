@@ -11,9 +11,10 @@ by side in this run on one device (the GPU when CUDA is available, else CPU):
              teacher's training pairs need), and micro / step;
 - apply:     the teacher's per-step cost when it is used: G~ = mu + s * eps from one forward of the
              per-chunk network written over the gradient, plus the logged scale factor and held-out
-             cosine (Teacher.sample_ + cosine, and a copy of the gradient to restore it), and
-             apply / step, for each ``--hidden`` (scaling.teacher_hidden) at chunk 64;
-- train:     one teacher training step (at the default scaling.teacher_hidden) on the b / b_s - 1 pairs (Teacher.train_step), which only
+             cosine (Teacher.sample_ + cosine; the copy that restores G between calls is not
+             timed), and apply / step, for each ``--hidden`` (scaling.teacher_hidden) at chunk 64;
+- train:     one teacher training step (at the default scaling.teacher_hidden) on the
+             b / b_s - 1 pairs (Teacher.train_step), which only
              runs for ``scaling.teacher_steps`` steps at the start and after each refresh, and
              train / step.
 
@@ -98,8 +99,9 @@ def bench(name, model_name, shape, b, b_s, hiddens, reps, device):
                 w.copy_(g)
             _sync(device)
             t0 = time.perf_counter()
-            float(teachers[h].sample_(work, 3, sq).mean())
-            cosine(work, as_list(m - 1))
+            ratios, new_sq = teachers[h].sample_(work, 3, sq)
+            float(ratios.mean())
+            cosine(work, as_list(m - 1), a_sq=float(new_sq.sum()))
             _sync(device)
             return "self-timed", time.perf_counter() - t0
         return run

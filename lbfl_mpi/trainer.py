@@ -25,7 +25,7 @@ from .data import ClientLoader, eval_batches, load_dataset, partition_indices
 from .models import build_model
 from .optim import build_optimizer, lr_at, set_lr_
 from .rundir import prepare_run_dir, rank_file
-from .scaling.critical import grad_sq_norm
+from .scaling.noise_scale import layer_sq_norms
 from .scaling.transform import GradTransform
 from .sync import build_sync
 from .telemetry import RankLog, StepTimer
@@ -66,6 +66,7 @@ class Trainer:
             self.loader.batch_size = self.batcher.sizes[comm.rank]
         self.slowdown = float(cfg.hetero.slowdown[comm.rank]) if cfg.hetero.slowdown else 1.0
         self.micro = cfg.scaling.small_batch if uses_micro_batches(cfg, comm.world_size) else 0
+        self._micro_buf: torch.Tensor | None = None
         self.transform = GradTransform(cfg, comm, self.sync.params, self.global_batch, self.device)
         self.exchanges_stats = comm.world_size > 1 and cfg.sync.mode in ("bsp", "postlocal")
         self.start_step = 0
@@ -104,9 +105,12 @@ class Trainer:
             loss = F.cross_entropy(model(x), y)
             loss.backward()
             return loss.detach(), None
-        sizes = [p.numel() for p in params]
+        sizes = self.transform.sizes
         chunks = list(zip(x.split(self.micro), y.split(self.micro)))
-        flats = torch.empty(len(chunks), sum(sizes), device=x.device)
+        shape = (len(chunks), sum(sizes))
+        if self._micro_buf is None or self._micro_buf.shape != shape:  # reused: allocating m x n per step
+            self._micro_buf = torch.empty(shape, device=x.device)      # page-faults on CPU
+        flats = self._micro_buf
         loss = torch.zeros((), device=x.device)
         for j, (xs, ys) in enumerate(chunks):
             self.opt.zero_grad(set_to_none=False)
@@ -141,8 +145,9 @@ class Trainer:
         if self.slowdown > 1:  # emulated slower device: its own column, never inside t_compute
             time.sleep((self.slowdown - 1) * t_fb)
         timer.lap("straggle")
-        local_sq = grad_sq_norm(self.sync.params)
-        stats = self.transform.local_stats(b) if self.exchanges_stats else None
+        layer_sq = layer_sq_norms([p.grad for p in self.sync.params])  # one pass: the total and the stats
+        local_sq = float(layer_sq.sum())
+        stats = self.transform.local_stats(layer_sq, b) if self.exchanges_stats else None
         timer.lap("compute")
 
         # compression (Eq. 9) happens inside the synchroniser, which laps "compress" and "sync"

@@ -7,18 +7,12 @@ from __future__ import annotations
 
 import math
 
-import torch
+from .noise_scale import layer_sq_norms
 
 
 def grad_sq_norm(params) -> float:
     """|G|^2 = sum over layers of |g_l|^2 in float64; parameters without a gradient count as 0."""
-    total = None
-    for p in params:
-        if p.grad is None:
-            continue
-        sq = p.grad.detach().to(torch.float64).pow(2).sum()
-        total = sq if total is None else total + sq
-    return 0.0 if total is None else float(total.item())
+    return float(layer_sq_norms([p.grad for p in params]).sum())
 
 
 def grad_change(prev_sq: float, cur_sq: float) -> float:

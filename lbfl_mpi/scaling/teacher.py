@@ -51,12 +51,17 @@ class GradTeacher(nn.Module):
             self.net[2].weight.mul_(0.01)
             self.net[2].bias.zero_()
 
-    def forward(self, x: torch.Tensor, layer_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log a, log s^2), each [N, 1]."""
+    def forward(self, x: torch.Tensor, layer_ids, inv_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log a, log s^2), each [N, 1], for chunks ``x`` of the layers ``layer_ids`` (a tensor of
+        [N] ids, or one int for chunks of one layer); ``inv_scale`` normalises raw chunks of one layer
+        on the fly (W_x (x / rms) = (W_x x) / rms) instead of in a separate pass over x."""
         first = self.net[0]
         w_x, w_e = first.weight[:, :self.chunk], first.weight[:, self.chunk:]
         per_layer = F.linear(self.embed.weight, w_e, first.bias)            # [L, hidden]
-        out = self.net[2](self.net[1](F.linear(x, w_x) + per_layer[layer_ids]))
+        h = F.linear(x, w_x)
+        if inv_scale != 1.0:
+            h = h * inv_scale
+        out = self.net[2](self.net[1](h + per_layer[layer_ids]))
         log_a, logvar = out.split(1, dim=1)
         return log_a.clamp(-5.0, 5.0), logvar.clamp(-12.0, 12.0)
 
@@ -76,17 +81,10 @@ class ChunkLayout:
             mask[s:s + n] = 1.0
         self.mask = mask.view(self.rows, chunk)
         self.valid = int(sum(numels))
-        self._buf = None
 
-    def to_chunks(self, tensors: list[torch.Tensor], scales: torch.Tensor, reuse: bool = False) -> torch.Tensor:
-        """[N, C] chunks of ``tensors`` divided by their layer's scale. ``reuse`` writes into one
-        persistent buffer (its padding stays zero), which the next ``reuse`` call overwrites."""
-        if reuse:
-            if self._buf is None:
-                self._buf = torch.zeros(self.rows * self.chunk, device=self.mask.device)
-            flat = self._buf
-        else:
-            flat = torch.zeros(self.rows * self.chunk, device=self.mask.device)
+    def to_chunks(self, tensors: list[torch.Tensor], scales: torch.Tensor) -> torch.Tensor:
+        """[N, C] chunks of ``tensors`` divided by their layer's scale."""
+        flat = torch.zeros(self.rows * self.chunk, device=self.mask.device)
         for t, n, s in zip(tensors, self.numels, self.starts):
             flat[s:s + n].copy_(t.reshape(-1))
         chunks = flat.view(self.rows, self.chunk)
@@ -95,11 +93,6 @@ class ChunkLayout:
     def from_chunks(self, chunks: torch.Tensor, scales: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
         flat = (chunks * scales[self.layer_ids].unsqueeze(1)).reshape(-1)
         return [flat[s:s + n].view_as(t).to(t.dtype) for t, n, s in zip(like, self.numels, self.starts)]
-
-    def layer_sums(self, per_row: torch.Tensor) -> torch.Tensor:
-        """Sum a per-chunk quantity [N] over each layer's chunks -> [L]."""
-        out = torch.zeros(len(self.numels), dtype=per_row.dtype, device=per_row.device)
-        return out.index_add_(0, self.layer_ids, per_row)
 
 
 def layer_scales(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -157,7 +150,7 @@ class Teacher:
         """(mean, std) of g_small given ``big``, in gradient units, per layer."""
         self.net.eval()
         scales = layer_scales(big)
-        x = self.layout.to_chunks(big, scales, reuse=True)
+        x = self.layout.to_chunks(big, scales)
         log_a, logvar = self.net(x, self.layout.layer_ids)
         std = torch.exp(0.5 * logvar).expand_as(x)
         return (self.layout.from_chunks(torch.exp(log_a) * x, scales, big),
@@ -176,19 +169,17 @@ class Teacher:
         return self._pool[off:off + size].view(self.layout.rows, self.layout.chunk)
 
     @torch.no_grad()
-    def sample_(self, grads: list[torch.Tensor], step: int, sq_norms: torch.Tensor | None = None) -> torch.Tensor:
+    def sample_(self, grads: list[torch.Tensor], step: int, sq_norms: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """G <- G~ = a G + s * rms * eps in place, layer by layer on the gradient's own memory (whole
-        chunks are views; only a layer's last partial chunk is copied); returns |G~_l| / |G_l| per
-        layer. ``sq_norms`` (per-layer |G_l|^2, if the caller has them) saves a pass over G."""
+        chunks are views; only a layer's last partial chunk is copied); returns (|G~_l| / |G_l|,
+        |G~_l|^2) per layer. ``sq_norms`` (per-layer |G_l|^2, if the caller has them) saves a pass."""
         self.net.eval()
         if sq_norms is None:
             sq_norms = torch.stack([g.float().pow(2).sum() for g in grads])
         numels = torch.tensor(self.layout.numels, dtype=torch.float64)
         rms = torch.sqrt(sq_norms.double().cpu() / numels).clamp_min(EPS).tolist()
-        first, act, last = self.net.net
         C = self.layout.chunk
-        w_x, w_e = first.weight[:, :C], first.weight[:, C:]
-        per_layer = F.linear(self.net.embed.weight, w_e, first.bias)
         noise = self._noise(step).view(-1)
         after = []
         for li, (g, n, start) in enumerate(zip(grads, self.layout.numels, self.layout.starts)):
@@ -202,15 +193,15 @@ class Teacher:
                 parts.append(tail)
             row0 = 0
             for x in parts:
-                out = last(act(F.linear(x, w_x) * (1.0 / r) + per_layer[li]))
-                log_a, logvar = out.split(1, dim=1)
+                log_a, logvar = self.net(x, li, 1.0 / r)
                 eps = noise[start + row0 * C:start + (row0 + x.shape[0]) * C].view(-1, C)
-                x.mul_(torch.exp(log_a.clamp(-5.0, 5.0))).addcmul_(torch.exp(0.5 * logvar.clamp(-12.0, 12.0)) * r, eps)
+                x.mul_(torch.exp(log_a)).addcmul_(torch.exp(0.5 * logvar) * r, eps)
                 row0 += x.shape[0]
             if tail is not None:
                 flat[full:].copy_(tail[0, :n - full])
             after.append(flat.float().pow(2).sum())
-        return torch.sqrt(torch.stack(after).double().cpu() / sq_norms.double().cpu().clamp_min(EPS))
+        after = torch.stack(after).double().cpu()
+        return torch.sqrt(after / sq_norms.double().cpu().clamp_min(EPS)), after
 
     @torch.no_grad()
     def sample(self, big: list[torch.Tensor], step: int) -> list[torch.Tensor]:
@@ -228,11 +219,11 @@ class Teacher:
         self.trained_steps = int(d["trained_steps"])
 
 
-def cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+def cosine(a: list[torch.Tensor], b: list[torch.Tensor], a_sq: float | None = None) -> float:
     """Cosine similarity of two gradients given as lists of tensors (float32 dot products per
-    tensor, summed in float64)."""
+    tensor, summed in float64); ``a_sq`` = |a|^2 when the caller already has it."""
     dot = torch.stack([torch.dot(x.reshape(-1).float(), y.reshape(-1).float()) for x, y in zip(a, b)])
-    na = torch.stack([x.float().pow(2).sum() for x in a])
     nb = torch.stack([y.float().pow(2).sum() for y in b])
-    d, sa, sb = (float(v.double().sum()) for v in (dot, na, nb))
+    d, sb = float(dot.double().sum()), float(nb.double().sum())
+    sa = float(torch.stack([x.float().pow(2).sum() for x in a]).double().sum()) if a_sq is None else a_sq
     return d / math.sqrt(sa * sb) if sa > 0 and sb > 0 else math.nan

@@ -25,6 +25,7 @@ class GradTransform:
     def __init__(self, cfg, comm, params: list[torch.Tensor], global_batch: int, device):
         self.sc, self.comm, self.params = cfg.scaling, comm, params
         self.global_batch = global_batch
+        self.sizes = [p.numel() for p in params]
         self.detector = GradChange(self.sc.ewma)
         self.noise = NoiseScale(len(params), self.sc.noise_ema)
         self.teacher = None
@@ -36,10 +37,11 @@ class GradTransform:
         self.was_critical = False
 
     # ------------------------------------------------------------------------------ inputs
-    def local_stats(self, batch_size: int) -> torch.Tensor:
-        """[|g_l|^2 for each layer] ++ [1 / b] of this rank's local gradient, summed over the ranks by
-        the BSP exchange (free noise-scale estimate)."""
-        sq = layer_sq_norms([p.grad for p in self.params]).to(torch.float32)
+    @staticmethod
+    def local_stats(layer_sq: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """[|g_l|^2 for each layer] ++ [1 / b] of this rank's local gradient (``layer_sq``: its
+        per-layer squared norms), summed over the ranks by the BSP exchange (free noise-scale estimate)."""
+        sq = layer_sq.to(torch.float32)
         return torch.cat([sq, torch.tensor([1.0 / batch_size], dtype=torch.float32, device=sq.device)])
 
     def _update_noise(self, summed: torch.Tensor | None, micro: torch.Tensor | None, b: int,
@@ -54,15 +56,13 @@ class GradTransform:
             return float(self.global_batch)
         if micro is not None:  # micro-batches of the local batch against their mean
             small_sq = torch.stack([micro_layer.double().pow(2).sum(1).mean() for micro_layer in
-                                    self._layer_slices(micro)])
+                                    micro.split(self.sizes, dim=1)])
             self.noise.update(small_sq, big_sq, self.sc.small_batch, b)
         return float(b)
 
-    def _layer_slices(self, micro: torch.Tensor) -> list[torch.Tensor]:
-        return list(micro.split([p.numel() for p in self.params], dim=1))
-
-    def _micro_grads(self, micro: torch.Tensor, j: int) -> list[torch.Tensor]:
-        return [v.view_as(p) for v, p in zip(micro[j].split([p.numel() for p in self.params]), self.params)]
+    def _unflatten(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Per-parameter views of one flat gradient vector (a row of the micro-batch matrix)."""
+        return [v.view_as(p) for v, p in zip(flat.split(self.sizes), self.params)]
 
     # ------------------------------------------------------------------------------- apply
     def apply(self, step: int, b: int, summed: torch.Tensor | None, micro: torch.Tensor | None,
@@ -106,18 +106,17 @@ class GradTransform:
         if (onset or refresh) and self.teacher_left == 0:
             self.teacher_left = sc.teacher_steps  # retrain: a critical phase begins, or the refresh period
         m = micro.shape[0]
-        local_big = [v.view_as(p) for v, p in zip(micro.mean(0).split([p.numel() for p in self.params]),
-                                                   self.params)]
-        held_out = self._micro_grads(micro, m - 1)  # never trained on: the cosine is out of sample
+        local_big = self._unflatten(micro.mean(0))
+        held_out = self._unflatten(micro[m - 1])  # never trained on: the cosine is out of sample
         if self.teacher_left > 0:
-            smalls = [self._micro_grads(micro, j) for j in range(m - 1)]
+            smalls = [self._unflatten(micro[j]) for j in range(m - 1)]
             out["teacher_nll"] = teacher.train_step(local_big, smalls, self._average if collective else None)
             self.teacher_left -= 1
         if teacher.trained_steps < sc.teacher_steps:
             return  # still in the initial training: the gradient is left as it is
-        ratios = teacher.sample_(grads, step, sq)
+        ratios, new_sq = teacher.sample_(grads, step, sq)
         out["scale_factor"] = float(ratios.mean())
-        out["teacher_cos"] = cosine(grads, held_out)
+        out["teacher_cos"] = cosine(grads, held_out, a_sq=float(new_sq.sum()))
 
     def _average(self, tensors: list[torch.Tensor]) -> None:
         flat = torch.cat([t.reshape(-1) for t in tensors]).contiguous()
