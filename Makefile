@@ -2,6 +2,7 @@
 #   make demo   create .venv, install, train 4 clients on the embedded digits set with BSP and with
 #               FedAvg (H=8), print the analysis and write plots
 #   make test   create .venv, install, run the whole test suite (unit + multi-rank MPI tests)
+#   make gpu-check  on a GPU machine: GPU tests, GPU-vs-CPU jobs and GPU benchmarks -> dated report
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -12,7 +13,7 @@ DEMO_DIR ?= runs/demo
 export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +34,10 @@ demo: install
 
 test: install
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest tests -q -ra
+
+# on a GPU machine whose python already has torch, mpi4py, h5py and pytest (no venv, no internet)
+gpu-check:
+	bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

@@ -1,69 +1,128 @@
-"""One flat-buffer allreduce (what BSP does) versus one allreduce per tensor, side by side.
+"""The gradient exchange on every data plane, against raw mpi4py on the same bytes, side by side.
 
 Run: mpiexec -n 2 --oversubscribe python benchmarks/bench_sync.py [--model resnet18] [--reps 10]
-Prints, per model, the median time of each variant and their ratio (per-tensor / flat; above 1 means
-the flat buffer is faster). The flat variant includes packing (with the weight) and unpacking (with the
-division), as BSP does; "of it MPI" is the bare allreduce of the packed buffer; "unsliced" is the
-flat variant with one MPI_Allreduce over the whole buffer instead of 4 MiB slices. Needs >= 2 ranks.
+     [--bucket-mb 4] [--backend gloo] [--markdown FILE]
+
+Per model, medians (the slowest rank's time of each repetition) of:
+- raw MPI: one ``MPI_Allreduce`` of a float32 numpy buffer of the gradient's bytes (no packing);
+- mpi one-buffer: what dense BSP does on the MPI plane: pack the gradients with the weight,
+  allreduce in 4 MiB slices (``LBFL_ALLREDUCE_CHUNK_MB``), unpack with the division;
+- mpi bucketed: the bucketed exchange (``sync.bucket_mb``) run after backward, i.e. its collectives
+  without any overlap (what it costs when there is no backward to hide behind);
+- per-tensor: one MPI allreduce per gradient tensor;
+- the same one-buffer and bucketed exchanges over each ``--backend`` torch.distributed process group
+  (default gloo; nccl too when every rank has a GPU of its own).
+Ratios are against raw MPI (above 1: slower than the bare collective). Needs >= 2 ranks.
 """
 import argparse
 import statistics
+import sys
 import time
 
+import numpy as np
 import torch
 
 from lbfl_mpi.dist.comm import Comm
+from lbfl_mpi.exchange import BucketedExchange, DenseExchange
 from lbfl_mpi.models import build_model
 from lbfl_mpi.sync import BSPSync
 
+SHAPES = {"cnn": (1, 8, 8), "mlp": (1, 8, 8)}
 
-def median_time(fn, comm, reps):
+
+def median_time(fn, comm, reps, device):
     fn()  # warm-up
     times = []
     for _ in range(reps):
         comm.barrier()
         t0 = time.perf_counter()
         fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     # the slowest rank defines a collective's time
     return statistics.median(max(ts) for ts in zip(*comm.allgather_obj(times)))
+
+
+def exchanges(comm, model, bucket_mb):
+    params = [q for q in model.parameters() if q.requires_grad]
+    one = BSPSync(comm, model, DenseExchange(comm, params))
+    bucketed = BucketedExchange(comm, params, 0, bucket_mb)
+    buck = BSPSync(comm, model, bucketed)
+    return one, buck, bucketed
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", action="append", help="registry model(s); default cnn, resnet18")
     p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--bucket-mb", type=float, default=4.0)
+    p.add_argument("--backend", action="append", help="torch backends to compare (default gloo; nccl)")
+    p.add_argument("--markdown", help="also write the table to this markdown file")
     args = p.parse_args()
     comm = Comm()
+    if comm.world_size < 2:
+        sys.exit("bench_sync needs >= 2 ranks: mpiexec -n 2 python benchmarks/bench_sync.py")
     device = comm.pick_device()
-    shapes = {"cnn": (1, 8, 8), "resnet18": (3, 32, 32), "resnet50": (3, 32, 32)}
-    if comm.rank == 0:
-        print(f"ranks={comm.world_size} device={device} reps={args.reps}")
-        print(f"slices of {comm.chunk_bytes / 2**20:g} MiB (LBFL_ALLREDUCE_CHUNK_MB)")
-        print(f"{'model':10s} {'params':>10s} {'tensors':>8s} {'flat ms':>9s} {'of it MPI ms':>13s} "
-              f"{'unsliced ms':>12s} {'per-tensor ms':>14s} {'unsliced/flat':>14s} {'per-tensor/flat':>16s}")
-    for name in args.model or ["cnn", "resnet18"]:
-        model = build_model(name, shapes.get(name, (3, 32, 32)), 10).to(device)
+    mpi_plane = comm.plane
+    backends = args.backend or ["gloo"]
+    planes = {}
+    for name in backends:
+        comm.plane = mpi_plane
+        comm.start_backend(name)
+        planes[name] = comm.plane
+    comm.plane = mpi_plane
+    lines = [f"ranks={comm.world_size} device={device} reps={args.reps} bucket_mb={args.bucket_mb:g} "
+             f"torch={torch.__version__} slices={mpi_plane.chunk_bytes / 2**20:g} MiB"]
+    cols = ["model", "MB", "raw MPI ms", "mpi 1-buf", "mpi bucketed", "per-tensor"]
+    for name in backends:
+        cols += [f"{name} 1-buf", f"{name} bucketed"]
+    rows = []
+    for model_name in args.model or ["cnn", "resnet18"]:
+        model = build_model(model_name, SHAPES.get(model_name, (3, 32, 32)), 10).to(device)
         for q in model.parameters():
             q.grad = torch.randn_like(q)
-        bsp = BSPSync(comm, model)
+        one, buck, bucketed = exchanges(comm, model, args.bucket_mb)
+        n = one.exchange.flat.numel
+        raw = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+        MPI = comm.MPI
 
         def per_tensor():
-            for q in bsp.params:
+            for q in one.params:
                 flat = q.grad.reshape(-1)
                 comm.allreduce_(flat)
                 flat.div_(comm.world_size)
 
-        flat_t = median_time(lambda: bsp.sync_grads(0, 1), comm, args.reps)
-        mpi_t = median_time(lambda: comm.allreduce_(bsp.grads.buf), comm, args.reps)
-        sliced, comm.chunk_bytes = comm.chunk_bytes, 0
-        whole_t = median_time(lambda: bsp.sync_grads(0, 1), comm, args.reps)  # one Allreduce, no slicing
-        comm.chunk_bytes = sliced
-        each_t = median_time(per_tensor, comm, args.reps)
-        if comm.rank == 0:
-            n = sum(q.numel() for q in bsp.params)
-            print(f"{name:10s} {n:10d} {len(bsp.params):8d} {flat_t * 1e3:9.2f} {mpi_t * 1e3:13.2f} "
-                  f"{whole_t * 1e3:12.2f} {each_t * 1e3:14.2f} {whole_t / flat_t:14.2f} {each_t / flat_t:16.2f}")
+        def sync(s):
+            def run():
+                s.begin_step(1)
+                s.sync_grads(0, 1)
+            return run
+
+        t_raw = median_time(lambda: comm.comm.Allreduce(MPI.IN_PLACE, raw), comm, args.reps, device)
+        times = [median_time(sync(one), comm, args.reps, device), median_time(sync(buck), comm, args.reps, device),
+                 median_time(per_tensor, comm, args.reps, device)]
+        for name in backends:
+            comm.plane = planes[name]
+            times += [median_time(sync(one), comm, args.reps, device), median_time(sync(buck), comm, args.reps, device)]
+            comm.plane = mpi_plane
+        rows.append([model_name, f"{4 * n / 1e6:.1f}", f"{t_raw * 1e3:.2f}"]
+                    + [f"{t * 1e3:.2f} ({t / t_raw:.2f}x)" for t in times])
+        rows[-1].append(str(bucketed.n_buckets))
+    cols.append("buckets")
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    table = [" ".join(c.rjust(w) for c, w in zip(cols, widths))]
+    table += [" ".join(v.rjust(w) for v, w in zip(r, widths)) for r in rows]
+    if comm.rank == 0:
+        print("\n".join(lines + table), flush=True)
+        if args.markdown:
+            md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            md += ["| " + " | ".join(r) + " |" for r in rows]
+            with open(args.markdown, "w") as fh:
+                fh.write("\n".join(lines) + "\n\n" + "\n".join(md) + "\n")
+    from lbfl_mpi.dist.torch_backend import shutdown_torch_dist
+
+    shutdown_torch_dist()
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ one row:
   all on (3, 32, 32) inputs at ``--batch`` per rank), and sampled / exact;
 - the realised density error (kept - k) / k: 0 for exact, the median over calls for sampled (range in
   brackets);
-- bytes and time of the sparse exchange (lbfl_mpi.sync.sparse.sparse_average on the exact selection:
-  header Allgather + payload Allgatherv + the scatter-add into a reused dense vector, as SparseBSPSync
+- bytes and time of the sparse exchange (lbfl_mpi.exchange.sparse_average on the exact selection:
+  header Allgather + payload Allgatherv + the scatter-add into a reused dense vector, as the top-k exchange
   does; "of it MPI" is the two collectives alone) versus one comm.allreduce_ of a float32 buffer of
   numel + 1 (the dense BSP collective, without packing).
 Times are medians over reps of the slowest rank, after one warm-up call; CUDA is synchronised inside
@@ -29,7 +29,7 @@ from lbfl_mpi.compress.topk import k_for, topk_exact, topk_sampled
 from lbfl_mpi.config import CompressConfig
 from lbfl_mpi.dist.comm import Comm, cpu_threads
 from lbfl_mpi.models import build_model
-from lbfl_mpi.sync.sparse import sparse_average
+from lbfl_mpi.exchange import sparse_average
 
 # label -> (flat size, model whose fwd+bwd is the time unit). 11M/25M are the resnet18/resnet50
 # parameter counts at 10 classes; the 1M row's model (cnn) is smaller, its real count is printed.
@@ -143,7 +143,7 @@ def main():
             cpu_gen = torch.Generator().manual_seed(1000 + comm.rank)  # each rank its own "gradient"
             x = torch.randn(numel, generator=cpu_gen).to(device)
             dense_buf = torch.zeros(numel + 1, dtype=torch.float32, device=device)
-            sparse_out = torch.zeros(numel, dtype=torch.float32, device=device)  # reused, as SparseBSPSync does
+            sparse_out = torch.zeros(numel, dtype=torch.float32, device=device)  # reused, as the top-k exchange does
             for density in DENSITIES:
                 k = k_for(numel, density)
                 gen.manual_seed(7 + comm.rank)

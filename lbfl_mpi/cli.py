@@ -16,9 +16,10 @@ BAD_INPUT = 2
 
 def _bad_input_types() -> tuple[type, ...]:
     from .data import DataError, PartitionError
+    from .dist.torch_backend import BackendError
     from .models import ModelError
 
-    return ConfigError, DataError, PartitionError, ModelError
+    return ConfigError, DataError, PartitionError, ModelError, BackendError
 
 
 def _fail(msg: str, rank: int = 0) -> None:
@@ -75,11 +76,15 @@ def cmd_train(args) -> int:
         return Trainer(cfg, comm)  # dataset, partition, model: no file is written yet
 
     def finish(cfg, comm, trainer):
+        from .dist.torch_backend import shutdown_torch_dist
+
         try:
             summary = trainer.run()
         except ConfigError as e:  # run directory refused: raised identically on every rank
             _agree_on_error(comm, str(e))
             return BAD_INPUT
+        finally:
+            shutdown_torch_dist()
         if summary is not None:
             print(f"final test acc {summary['final_test_acc']:.4f}  best {summary['best_test_acc']:.4f} "
                   f"(after step {summary['best_step'] + 1})  {summary['samples_per_s']:.0f} samples/s  "

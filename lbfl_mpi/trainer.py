@@ -24,6 +24,7 @@ from .config import Config, ConfigError, global_batch, uses_micro_batches
 from .data import ClientLoader, eval_batches, load_dataset, partition_indices
 from .models import build_model
 from .optim import build_optimizer, lr_at, set_lr_
+from .precision import LossScaler, autocast
 from .rundir import prepare_run_dir, rank_file
 from .scaling.noise_scale import layer_sq_norms
 from .scaling.transform import GradTransform
@@ -38,6 +39,8 @@ class Trainer:
     def __init__(self, cfg: Config, comm):
         self.cfg, self.comm = cfg, comm
         self.device = comm.pick_device()
+        # first, before anything that may fail on one rank only: choosing the backend is collective
+        self.backend = comm.start_backend(cfg.dist.backend, cfg.dist.timeout_s)
         comm.wait_poll_s = cfg.sync.wait_poll_us * 1e-6
         seed = cfg.run.seed
         self.plan = None
@@ -52,10 +55,16 @@ class Trainer:
         parts = partition_indices(bundle.train_labels, comm.world_size, cfg.data.partition, seed,
                                   cfg.data.labels_per_client, cfg.data.alpha)
         self.partition_sizes = [len(p) for p in parts]
+        # in-memory datasets live on the rank's device: batches are gathered there, no per-step copy
         self.loader = ClientLoader(bundle.train, parts[comm.rank], cfg.train.batch_size, seed,
-                                   comm.rank, cfg.data.workers)
+                                   comm.rank, cfg.data.workers, device=self.device)
         torch.manual_seed(seed)  # same init everywhere; rank 0's copy is broadcast anyway
-        self.model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes).to(self.device)
+        self.model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes).to(self.device).train()
+        self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        if cfg.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.precision = cfg.train.precision
+        self.scaler = LossScaler() if self.precision == "fp16" else None
         torch.manual_seed(seed * 1_000_003 + comm.rank + 1)  # independent dropout/augmentation per client
         self.sync = build_sync(cfg, comm, self.model)
         self.opt = build_optimizer(cfg.train, self.sync.params)
@@ -76,6 +85,8 @@ class Trainer:
     def _restore(self, step: int) -> None:
         ck = load_checkpoint(self.comm, self.cfg.run.out_dir, step, self.device)
         self.model.load_state_dict(ck["model"])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(ck["scaler"])
         self.opt.load_state_dict(ck["optimizer"])
         self.loader.load_state_dict(ck["loader"])
         self.sync.load_state_dict(ck["sync"])
@@ -93,17 +104,18 @@ class Trainer:
             "loader": self.loader.state_dict(), "sync": self.sync.state_dict(),
             "transform": self.transform.state_dict(), "elapsed": self.elapsed + time.time() - t0,
             "batcher": self.batcher.state_dict() if self.batcher is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         })
 
     # ------------------------------------------------------------------------- pipeline
     def _backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Mean loss and gradients of the local batch; with micro-batching (``scaling.small_batch``)
         also the [m, n] micro-batch gradients, whose mean is left in ``.grad`` (same FLOPs, more memory)."""
-        model, params = self.model, self.sync.params
+        params = self.sync.params
         self.opt.zero_grad(set_to_none=True)
         if not self.micro:
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
+            loss = self._loss(x, y)
+            self._scaled(loss).backward()
             return loss.detach(), None
         sizes = self.transform.sizes
         chunks = list(zip(x.split(self.micro), y.split(self.micro)))
@@ -114,8 +126,8 @@ class Trainer:
         loss = torch.zeros((), device=x.device)
         for j, (xs, ys) in enumerate(chunks):
             self.opt.zero_grad(set_to_none=False)
-            lj = F.cross_entropy(model(xs), ys)
-            lj.backward()
+            lj = self._loss(xs, ys)
+            self._scaled(lj).backward()
             loss += lj.detach()
             for v, p in zip(flats[j].split(sizes), params):
                 if p.grad is None:  # a layer this micro-batch did not reach
@@ -128,24 +140,38 @@ class Trainer:
             p.grad.copy_(v.view_as(p))
         return loss / len(chunks), flats
 
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with autocast(self.precision, self.device):
+            out = self.model(x)
+        return F.cross_entropy(out.float(), y)
+
+    def _scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        return self.scaler.scale_loss(loss) if self.scaler is not None else loss
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(self.device, non_blocking=True)
+        if x.dim() == 4 and self.memory_format is torch.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True)
+
     def train_step(self, step: int, timer: StepTimer) -> dict:
         cfg = self.cfg
         lr = lr_at(cfg.train, step, self.global_batch)
         set_lr_(self.opt, lr)
         timer.start()
-        x, y = self.loader.next_batch()
-        x = x.to(self.device, non_blocking=True)
-        y = y.to(self.device, non_blocking=True)
+        x, y = self._to_device(*self.loader.next_batch())
         timer.lap("data")
         b = int(y.shape[0])
 
-        self.model.train()
+        self.sync.begin_step(b)  # an overlapping exchange starts buckets during backward (model in train mode)
         loss, micro = self._backward(x, y)
         t_fb = timer.lap("compute")
         if self.slowdown > 1:  # emulated slower device: its own column, never inside t_compute
             time.sleep((self.slowdown - 1) * t_fb)
         timer.lap("straggle")
         layer_sq = layer_sq_norms([p.grad for p in self.sync.params])  # one pass: the total and the stats
+        if self.scaler is not None:
+            layer_sq = layer_sq / self.scaler.scale ** 2
         local_sq = float(layer_sq.sum())
         stats = self.transform.local_stats(layer_sq, b) if self.exchanges_stats else None
         timer.lap("compute")
@@ -155,8 +181,17 @@ class Trainer:
         timer.lap("sync")
         # gradient transform (Eq. 5-8) on the gradient used for the update: BSP's synchronised one
         collective = res_g.synced and self.comm.world_size > 1
-        info = self.transform.apply(step, b, res_g.stats, micro, collective, timer)
-        self.opt.step()
+        finite = True
+        if self.scaler is not None:  # on the synchronised gradient under BSP: the same decision everywhere
+            finite = self.scaler.unscale_([p.grad for p in self.sync.params])
+            self.scaler.update(finite)
+        if finite:
+            # the local norms still describe the gradient unless a synchronisation replaced it
+            info = self.transform.apply(step, b, res_g.stats, micro, collective, timer,
+                                        layer_sq=None if collective else layer_sq)
+            self.opt.step()
+        else:
+            info = self.transform.skipped()  # fp16 overflow: under BSP every rank skips this step
         timer.lap("compute")
         res_p = self.sync.sync_params(step, b, timer)
         timer.lap("sync")
@@ -181,9 +216,10 @@ class Trainer:
             self.model.eval()
             acc = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count
             for x, y in eval_batches(self.test_set, self.comm.rank, self.comm.world_size,
-                                     self.cfg.train.eval_batch, self.cfg.data.workers):
-                x, y = x.to(self.device), y.to(self.device)
-                out = self.model(x)
+                                     self.cfg.train.eval_batch, self.cfg.data.workers, device=self.device):
+                x, y = self._to_device(x, y)
+                with autocast(self.precision, self.device):
+                    out = self.model(x).float()
                 acc[0] += F.cross_entropy(out, y, reduction="sum").double()
                 acc[1] += (out.argmax(1) == y).sum().double()
                 acc[2] += y.numel()
@@ -221,7 +257,7 @@ class Trainer:
         log = RankLog(rank_file(cfg.run.out_dir, comm.rank), rank=comm.rank, world_size=comm.world_size,
                       config_json=cfg.to_json(), device=str(self.device),
                       flush_every=cfg.telemetry.flush_every, resume_step=resume_step,
-                      extra_attrs={"dense_bytes": self.sync.dense_bytes}, plan=self.plan)
+                      extra_attrs=self._data_plane_attrs(), plan=self.plan)
         timer = StepTimer(self.device)
         bar = _progress(comm.rank == 0, cfg.train.steps, self.start_step)
         t0 = time.time()
@@ -257,6 +293,14 @@ class Trainer:
             log.close()
             self.loader.close()
         return summary
+
+    def _data_plane_attrs(self) -> dict:
+        """Rank-file attributes: how this run's tensors travelled."""
+        ex = getattr(self.sync, "exchange", None)
+        return {"dense_bytes": self.sync.dense_bytes, "backend": self.backend,
+                "staging": self.comm.staging(self.device), "exchange": self.sync.exchange_name,
+                "buckets": int(getattr(ex, "n_buckets", 1)), "precision": self.precision,
+                "channels_last": int(self.cfg.train.channels_last)}
 
     def _save_global_model(self) -> None:
         """Rank 0 writes the final global (averaged) model's state_dict to ``model.pt``; collective."""

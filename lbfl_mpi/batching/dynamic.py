@@ -11,6 +11,8 @@ that fast clients stop waiting for slow ones:
 """
 from __future__ import annotations
 
+import numpy as np
+
 import math
 
 
@@ -95,7 +97,8 @@ class DynamicBatcher:
         rate = self.samples / max(self.busy, 1e-9)
         self.smoothed = rate if self.smoothed is None else self.ewma * rate + (1 - self.ewma) * self.smoothed
         self.samples, self.busy = 0, 0.0
-        rates = [float(r) for r in comm.allgather_obj(self.smoothed)]
+        # through the data plane (float64 keeps the Python float exactly): every rank the same numbers
+        rates = [float(r) for r in comm.allgather_array(np.array([self.smoothed], dtype=np.float64))[:, 0]]
         proposed = allocate(rates, self.global_batch, self.min_batch, self.max_batch)
         new = apply_deadband(self.sizes, proposed, self.deadband)
         if new == self.sizes:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gzip
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,12 +50,28 @@ class TensorData:
     """In-memory dataset: x float32 [N, C, H, W], y int64 [N]."""
     x: torch.Tensor
     y: torch.Tensor
+    # device -> the copy made by to(); the training loader and every evaluation share one copy
+    _copies: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
     def __getitem__(self, i):
         return self.x[i], self.y[i]
+
+    def to(self, device: torch.device | str) -> TensorData:
+        """The same samples on ``device`` (x float32, y int64). The copy is made on the first call
+        for a device and reused afterwards; ``self`` when the tensors are already there as such."""
+        dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None:  # "cuda" means the current device, as in .to()
+            dev = torch.device("cuda", torch.cuda.current_device())
+        if (self.x.device == dev and self.y.device == dev and self.x.dtype == torch.float32
+                and self.y.dtype == torch.int64):
+            return self
+        key = str(dev)
+        if key not in self._copies:
+            self._copies[key] = TensorData(self.x.to(dev, torch.float32), self.y.to(dev, torch.int64))
+        return self._copies[key]
 
 
 @dataclass
@@ -197,7 +213,14 @@ def _torchvision(cfg: DataConfig) -> DatasetBundle:
 
 
 def _cifar(name, root, size, datasets, T) -> DatasetBundle:
-    """Standard CIFAR augmentation; ``size`` other than 32 resizes (e.g. 224 for ImageNet-shaped models)."""
+    """Standard CIFAR augmentation; ``size`` other than 32 resizes (e.g. 224 for ImageNet-shaped models).
+
+    The training set stays a torchvision dataset: its random crop and flip are drawn afresh for
+    every sample, so it cannot be computed once. The test transform is deterministic; at 32x32 it
+    is applied here to the whole array at once (:func:`_cifar_tensors`, the same values as the
+    per-image transform), which gives a :class:`TensorData` that a loader can keep on the device.
+    Resized test sets stay per-image: 10000 images at 224x224 would take 6 GB as float32.
+    """
     mean, std = _CIFAR_STATS[name]
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     resize = [T.Resize(size)] if size != 32 else []
@@ -206,8 +229,20 @@ def _cifar(name, root, size, datasets, T) -> DatasetBundle:
     test_tf = T.Compose(resize + [T.ToTensor(), T.Normalize(mean, std)])
     train = cls(root, train=True, transform=train_tf, download=False)
     test = cls(root, train=False, transform=test_tf, download=False)
+    if size == 32:
+        test = _cifar_tensors(test.data, test.targets, mean, std)
     return DatasetBundle(train, test, NUM_CLASSES[name], (3, size, size),
                          np.asarray(train.targets, dtype=np.int64))
+
+
+def _cifar_tensors(images: np.ndarray, targets, mean, std) -> TensorData:
+    """ToTensor + Normalize of a whole uint8 [N, H, W, C] array: the same float32 operations in the
+    same order as the per-image transform (x / 255, then (x - mean) / std), so bit-identical."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+    x = x.to(torch.float32).div(255)
+    x.sub_(torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+    x.div_(torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+    return TensorData(x, torch.as_tensor(np.asarray(targets, dtype=np.int64)))
 
 
 def _large_images(name, root, size, datasets, T) -> DatasetBundle:

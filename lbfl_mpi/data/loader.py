@@ -3,6 +3,11 @@
 The training stream of a client is the concatenation of permutations of its indices; pass ``p`` is
 ``np.random.default_rng([seed, rank, p]).permutation(indices)``. Its position is (pass, offset), so a
 checkpoint holds three integers and a resumed run continues with exactly the same batches.
+
+In-memory datasets (:class:`TensorData`) can be kept on the rank's device: given ``device``, the
+loader copies the whole set there once and gathers each batch there from one index tensor, so a
+step moves only the batch's indices from the host. The batches are the same values in the same
+order as without ``device``; only where they live differs.
 """
 from __future__ import annotations
 
@@ -63,10 +68,16 @@ class ClientLoader:
     non-tensor datasets) a DataLoader prefetches ahead of the trainer; the saved state still counts only
     the batches returned by ``next_batch``, and the worker iterator is rebuilt from that state whenever
     the batch size changes or :meth:`load_state_dict` is called, so prefetched batches are never skipped.
+
+    ``device``: for a :class:`TensorData`, keep the dataset on that device (copied once, shared
+    with other loaders of the same dataset) and return batches already there; ``device_resident``
+    says so. Ignored for other datasets (image files), whose batches are built on the host.
     """
 
-    def __init__(self, dataset, indices: np.ndarray, batch_size: int, seed: int, rank: int, workers: int = 0):
-        self.dataset = dataset
+    def __init__(self, dataset, indices: np.ndarray, batch_size: int, seed: int, rank: int, workers: int = 0,
+                 device: torch.device | str | None = None):
+        self.device_resident = isinstance(dataset, TensorData) and device is not None
+        self.dataset = dataset.to(device) if self.device_resident else dataset
         self.indices = np.asarray(indices, dtype=np.int64)
         if len(self.indices) == 0:
             raise ValueError(f"rank {rank}: ClientLoader needs a non-empty partition")
@@ -93,7 +104,8 @@ class ClientLoader:
         else:
             idx = self._pos.take(b)
             if self._tensor:
-                t = torch.from_numpy(idx)
+                # [b] int64 indices: the only host-to-device copy of a resident step
+                t = torch.from_numpy(idx).to(self.dataset.y.device)
                 x, y = self.dataset.x[t], self.dataset.y[t]
             else:
                 x, y = _stack([self.dataset[int(i)] for i in idx])
@@ -131,10 +143,16 @@ def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return rank * n // world_size, (rank + 1) * n // world_size
 
 
-def eval_batches(dataset, rank: int, world_size: int, batch_size: int, workers: int = 0):
-    """Yield (x, y) batches of this rank's contiguous shard of ``dataset`` (possibly none)."""
+def eval_batches(dataset, rank: int, world_size: int, batch_size: int, workers: int = 0,
+                 device: torch.device | str | None = None):
+    """Yield (x, y) batches of this rank's contiguous shard of ``dataset`` (possibly none).
+
+    ``device``: as for :class:`ClientLoader`; a :class:`TensorData` is copied there on the first
+    call only, and its batches are slices of that copy."""
     start, end = shard_range(len(dataset), rank, world_size)
     if isinstance(dataset, TensorData):
+        if device is not None:
+            dataset = dataset.to(device)
         for i in range(start, end, batch_size):
             j = min(i + batch_size, end)
             yield dataset.x[i:j].float(), dataset.y[i:j].long()

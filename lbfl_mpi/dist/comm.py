@@ -1,9 +1,10 @@
-"""MPI wrapper: rank, world size, local rank, device choice, flat-buffer collectives, abort on error.
+"""The job as one client sees it: rank, world size, local rank, device choice, collectives, abort.
 
-One object, :class:`Comm`, is the only place that touches mpi4py. Every collective takes one flat,
-contiguous tensor and uses the upper-case (buffer) mpi4py calls. CUDA tensors are staged through a
-pinned host buffer unless the MPI library reports CUDA support (``MPIX_Query_cuda_support``) or the
-user forces it with ``LBFL_CUDA_AWARE=1``.
+:class:`Comm` starts MPI (mpi4py), which every job is launched with, and keeps the control plane on
+it: object collectives, barriers and abort. Tensor collectives take one flat, contiguous tensor and go
+through the data plane chosen by ``dist.backend``: :class:`~.mpi_plane.MPIPlane` (mpi4py buffer
+calls, pinned host staging for CUDA tensors unless the MPI is CUDA-aware) or a torch.distributed
+process group bootstrapped over MPI (:mod:`.torch_backend`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+
+from .mpi_plane import MPIPlane
 
 
 def _loaded_libmpi() -> str | None:
@@ -67,9 +70,8 @@ class Comm:
         self.local_rank = self.local_comm.Get_rank()
         self.local_size = self.local_comm.Get_size()
         self.cuda_aware = detect_cuda_aware()
-        self.chunk_bytes = int(float(os.environ.get("LBFL_ALLREDUCE_CHUNK_MB", "4")) * 2**20)
         self.device = torch.device("cpu")
-        self._pinned: dict[tuple, torch.Tensor] = {}
+        self.plane = MPIPlane(self, self.cuda_aware)  # replaced by start_backend() for nccl/gloo
         self.wait_poll_s = 0.0  # > 0: wait for the other ranks sleeping, not spinning (see arrive())
 
     # -------------------------------------------------------------------------------- device
@@ -83,33 +85,6 @@ class Comm:
             self.device = torch.device("cpu")
             torch.set_num_threads(cpu_threads(self.local_size))
         return self.device
-
-    # ---------------------------------------------------------------------------- collectives
-    def _host(self, t: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """A host tensor MPI may read/write, and whether it is a staging copy of ``t``."""
-        if t.device.type == "cpu":
-            return t, False
-        if self.cuda_aware:
-            torch.cuda.current_stream(t.device).synchronize()  # MPI must see finished kernels
-            return t, False
-        buf = self._pinned_buffer(t.numel(), t.dtype, slot="send")
-        buf.copy_(t.reshape(-1), non_blocking=True)
-        torch.cuda.current_stream(t.device).synchronize()
-        return buf, True
-
-    def _pinned_buffer(self, numel: int, dtype: torch.dtype, slot: str) -> torch.Tensor:
-        """A pinned host view of ``numel`` elements; one growing buffer per (slot, dtype), reused."""
-        key = (slot, dtype)
-        buf = self._pinned.get(key)
-        if buf is None or buf.numel() < numel:
-            buf = torch.empty(max(numel, 1), dtype=dtype, pin_memory=True)
-            self._pinned[key] = buf
-        return buf[:numel]
-
-    def _mpi_buf(self, t: torch.Tensor):
-        if t.device.type == "cpu":
-            return t.numpy()
-        return t  # CUDA-aware path: mpi4py reads __cuda_array_interface__/DLPack
 
     def arrive(self) -> None:
         """With ``wait_poll_s > 0``: block until every rank has reached this point by polling a
@@ -127,58 +102,65 @@ class Comm:
         while not req.Test():
             time.sleep(self.wait_poll_s)
 
-    def allreduce_(self, flat: torch.Tensor) -> torch.Tensor:
-        """In-place sum of a flat contiguous tensor over all ranks.
+    # ------------------------------------------------------------------------------ data plane
+    def start_backend(self, requested: str = "mpi", timeout_s: float = 300.0) -> str:
+        """Choose the data plane (``dist.backend``; see torch_backend.select_backend) and start it.
+        Collective. Every data-plane collective below goes through it from then on; object
+        collectives, barriers and aborts stay on MPI."""
+        from .torch_backend import TorchPlane, init_torch_dist, select_backend
 
-        Buffers above ``chunk_bytes`` are reduced as consecutive contiguous slices (one MPI_Allreduce
-        each): Open MPI's large-message path measured 4x slower on one 44 MB buffer than on 4 MB
-        slices of it (benchmarks/bench_sync.py). ``LBFL_ALLREDUCE_CHUNK_MB=0`` disables slicing.
-        """
+        name = select_backend(requested, self)
+        if name != "mpi":
+            init_torch_dist(self, name, timeout_s, self.device if self.device.type == "cuda" else None)
+            self.plane = TorchPlane(name, self, self.device)
+        return name
+
+    @property
+    def backend(self) -> str:
+        return self.plane.name
+
+    def staging(self, device: torch.device | None = None) -> str:
+        """How tensors of ``device`` (default: this rank's) reach the network: host, pinned-host,
+        cuda-aware or device."""
+        return self.plane.staging(device or self.device)
+
+    def allreduce_(self, flat: torch.Tensor) -> torch.Tensor:
+        """In-place sum of a flat contiguous tensor over all ranks."""
         assert flat.is_contiguous() and flat.dim() == 1, "collectives take one flat contiguous buffer"
         if self.world_size == 1:
             return flat
-        host, staged = self._host(flat)
         self.arrive()
-        buf = self._mpi_buf(host)
-        step = self.chunk_bytes // host.element_size() if self.chunk_bytes > 0 else host.numel()
-        for i in range(0, host.numel(), max(1, step)):
-            self.comm.Allreduce(self.MPI.IN_PLACE, buf[i:i + step])
-        if staged:
-            flat.copy_(host, non_blocking=True)
-        return flat
+        return self.plane.allreduce_(flat)
+
+    def iallreduce_(self, flat: torch.Tensor, slot: str):
+        """Start an in-place sum; returns a work handle with ``wait()`` (None on a single rank).
+        ``slot`` names the reused staging buffer, one per concurrently outstanding collective."""
+        assert flat.is_contiguous() and flat.dim() == 1, "collectives take one flat contiguous buffer"
+        if self.world_size == 1:
+            return None
+        return self.plane.iallreduce_(flat, slot)
 
     def bcast_(self, flat: torch.Tensor, root: int = 0) -> torch.Tensor:
         """In-place broadcast of a flat contiguous tensor from ``root``."""
         assert flat.is_contiguous() and flat.dim() == 1
         if self.world_size == 1:
             return flat
-        host, staged = self._host(flat)
-        self.comm.Bcast(self._mpi_buf(host), root=root)
-        if staged:
-            flat.copy_(host, non_blocking=True)
-        return flat
+        return self.plane.bcast_(flat, root)
 
     def allgatherv(self, local: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """Concatenation over ranks of 1-D tensors whose sizes differ (``counts[r]`` from rank r), on
-        ``local``'s device (one MPI_Allgatherv)."""
+        ``local``'s device."""
         assert local.is_contiguous() and local.dim() == 1 and local.numel() == counts[self.rank]
         if self.world_size == 1:
             return local.clone()
-        send, staged = self._host(local)
-        total = int(sum(counts))
-        if staged:
-            recv = self._pinned_buffer(total, local.dtype, slot="recv")
-        else:
-            recv = torch.empty(total, dtype=local.dtype, device=local.device)
-        self.comm.Allgatherv(self._mpi_buf(send), [self._mpi_buf(recv), [int(c) for c in counts]])
-        return recv.to(local.device, non_blocking=True) if staged else recv
+        return self.plane.allgatherv(local, counts)
 
     def allgather_array(self, local: np.ndarray) -> np.ndarray:
         """Allgather of equal-size numpy arrays -> array of shape [world_size, *local.shape]."""
         local = np.ascontiguousarray(local)
-        out = np.empty((self.world_size,) + local.shape, dtype=local.dtype)
-        self.comm.Allgather(local, out)
-        return out
+        if self.world_size == 1:
+            return local[None].copy()
+        return self.plane.allgather_array(local)
 
     def allgather_obj(self, obj):
         return self.comm.allgather(obj)

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .noise_scale import layer_sq_norms
+
 EPS = 1e-12
 NOISE_POOL_EXTRA = 1 << 16
 
@@ -97,7 +99,9 @@ class ChunkLayout:
 
 def layer_scales(tensors: list[torch.Tensor]) -> torch.Tensor:
     """RMS of each tensor (float32), floored so an all-zero layer does not divide by zero."""
-    return torch.stack([t.detach().float().pow(2).mean().sqrt() for t in tensors]).clamp_min(EPS)
+    sq = layer_sq_norms(tensors)
+    numels = torch.tensor([t.numel() for t in tensors], dtype=torch.float64).to(sq.device)
+    return (sq / numels).sqrt().float().clamp_min(EPS)
 
 
 class Teacher:
@@ -176,12 +180,11 @@ class Teacher:
         |G~_l|^2) per layer. ``sq_norms`` (per-layer |G_l|^2, if the caller has them) saves a pass."""
         self.net.eval()
         if sq_norms is None:
-            sq_norms = torch.stack([g.float().pow(2).sum() for g in grads])
+            sq_norms = layer_sq_norms(grads)
         numels = torch.tensor(self.layout.numels, dtype=torch.float64)
         rms = torch.sqrt(sq_norms.double().cpu() / numels).clamp_min(EPS).tolist()
         C = self.layout.chunk
         noise = self._noise(step).view(-1)
-        after = []
         for li, (g, n, start) in enumerate(zip(grads, self.layout.numels, self.layout.starts)):
             flat, r = g.view(-1), rms[li]
             full = (n // C) * C
@@ -199,8 +202,7 @@ class Teacher:
                 row0 += x.shape[0]
             if tail is not None:
                 flat[full:].copy_(tail[0, :n - full])
-            after.append(flat.float().pow(2).sum())
-        after = torch.stack(after).double().cpu()
+        after = layer_sq_norms(grads).cpu()
         return torch.sqrt(after / sq_norms.double().cpu().clamp_min(EPS)), after
 
     @torch.no_grad()
@@ -221,9 +223,9 @@ class Teacher:
 
 def cosine(a: list[torch.Tensor], b: list[torch.Tensor], a_sq: float | None = None) -> float:
     """Cosine similarity of two gradients given as lists of tensors (float32 dot products per
-    tensor, summed in float64); ``a_sq`` = |a|^2 when the caller already has it."""
+    tensor, summed in float64; norms by :func:`layer_sq_norms`); ``a_sq`` = |a|^2 when the caller
+    already has it."""
     dot = torch.stack([torch.dot(x.reshape(-1).float(), y.reshape(-1).float()) for x, y in zip(a, b)])
-    nb = torch.stack([y.float().pow(2).sum() for y in b])
-    d, sb = float(dot.double().sum()), float(nb.double().sum())
-    sa = float(torch.stack([x.float().pow(2).sum() for x in a]).double().sum()) if a_sq is None else a_sq
+    d, sb = float(dot.double().sum()), float(layer_sq_norms(b).sum())
+    sa = float(layer_sq_norms(a).sum()) if a_sq is None else a_sq
     return d / math.sqrt(sa * sb) if sa > 0 and sb > 0 else math.nan

@@ -35,6 +35,7 @@ class GradTransform:
                                    self.sc.teacher_hidden, self.sc.teacher_lr, seed=cfg.run.seed)
             self.teacher_left = self.sc.teacher_steps
         self.was_critical = False
+        self._exchange = None  # teacher-gradient averaging under BSP
 
     # ------------------------------------------------------------------------------ inputs
     @staticmethod
@@ -65,21 +66,29 @@ class GradTransform:
         return [v.view_as(p) for v, p in zip(flat.split(self.sizes), self.params)]
 
     # ------------------------------------------------------------------------------- apply
+    def skipped(self) -> dict:
+        """The logged values of a step that applied no update (an fp16 overflow): scale factor 0."""
+        return {"grad_change": math.nan, "phase": int(self.was_critical), "noise_scale": self.noise.b_simple(),
+                "scale_factor": 0.0, "t_teacher": 0.0, "teacher_nll": math.nan, "teacher_cos": math.nan}
+
     def apply(self, step: int, b: int, summed: torch.Tensor | None, micro: torch.Tensor | None,
-              collective: bool, timer=None) -> dict:
+              collective: bool, timer=None, layer_sq: torch.Tensor | None = None) -> dict:
         """Transform the gradients in ``self.params[i].grad`` in place; returns the logged values.
 
         ``summed``: the BSP statistics summed over ranks (None when none were exchanged);
         ``micro``: [m, n] micro-batch gradients of the local batch (or None); ``collective``: all
-        ranks see the same gradient this step (BSP), so teacher training averages over ranks.
+        ranks see the same gradient this step (BSP), so teacher training averages over ranks;
+        ``layer_sq``: the per-layer squared norms of the current gradients, if already known.
         """
         grads = [p.grad for p in self.params]
-        sq = layer_sq_norms(grads)  # one pass, shared by the noise scale, Eq. 8 and the teacher
+        # one pass, shared by the noise scale, Eq. 8 and the teacher; ``layer_sq`` when the caller
+        # already has the per-layer squared norms of exactly these gradients (not synchronised since)
+        sq = layer_sq if layer_sq is not None else layer_sq_norms(grads)
         b_large = self._update_noise(summed, micro, b, sq)
         delta = self.detector.update(float(sq.sum()))
         critical = is_critical(delta, self.sc.threshold)
-        out = {"grad_change": delta, "phase": int(critical), "noise_scale": self.noise.b_simple(),
-               "scale_factor": 1.0, "t_teacher": 0.0, "teacher_nll": math.nan, "teacher_cos": math.nan}
+        out = {**self.skipped(), "grad_change": delta, "phase": int(critical), "noise_scale": self.noise.b_simple(),
+               "scale_factor": 1.0}
         method = self.sc.method
         if method == "step":
             out["scale_factor"] = step_factor(critical, self.sc.factor, self.sc.polarity)
@@ -119,13 +128,13 @@ class GradTransform:
         out["teacher_cos"] = cosine(grads, held_out, a_sq=float(new_sq.sum()))
 
     def _average(self, tensors: list[torch.Tensor]) -> None:
-        flat = torch.cat([t.reshape(-1) for t in tensors]).contiguous()
-        self.comm.allreduce_(flat)
-        flat /= self.comm.world_size
-        off = 0
-        for t in tensors:
-            t.copy_(flat[off:off + t.numel()].view_as(t))
-            off += t.numel()
+        """tensors <- their mean over the ranks, through the job's dense exchange (one buffer, reused)."""
+        if self._exchange is None:
+            from ..exchange import DenseExchange
+
+            self._exchange = DenseExchange(self.comm, tensors)
+        self._exchange.reduce_(tensors, 1.0)
+        self._exchange.unpack_(tensors)
 
     # ------------------------------------------------------------------------------ state
     def state_dict(self) -> dict:

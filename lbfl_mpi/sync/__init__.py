@@ -1,8 +1,11 @@
-"""Client synchronisation schemes: BSP, FedAvg and post-local SGD."""
+"""Client synchronisation schemes (BSP, FedAvg, post-local SGD), each composed with an exchange."""
+import sys
+
+from ..config import uses_micro_batches
+from ..exchange import BucketedExchange, DenseExchange, Exchange, TopKExchange
 from .base import SyncResult, Synchronizer
 from .bsp import BSPSync
 from .fedavg import FedAvgSync, PostLocalSync
-from .sparse import SparseBSPSync, SparseFedAvgSync
 
 
 def stats_slots(model) -> int:
@@ -10,29 +13,61 @@ def stats_slots(model) -> int:
     return sum(1 for p in model.parameters() if p.requires_grad) + 1
 
 
+def overlap_off_reason(cfg, world_size: int) -> str | None:
+    """Why ``sync.bucket_mb`` > 0 cannot overlap the gradient allreduce with backward here (None: it can)."""
+    if world_size == 1:
+        return "a single rank exchanges nothing"
+    if cfg.sync.mode != "bsp":
+        return f"sync.mode={cfg.sync.mode!r} averages models, not per-step gradients"
+    if cfg.compress.method != "none":
+        return f"compress.method={cfg.compress.method!r} selects entries over the whole gradient after backward"
+    if uses_micro_batches(cfg, world_size):
+        return (f"scaling.small_batch={cfg.scaling.small_batch} runs several backward passes per step "
+                f"(micro-batches)")
+    return None
+
+
 def build_sync(cfg, comm, model) -> Synchronizer:
-    """The synchroniser named by ``sync.mode``, compressed when ``compress.method = "topk"``."""
-    mode, s, c = cfg.sync.mode, cfg.sync, cfg.compress
+    """The scheme named by ``sync.mode``, composed with the exchange that ``compress`` and
+    ``sync.bucket_mb`` ask for."""
+    mode, c, seed = cfg.sync.mode, cfg.compress, cfg.run.seed
     topk = c.method == "topk"
+    params = [p for p in model.parameters() if p.requires_grad]
     # BSP sums per-layer local squared gradient norms and 1/b with the gradients (noise scale, gain)
     slots = stats_slots(model) if comm.world_size > 1 else 0
+    if cfg.sync.bucket_mb > 0:
+        reason = overlap_off_reason(cfg, comm.world_size)
+        if reason is not None and comm.rank == 0:
+            print(f"lbfl: sync.bucket_mb={cfg.sync.bucket_mb:g} ignored, gradients are reduced in one buffer "
+                  f"after backward: {reason}", file=sys.stderr, flush=True)
+        overlap = reason is None
+    else:
+        overlap = False
 
-    def bsp():
-        return SparseBSPSync(comm, model, c, cfg.run.seed, slots) if topk else BSPSync(comm, model, slots)
-
-    def fedavg(start=0):
+    def grad_exchange() -> Exchange:
         if topk:
-            return SparseFedAvgSync(comm, model, s.period, c, cfg.run.seed, start_step=start)
-        return FedAvgSync(comm, model, s.period, start_step=start)
+            return TopKExchange(comm, params, c, seed * 1_000_003 + comm.rank, extras=slots, what="gradient")
+        if overlap:
+            return BucketedExchange(comm, params, slots, cfg.sync.bucket_mb)
+        return DenseExchange(comm, params, slots)
 
+    def fedavg(start: int = 0) -> FedAvgSync:
+        exchange = None
+        if topk:
+            state = params + [b for b in model.buffers() if b.is_floating_point()]
+            exchange = TopKExchange(comm, state, c, seed * 1_000_003 + comm.rank + 7919, what="model delta")
+        return FedAvgSync(comm, model, s_period, start_step=start, exchange=exchange)
+
+    s_period = cfg.sync.period
     if mode == "bsp":
-        return bsp()
+        return BSPSync(comm, model, grad_exchange())
     if mode == "fedavg":
         return fedavg()
     if mode == "postlocal":
-        return PostLocalSync(comm, model, s.period, s.switch_step, bsp=bsp(), local=fedavg(s.switch_step))
+        return PostLocalSync(comm, model, s_period, cfg.sync.switch_step, bsp=BSPSync(comm, model, grad_exchange()),
+                             local=fedavg(cfg.sync.switch_step))
     raise ValueError(f"sync.mode={mode!r}")
 
 
-__all__ = ["stats_slots", "SyncResult", "Synchronizer", "BSPSync", "FedAvgSync", "PostLocalSync", "SparseBSPSync",
-           "SparseFedAvgSync", "build_sync"]
+__all__ = ["stats_slots", "overlap_off_reason", "SyncResult", "Synchronizer", "BSPSync", "FedAvgSync",
+           "PostLocalSync", "build_sync"]

@@ -1,5 +1,8 @@
 """Shared parts of the synchronisation schemes: the interface the trainer calls, the initial broadcast,
-and the sample-weighted model average used by FedAvg and by evaluation of the global model."""
+and the sample-weighted model average used by FedAvg and by evaluation of the global model.
+
+A scheme decides *when* and *what* is combined; the exchange it is given (lbfl_mpi/exchange) decides
+*how*: dense, bucketed and overlapped with backward, or top-k compressed."""
 from __future__ import annotations
 
 import math
@@ -8,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .flat import FlatBuffer
+from ..exchange import DenseExchange, Exchange
 
 
 @dataclass
@@ -36,35 +39,38 @@ class Synchronizer:
         # floating-point buffers (BatchNorm running statistics) travel with the parameters; integer
         # ones (num_batches_tracked) advance identically on every rank and are left alone
         self.state = self.params + [b for b in model.buffers() if b.is_floating_point()]
-        self._state_flat: FlatBuffer | None = None
+        self._state_exchange: Exchange | None = None
         self.samples_since_sync = 0
 
     @property
-    def state_flat(self) -> FlatBuffer:
-        if self._state_flat is None:
-            self._state_flat = FlatBuffer(self.state)
-        return self._state_flat
+    def state_exchange(self) -> Exchange:
+        """Dense exchange over parameters and float buffers (model averages, the initial broadcast)."""
+        if self._state_exchange is None:
+            self._state_exchange = DenseExchange(self.comm, self.state)
+        return self._state_exchange
 
     def broadcast_initial(self) -> None:
         """Every client starts from rank 0's parameters and buffers."""
         if self.comm.world_size == 1:
             return
-        flat = self.state_flat
+        ex = self.state_exchange
         with torch.no_grad():
-            flat.pack_(self.state)
-            self.comm.bcast_(flat.buf, root=0)
-            flat.unpack_(self.state, average=False)
+            ex.pack_(self.state, 1.0, None)
+            self.comm.bcast_(ex.flat.buf, root=0)
+            ex.unpack_(self.state, average=False)
 
     @torch.no_grad()
     def average_state_(self, weight: float) -> int:
         """w <- sum_c weight_c w_c / sum_c weight_c over parameters and float buffers (Eq. 1b)."""
         if self.comm.world_size == 1:
             return 0
-        flat = self.state_flat
-        flat.pack_(self.state, weight=float(weight))
-        self.comm.allreduce_(flat.buf)
-        flat.unpack_(self.state)
-        return flat.nbytes
+        ex = self.state_exchange
+        sent = ex.reduce_(self.state, float(weight))
+        ex.unpack_(self.state)
+        return sent.bytes_sent
+
+    def begin_step(self, batch_size: int) -> None:
+        """Before the step's backward pass (an overlapping exchange starts its buckets during it)."""
 
     def sync_grads(self, step: int, batch_size: int, timer=None, stats: torch.Tensor | None = None) -> SyncResult:
         """Before the optimizer step. ``timer`` (a StepTimer) gets compression time lapped as
@@ -79,7 +85,11 @@ class Synchronizer:
     @property
     def dense_bytes(self) -> int:
         """Payload of one dense exchange of this scheme (for compression ratios)."""
-        return self.state_flat.nbytes
+        return self.state_exchange.nbytes
+
+    @property
+    def exchange_name(self) -> str:
+        return "dense"
 
     def eval_weight(self, batch_size: int) -> float:
         """This rank's weight in the evaluation-time average of the models."""

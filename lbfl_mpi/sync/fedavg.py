@@ -5,12 +5,17 @@ steps on its own data (Eq. 1a), then the models are averaged, weighted by the sa
 processed since the last average (Eq. 1b; equal weights when all b_c are equal). BatchNorm running
 statistics are averaged with the parameters. Optimizer state (momentum, Adam moments) stays local.
 
+With a compressing exchange (top-k, Eq. 9) the model delta since the last average is exchanged
+instead, with its own error feedback: every rank applies anchor + averaged compressed delta, so all
+end the sync with identical models.
+
 Post-local SGD (Lin et al. 2020): BSP until ``sync.switch_step``, FedAvg afterwards.
 """
 from __future__ import annotations
 
 import torch
 
+from ..exchange import Exchange
 from .base import NO_SYNC, SyncResult, Synchronizer
 from .bsp import BSPSync
 
@@ -18,10 +23,22 @@ from .bsp import BSPSync
 class FedAvgSync(Synchronizer):
     name = "fedavg"
 
-    def __init__(self, comm, model: torch.nn.Module, period: int, start_step: int = 0):
+    def __init__(self, comm, model: torch.nn.Module, period: int, start_step: int = 0,
+                 exchange: Exchange | None = None):
         super().__init__(comm, model)
         self.period = period
         self.start_step = start_step
+        self.exchange = exchange if exchange is not None else self.state_exchange
+        self.anchor = self._current().clone() if self.exchange.compresses else None
+
+    @property
+    def exchange_name(self) -> str:
+        return self.exchange.name
+
+    @torch.no_grad()
+    def _current(self) -> torch.Tensor:
+        """The model (parameters and float buffers) as one flat vector (a view into the buffer)."""
+        return self.exchange.pack_(self.state, 1.0, None)[:self.exchange.flat.numel]
 
     def is_sync_step(self, step: int) -> bool:
         """Average after local steps start_step+H-1, start_step+2H-1, ... (0-based step indices)."""
@@ -35,20 +52,53 @@ class FedAvgSync(Synchronizer):
         self.samples_since_sync = 0
         return res
 
+    def broadcast_initial(self) -> None:
+        super().broadcast_initial()
+        self.reset_anchor()
+
     def reset_anchor(self) -> None:
         """Mark the current (rank-identical) model as the last synchronised one; dense FedAvg needs
         no anchor."""
+        if self.anchor is not None:
+            self.anchor = self._current().clone()
 
+    @torch.no_grad()
     def average_(self, step: int, timer) -> SyncResult:
         """The model average of a sync step (Eq. 1b), weighted by samples since the last one."""
-        nbytes = self.average_state_(self.samples_since_sync)
-        return SyncResult(synced=True, bytes_sent=nbytes, density=1.0)
+        if self.anchor is None:
+            nbytes = self.average_state_(self.samples_since_sync)
+            return SyncResult(synced=True, bytes_sent=nbytes, density=1.0)
+        ex = self.exchange
+        delta = self._current() - self.anchor
+        sent = ex.reduce_(delta, float(self.samples_since_sync), step=step, timer=timer)
+        total = float(ex.flat.buf[-1])
+        if total <= 0:
+            raise RuntimeError(f"model average with total weight {total}: no rank contributed samples")
+        self.anchor += ex.flat.body.div_(total)
+        ex.flat.body.copy_(self.anchor)
+        ex.unpack_(self.state, average=False)
+        if timer is not None:
+            timer.lap("compress")
+        return SyncResult(synced=True, bytes_sent=sent.bytes_sent, density=sent.density,
+                          residual_norm_sq=sent.residual_norm_sq)
 
     def eval_weight(self, batch_size: int) -> float:
         return float(self.samples_since_sync)
 
     def needs_average_for_eval(self) -> bool:
         return self.comm.world_size > 1 and self.samples_since_sync > 0
+
+    def state_dict(self) -> dict:
+        d = {**super().state_dict(), "exchange": self.exchange.state_dict()}
+        if self.anchor is not None:
+            d["anchor"] = self.anchor
+        return d
+
+    def load_state_dict(self, d: dict) -> None:
+        super().load_state_dict(d)
+        self.exchange.load_state_dict(d.get("exchange", {}))
+        if self.anchor is not None:
+            self.anchor = d["anchor"].to(self.anchor.device).clone()
 
 
 class PostLocalSync(Synchronizer):
@@ -68,6 +118,13 @@ class PostLocalSync(Synchronizer):
 
     def broadcast_initial(self) -> None:
         self.local.broadcast_initial()  # also sets the anchor of a compressed FedAvg
+
+    def begin_step(self, batch_size: int) -> None:
+        self.bsp.begin_step(batch_size)
+
+    @property
+    def exchange_name(self) -> str:
+        return f"{self.bsp.exchange_name}+{self.local.exchange_name}"
 
     @property
     def dense_bytes(self) -> int:

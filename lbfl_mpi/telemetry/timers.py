@@ -1,5 +1,7 @@
-"""Wall-clock phase timers; on GPU each phase ends with a CUDA synchronize so kernels are counted
-in the phase that launched them (t_compute is not hidden inside t_sync)."""
+"""Wall-clock phase timers; on GPU each phase ends by synchronising the current CUDA stream, so kernels
+are counted in the phase that launched them (t_compute is not hidden inside t_sync). Only the current
+stream: a gradient bucket's collective still running on NCCL's stream is waited for where the step
+waits for it (t_sync), not at the end of backward."""
 from __future__ import annotations
 
 import time
@@ -21,7 +23,7 @@ class StepTimer:
     def lap(self, name: str) -> float:
         """Add the time since the previous lap to ``name`` and return it."""
         if self.cuda:
-            torch.cuda.synchronize(self.device)
+            torch.cuda.current_stream(self.device).synchronize()
         now = time.perf_counter()
         dt = now - self._t
         self.times[name] = self.times.get(name, 0.0) + dt

@@ -170,3 +170,40 @@ def test_fashion_default_root_named_in_error(monkeypatch, tmp_path):
     monkeypatch.setattr(dmod, "FASHION_DEFAULT_ROOT", str(tmp_path))
     with pytest.raises(DataError, match=r"data.root='' \(default .*\): Fashion-MNIST not found"):
         load_dataset(DataConfig(name="fashion_mnist"))
+
+
+def _fake_cifar10(root, n_train=6, n_test=7):
+    """cifar-10-batches-py with random images; torchvision's md5 checks are patched out by the caller."""
+    import pickle
+    d = root / "cifar-10-batches-py"
+    d.mkdir()
+    rng = np.random.default_rng(3)
+    for name, n in [(f"data_batch_{i}", n_train) for i in range(1, 6)] + [("test_batch", n_test)]:
+        entry = {"data": rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8),
+                 "labels": rng.integers(0, 10, n).tolist()}
+        (d / name).write_bytes(pickle.dumps(entry))
+    (d / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+
+
+def test_cifar_test_set_is_tensor_data_equal_to_per_image_transform(tmp_path, monkeypatch):
+    """The CIFAR test set, converted to TensorData at load, against torchvision's per-image
+    ToTensor + Normalize (the reference): equal bit for bit. The training set keeps its random
+    augmentation and stays per-image; a resized test set stays per-image too."""
+    tv = pytest.importorskip("torchvision")
+    import torchvision.datasets.cifar as tvc
+    from torchvision import transforms as T
+    monkeypatch.setattr(tvc, "check_integrity", lambda *a, **k: True)
+    _fake_cifar10(tmp_path)
+    b = load_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
+    assert isinstance(b.test, TensorData) and not isinstance(b.train, TensorData)
+    assert len(b.train) == 30 and len(b.test) == 7 and b.input_shape == (3, 32, 32)
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    ref = tv.datasets.CIFAR10(str(tmp_path), train=False, download=False,
+                              transform=T.Compose([T.ToTensor(), T.Normalize(mean, std)]))
+    want_x = torch.stack([ref[i][0] for i in range(len(ref))])
+    want_y = torch.tensor([ref[i][1] for i in range(len(ref))], dtype=torch.int64)
+    assert b.test.x.dtype == torch.float32 and b.test.x.shape == (7, 3, 32, 32)
+    torch.testing.assert_close(b.test.x, want_x, rtol=0, atol=0)
+    torch.testing.assert_close(b.test.y, want_y, rtol=0, atol=0)
+    resized = load_dataset(DataConfig(name="cifar10", root=str(tmp_path), image_size=40))
+    assert not isinstance(resized.test, TensorData) and resized.test[0][0].shape == (3, 40, 40)

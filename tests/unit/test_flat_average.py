@@ -2,7 +2,7 @@
 import torch
 from torch.testing import assert_close
 
-from lbfl_mpi.sync.flat import FlatBuffer
+from lbfl_mpi.exchange.flat import FlatBuffer
 
 
 def _tensors(seed):

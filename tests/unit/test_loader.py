@@ -141,3 +141,97 @@ def test_eval_shards_cover_once(make, world, n):
         seen += ids
     assert seen == list(range(n))
     assert max(starts) - min(starts) <= 1
+
+
+# ------------------------------------------------------------------ device-resident TensorData
+def _bundle(name):
+    from lbfl_mpi.config import DataConfig
+    from lbfl_mpi.data import load_dataset
+    if name == "digits":
+        pytest.importorskip("sklearn")
+        return load_dataset(DataConfig(name=name))
+    return load_dataset(DataConfig(name=name, synthetic_train=600, synthetic_test=130))
+
+
+def _assert_same_batches(bundle, device):
+    """Batches of a loader keeping the data on ``device`` against the host loader's (the reference):
+    equal bit for bit, in order, through batch-size changes and a state_dict/load_state_dict resume."""
+    parts = np.random.default_rng(0).permutation(len(bundle.train))[:97]  # a client's partition
+    host = ClientLoader(bundle.train, parts, 8, seed=5, rank=1)
+    dev = ClientLoader(bundle.train, parts, 8, seed=5, rank=1, device=device)
+    assert dev.device_resident and not host.device_resident
+    sizes = [8, 8, 3, 40, 1, 64, 8]  # 64 straddles a pass boundary of the 97-sample partition
+    state = None
+    for step, b in enumerate(sizes):
+        host.batch_size = dev.batch_size = b
+        (xh, yh), (xd, yd) = host.next_batch(), dev.next_batch()
+        assert xd.device.type == torch.device(device).type and yd.device == xd.device
+        assert xd.dtype == torch.float32 and yd.dtype == torch.int64
+        torch.testing.assert_close(xd.cpu(), xh, rtol=0, atol=0)
+        torch.testing.assert_close(yd.cpu(), yh, rtol=0, atol=0)
+        if step == 3:
+            state = dev.state_dict()
+    assert dev.state_dict() == host.state_dict()
+    # Resume the resident loader from the state saved after 4 steps; the host loader's last three
+    # batches are the reference.
+    resumed = ClientLoader(bundle.train, parts, 8, seed=5, rank=1, device=device)
+    resumed.load_state_dict(state)
+    ref = ClientLoader(bundle.train, parts, 8, seed=5, rank=1)
+    ref.load_state_dict(state)
+    for b in sizes[4:]:
+        resumed.batch_size = ref.batch_size = b
+        (xr, yr), (xh, yh) = resumed.next_batch(), ref.next_batch()
+        torch.testing.assert_close(xr.cpu(), xh, rtol=0, atol=0)
+        torch.testing.assert_close(yr.cpu(), yh, rtol=0, atol=0)
+    # Evaluation shards against the host eval_batches of the same test set.
+    for rank in range(2):
+        got = list(eval_batches(bundle.test, rank, 2, 50, device=device))
+        want = list(eval_batches(bundle.test, rank, 2, 50))
+        assert len(got) == len(want) > 0
+        for (xd, yd), (xh, yh) in zip(got, want):
+            assert xd.device.type == torch.device(device).type
+            torch.testing.assert_close(xd.cpu(), xh, rtol=0, atol=0)
+            torch.testing.assert_close(yd.cpu(), yh, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["digits", "synthetic"])
+def test_resident_cpu_batches_equal_host_batches(name):
+    """device="cpu" (resident path: index tensor + gather) against the host loader, bit for bit."""
+    _assert_same_batches(_bundle(name), "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["digits", "synthetic"])
+def test_resident_cuda_batches_equal_host_batches(name):
+    """Data kept on the GPU against the host loader's batches, bit for bit."""
+    bundle = _bundle(name)
+    _assert_same_batches(bundle, "cuda")
+    # one copy per dataset and device, whatever the spelling of the device
+    assert bundle.train.to("cuda") is bundle.train.to(torch.device("cuda", torch.cuda.current_device()))
+    assert bundle.test.to("cuda").x.is_cuda
+
+
+def test_tensordata_to_copies_once():
+    """TensorData.to: a no-op on the tensors' own device and dtypes; otherwise one cached copy,
+    equal to the original (the reference) after the documented casts."""
+    ds = _data()
+    assert ds.to("cpu") is ds
+    wide = TensorData(ds.x.double(), ds.y.int())
+    narrow = wide.to("cpu")
+    assert narrow is not wide and narrow is wide.to(torch.device("cpu"))
+    torch.testing.assert_close(narrow.x, ds.x, rtol=0, atol=0)
+    torch.testing.assert_close(narrow.y, ds.y, rtol=0, atol=0)
+
+
+def test_device_is_ignored_for_item_datasets():
+    """Image-file datasets keep the host path: same batches as without ``device`` (the reference)."""
+    ld = ClientLoader(_ItemDataset(50), IDX, 4, seed=9, rank=2, device="cpu")
+    ref = ClientLoader(_ItemDataset(50), IDX, 4, seed=9, rank=2)
+    assert not ld.device_resident
+    for _ in range(4):
+        torch.testing.assert_close(ld.next_batch()[0], ref.next_batch()[0], rtol=0, atol=0)
+    got = [x for x, _ in eval_batches(_ItemDataset(10), 0, 1, 4, device="cpu")]
+    want = [x for x, _ in eval_batches(_ItemDataset(10), 0, 1, 4)]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -16,8 +16,8 @@ from lbfl_mpi.compress.topk import TopKCompressor
 from lbfl_mpi.config import load_config
 from lbfl_mpi.dist.comm import Comm, abort_on_error
 from lbfl_mpi.models import build_model
-from lbfl_mpi.sync import BSPSync, SparseBSPSync, SparseFedAvgSync
-from lbfl_mpi.sync.sparse import sparse_average
+from lbfl_mpi.exchange import TopKExchange, sparse_average
+from lbfl_mpi.sync import BSPSync, FedAvgSync
 
 comm = Comm()
 comm.pick_device("cpu")
@@ -60,7 +60,7 @@ with abort_on_error(comm):
     base = build_model("cnn", (1, 8, 8), 10)
     dense_m, comp_m = copy.deepcopy(base), copy.deepcopy(base)
     dsync = BSPSync(comm, dense_m)
-    csync = SparseBSPSync(comm, comp_m, ccfg(1.0), seed=0)
+    csync = BSPSync(comm, comp_m, TopKExchange(comm, [p for p in comp_m.parameters()], ccfg(1.0), seed=0))
     opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (dense_m, comp_m)]
     for step in range(4):
         g = torch.Generator().manual_seed(step * 10 + R)
@@ -76,8 +76,8 @@ with abort_on_error(comm):
     # 3. compressed FedAvg through the sparse path (density * W <= 1)
     torch.manual_seed(R)  # different on purpose; broadcast_initial fixes it
     m = build_model("mlp", (1, 8, 8), 10)
-    fed = SparseFedAvgSync(comm, m, period=2, ccfg=ccfg(0.05), seed=0)
-    assert not fed.dense_exchange
+    fed = FedAvgSync(comm, m, period=2, exchange=TopKExchange(comm, list(m.parameters()), ccfg(0.05), seed=0))
+    assert not fed.exchange.dense_crossover
     fed.broadcast_initial()
     anchor = flat_params(m).clone()
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
