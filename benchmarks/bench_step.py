@@ -11,7 +11,7 @@ A dated report: add ``--markdown benchmarks/results/$(date +%F)-bench_step_1rank
     row, ``RankLog.log_step``; the rank file goes to a temporary directory) against a plain PyTorch
     loop (zero_grad, forward, cross_entropy, backward, step) of the same model, initial weights,
     per-rank batch, precision (autocast, with a GradScaler for fp16) and optimizer (SGD, momentum 0.9,
-    lr 0.05, from the resolved config), on synthetic CIFAR-shaped data (the plain loop reads batches
+    lr 0.05, from the resolved config, built by the same ``build_optimizer``: fused where available), on synthetic CIFAR-shaped data (the plain loop reads batches
     of the same data, already on the device). Ratio lbfl / plain: above 1 is lbfl's overhead.
     Second table: the share of the lbfl step spent on telemetry and statistics, each part timed
     separately right after an lbfl step on the gradients it left: the per-layer squared norms
@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from lbfl_mpi.config import ConfigError, load_config
 from lbfl_mpi.dist.comm import Comm
 from lbfl_mpi.models import build_model
+from lbfl_mpi.optim import build_optimizer
 from lbfl_mpi.rundir import rank_file
 from lbfl_mpi.scaling.noise_scale import layer_sq_norms
 from lbfl_mpi.scaling.transform import GradTransform
@@ -149,7 +150,7 @@ class PlainStep:
         tc = cfg.train
         torch.manual_seed(cfg.run.seed)  # the Trainer's initial weights
         model = build_model(cfg.model.name, SHAPE, CLASSES).to(device)
-        self.channels_last = bool(getattr(tc, "channels_last", False))
+        self.channels_last = tc.channels_last
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.out_dtype = _watch_dtype(model)
@@ -159,12 +160,8 @@ class PlainStep:
             model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
                         process_group=process_group)
         self.model, self.device = model, device
-        if tc.optimizer == "sgd":
-            self.opt = torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=tc.momentum,
-                                       weight_decay=tc.weight_decay)
-        else:
-            self.opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-        precision = getattr(tc, "precision", "fp32")
+        self.opt = build_optimizer(tc, model.parameters())  # the same (fused where available) as lbfl
+        precision = tc.precision
         self.dtype = DTYPES.get(precision)
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -188,9 +185,8 @@ class PlainStep:
 
 def open_log(cfg, tr: Trainer, path) -> RankLog:
     """The rank file as ``Trainer.run`` opens it."""
-    attrs = tr._data_plane_attrs() if hasattr(tr, "_data_plane_attrs") else {"dense_bytes": tr.sync.dense_bytes}
     return RankLog(path, rank=tr.comm.rank, world_size=tr.comm.world_size, config_json=cfg.to_json(),
-                   device=str(tr.device), flush_every=cfg.telemetry.flush_every, extra_attrs=attrs)
+                   device=str(tr.device), flush_every=cfg.telemetry.flush_every, extra_attrs=tr._data_plane_attrs())
 
 
 def _pin_device(comm: Comm, kind: str) -> None:

@@ -51,11 +51,13 @@ part() {
 part "Tests marked gpu" 420 $PY -m pytest tests -m gpu -q -p no:cacheprovider -rs
 part "4-rank jobs on one GPU against CPU" 420 $PY benchmarks/gpu_jobs.py "$work/jobs" --markdown "$work/jobs.md"
 [ -f "$work/jobs.md" ] && { echo; cat "$work/jobs.md"; } >>"$report"
-part "bench_step, 1 rank" 300 $PY benchmarks/bench_step.py --model cnn --model resnet18 --model resnet50 \
-  --precision bf16 --markdown "$work/step1.md"
-part "bench_step, 2 ranks against DDP" 300 $MPIEXEC -n 2 --oversubscribe $PY benchmarks/bench_step.py \
-  --model resnet18 --markdown "$work/step2.md"
-part "bench_topk on the GPU" 200 $MPIEXEC -n 2 --oversubscribe $PY benchmarks/bench_topk.py
+part "bench_step, 1 rank, fp32" 240 $PY benchmarks/bench_step.py --device cuda --model cnn --model resnet18 \
+  --model resnet50
+part "bench_step, 1 rank, bf16 + channels_last" 240 $PY benchmarks/bench_step.py --device cuda --model resnet18 \
+  --model resnet50 --precision bf16 --set train.channels_last=true
+part "bench_step, 2 ranks sharing the GPU, against DDP" 240 $MPIEXEC -n 2 --oversubscribe $PY benchmarks/bench_step.py \
+  --device cuda --model resnet18 --bucket-mb 4
+part "bench_topk (CPU and GPU rows)" 240 $MPIEXEC -n 2 --oversubscribe $PY benchmarks/bench_topk.py --sizes 1M,11M
 
 { echo; echo "## Result"; echo
   if [ ${#failed[@]} -eq 0 ]; then echo "Every part passed."; else echo "Failed: ${failed[*]}."; fi; } >>"$report"

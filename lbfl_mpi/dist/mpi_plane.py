@@ -25,21 +25,21 @@ def chunk_bytes_from_env() -> int:
     return int(mb * 2**20)
 
 
-class MPIWork:
-    """A started non-blocking MPI collective; ``wait()`` completes it and copies a staged result back."""
+class StagedWork:
+    """A started non-blocking collective (either data plane); ``wait()`` completes it and copies a
+    staged result back into ``flat``, ``test()`` drives progress and says whether it is done (Open MPI
+    progresses non-blocking collectives only inside MPI calls)."""
 
-    def __init__(self, req, flat: torch.Tensor, host: torch.Tensor | None):
-        self.req, self.flat, self.host = req, flat, host
+    def __init__(self, wait, test, flat: torch.Tensor, staged: torch.Tensor | None):
+        self._wait, self._test, self.flat, self.staged = wait, test, flat, staged
 
     def test(self) -> bool:
-        """Drive MPI's progress engine (Open MPI progresses non-blocking collectives only inside MPI
-        calls); True once complete."""
-        return bool(self.req.Test())
+        return bool(self._test())
 
     def wait(self) -> None:
-        self.req.Wait()
-        if self.host is not None:
-            self.flat.copy_(self.host, non_blocking=True)
+        self._wait()
+        if self.staged is not None:
+            self.flat.copy_(self.staged.view_as(self.flat), non_blocking=True)
 
 
 class MPIPlane:
@@ -102,11 +102,11 @@ class MPIPlane:
             flat.copy_(host, non_blocking=True)
         return flat
 
-    def iallreduce_(self, flat: torch.Tensor, slot: str) -> MPIWork:
+    def iallreduce_(self, flat: torch.Tensor, slot: str) -> StagedWork:
         """Start an in-place MPI_Iallreduce; ``slot`` names the reused pinned staging buffer."""
         host, staged = self._host(flat, slot)
         req = self.world.Iallreduce(self.MPI.IN_PLACE, self._buf(host))
-        return MPIWork(req, flat, host if staged else None)
+        return StagedWork(req.Wait, req.Test, flat, host if staged else None)
 
     def bcast_(self, flat: torch.Tensor, root: int = 0) -> torch.Tensor:
         host, staged = self._host(flat)

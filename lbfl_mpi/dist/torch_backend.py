@@ -17,6 +17,8 @@ from datetime import timedelta
 import numpy as np
 import torch
 
+from .mpi_plane import StagedWork
+
 BACKENDS = ("auto", "mpi", "nccl", "gloo")
 
 
@@ -115,22 +117,6 @@ def init_torch_dist(comm, backend: str, timeout_s: float = 300.0, device: torch.
     return dist.group.WORLD
 
 
-class TorchWork:
-    """A started ``async_op=True`` collective; ``wait()`` completes it (for NCCL, by making the current
-    stream wait on the communication stream: the host does not block)."""
-
-    def __init__(self, work, flat: torch.Tensor, staged: torch.Tensor | None):
-        self.work, self.flat, self.staged = work, flat, staged
-
-    def test(self) -> bool:
-        return bool(self.work.is_completed())
-
-    def wait(self) -> None:
-        self.work.wait()
-        if self.staged is not None:
-            self.flat.copy_(self.staged, non_blocking=True)
-
-
 class TorchPlane:
     """Flat-buffer collectives through a torch.distributed process group. NCCL works on the rank's CUDA
     device; gloo on host tensors (CUDA tensors are staged through pinned host memory)."""
@@ -171,9 +157,12 @@ class TorchPlane:
             flat.copy_(t.view_as(flat))
         return flat
 
-    def iallreduce_(self, flat: torch.Tensor, slot: str) -> TorchWork:
+    def iallreduce_(self, flat: torch.Tensor, slot: str) -> StagedWork:
+        """Start an ``async_op=True`` allreduce (for NCCL, ``wait()`` makes the current stream wait on
+        the communication stream: the host does not block)."""
         t, staged = self._on_plane(flat, slot)
-        return TorchWork(self.dist.all_reduce(t, async_op=True), flat, t if staged else None)
+        work = self.dist.all_reduce(t, async_op=True)
+        return StagedWork(work.wait, work.is_completed, flat, t if staged else None)
 
     def bcast_(self, flat: torch.Tensor, root: int = 0) -> torch.Tensor:
         t, staged = self._on_plane(flat)

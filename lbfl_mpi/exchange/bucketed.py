@@ -5,8 +5,8 @@ flat buffer and data planes:
 
 1. the flat buffer is laid out in the order autograd produces the gradients (reverse registration
    order at first; after the first step, the order rank 0 observed, broadcast so every rank keeps
-   the same layout) and cut into buckets of about ``bucket_mb`` MiB; the last bucket also holds the
-   statistics slots and the weight slot;
+   the same layout) and cut into buckets of about ``bucket_mb`` MiB, followed by one small last
+   bucket with the statistics slots and the weight slot;
 2. a ``register_post_accumulate_grad_hook`` on every parameter copies its gradient, times the
    rank's weight b_c, into its slot as soon as autograd has accumulated it;
 3. a bucket whose gradients have all arrived starts a non-blocking allreduce (MPI_Iallreduce
@@ -54,10 +54,12 @@ class BucketedExchange(Exchange):
             bucket_of[i] = len(bounds) - 1
             start += self.flat.sizes[pos]
             filled += self.flat.sizes[pos] * esize
-            if filled >= self.bucket_bytes and pos < len(order) - 1:
+            if filled >= self.bucket_bytes or pos == len(order) - 1:
                 bounds.append(start)
                 filled = 0
-        bounds.append(self.flat.buf.numel())  # the last bucket carries the extras and the weight
+        # the last bucket holds only the extras and the weight: every gradient bucket can start during
+        # backward, and this small one starts once the statistics are known
+        bounds.append(self.flat.buf.numel())
         self.bounds, self.bucket_of = bounds, bucket_of
         self.counts = [0] * (len(bounds) - 1)
         for b in bucket_of.values():
@@ -102,8 +104,8 @@ class BucketedExchange(Exchange):
         self.pending[self.bucket_of[i]] -= 1
 
     def _start_ready(self, last: bool) -> None:
-        """Start every bucket, in order, whose gradients are all packed (the last one only when
-        ``last``: it waits for the statistics and the weight)."""
+        """Start every bucket, in order, whose gradients are all packed (the last one, statistics and
+        weight, only when ``last``)."""
         final = self.n_buckets - 1
         while self.next_bucket < self.n_buckets and self.pending[self.next_bucket] == 0 \
                 and (last or self.next_bucket < final):
@@ -111,7 +113,7 @@ class BucketedExchange(Exchange):
             self.works[k] = self.comm.iallreduce_(self._bucket(k), slot=f"bucket{k}")
             self.next_bucket += 1
         for w in self.works[:self.next_bucket]:  # let MPI progress the outstanding ones
-            if w is not None and hasattr(w, "test"):
+            if w is not None:
                 w.test()
 
     def reduce_(self, sources, weight: float, *, step: int = 0, extras: torch.Tensor | None = None,
