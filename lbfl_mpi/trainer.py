@@ -138,6 +138,8 @@ class Trainer:
             if p.grad is None:
                 p.grad = torch.empty_like(p)
             p.grad.copy_(v.view_as(p))
+        if self.scaler is not None:  # .grad stays scaled until the step unscales it; the pairs do not
+            flats.mul_(1.0 / self.scaler.scale)
         return loss / len(chunks), flats
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -27,47 +27,51 @@ def overlap_off_reason(cfg, world_size: int) -> str | None:
     return None
 
 
-def build_sync(cfg, comm, model) -> Synchronizer:
-    """The scheme named by ``sync.mode``, composed with the exchange that ``compress`` and
-    ``sync.bucket_mb`` ask for."""
-    mode, c, seed = cfg.sync.mode, cfg.compress, cfg.run.seed
-    topk = c.method == "topk"
-    params = [p for p in model.parameters() if p.requires_grad]
-    # BSP sums per-layer local squared gradient norms and 1/b with the gradients (noise scale, gain)
-    slots = stats_slots(model) if comm.world_size > 1 else 0
+def grad_exchange(cfg, comm, params: list, slots: int) -> Exchange:
+    """BSP's gradient exchange: top-k when ``compress.method = "topk"``, bucketed and overlapped with
+    backward when ``sync.bucket_mb`` > 0 and nothing rules it out (a logged reason), else one buffer."""
+    if cfg.compress.method == "topk":
+        return TopKExchange(comm, params, cfg.compress, cfg.run.seed * 1_000_003 + comm.rank, extras=slots,
+                            what="gradient")
     if cfg.sync.bucket_mb > 0:
         reason = overlap_off_reason(cfg, comm.world_size)
-        if reason is not None and comm.rank == 0:
+        if reason is None:
+            return BucketedExchange(comm, params, slots, cfg.sync.bucket_mb)
+        if comm.rank == 0:
             print(f"lbfl: sync.bucket_mb={cfg.sync.bucket_mb:g} ignored, gradients are reduced in one buffer "
                   f"after backward: {reason}", file=sys.stderr, flush=True)
-        overlap = reason is None
-    else:
-        overlap = False
+    return DenseExchange(comm, params, slots)
 
-    def grad_exchange() -> Exchange:
-        if topk:
-            return TopKExchange(comm, params, c, seed * 1_000_003 + comm.rank, extras=slots, what="gradient")
-        if overlap:
-            return BucketedExchange(comm, params, slots, cfg.sync.bucket_mb)
-        return DenseExchange(comm, params, slots)
 
-    def fedavg(start: int = 0) -> FedAvgSync:
-        exchange = None
-        if topk:
-            state = params + [b for b in model.buffers() if b.is_floating_point()]
-            exchange = TopKExchange(comm, state, c, seed * 1_000_003 + comm.rank + 7919, what="model delta")
-        return FedAvgSync(comm, model, s_period, start_step=start, exchange=exchange)
+def model_exchange(cfg, comm, state: list) -> Exchange | None:
+    """FedAvg's exchange of the model (parameters and float buffers): top-k compressed deltas when
+    ``compress.method = "topk"``; None for the dense average every scheme already has."""
+    if cfg.compress.method == "topk":
+        return TopKExchange(comm, state, cfg.compress, cfg.run.seed * 1_000_003 + comm.rank + 7919,
+                            what="model delta")
+    return None
 
-    s_period = cfg.sync.period
+
+def build_sync(cfg, comm, model) -> Synchronizer:
+    """The scheme named by ``sync.mode``, composed with the exchanges ``compress`` and ``sync.bucket_mb``
+    ask for."""
+    mode, period = cfg.sync.mode, cfg.sync.period
+    params = [p for p in model.parameters() if p.requires_grad]
+    state = params + [b for b in model.buffers() if b.is_floating_point()]
+    # BSP sums per-layer local squared gradient norms and 1/b with the gradients (noise scale, gain)
+    slots = stats_slots(model) if comm.world_size > 1 else 0
     if mode == "bsp":
-        return BSPSync(comm, model, grad_exchange())
+        return BSPSync(comm, model, grad_exchange(cfg, comm, params, slots))
     if mode == "fedavg":
-        return fedavg()
+        return FedAvgSync(comm, model, period, exchange=model_exchange(cfg, comm, state))
     if mode == "postlocal":
-        return PostLocalSync(comm, model, s_period, cfg.sync.switch_step, bsp=BSPSync(comm, model, grad_exchange()),
-                             local=fedavg(cfg.sync.switch_step))
+        switch = cfg.sync.switch_step
+        return PostLocalSync(comm, model, period, switch,
+                             bsp=BSPSync(comm, model, grad_exchange(cfg, comm, params, slots)),
+                             local=FedAvgSync(comm, model, period, start_step=switch,
+                                              exchange=model_exchange(cfg, comm, state)))
     raise ValueError(f"sync.mode={mode!r}")
 
 
-__all__ = ["stats_slots", "overlap_off_reason", "SyncResult", "Synchronizer", "BSPSync", "FedAvgSync",
+__all__ = ["stats_slots", "overlap_off_reason", "grad_exchange", "model_exchange", "SyncResult", "Synchronizer", "BSPSync", "FedAvgSync",
            "PostLocalSync", "build_sync"]

@@ -58,3 +58,12 @@ def test_loss_scaler_backoff_and_growth_closed_form():
     t = LossScaler()
     t.load_state_dict(s.state_dict())
     assert (t.scale, t.good_steps) == (s.scale, s.good_steps)
+
+
+def test_fp16_micro_batches_feed_unscaled_gradients_to_the_noise_scale(tmp_path):
+    # gain reads the noise scale from micro-batch gradients; were they left multiplied by the loss
+    # scale S = 2^16, |G_small|^2 would be S^2 too large and the per-layer gains far from fp32's
+    common = ["scaling.method=gain", "scaling.small_batch=4"]
+    fp32 = _train(tmp_path / "a", *common)
+    fp16 = _train(tmp_path / "b", *common, "train.precision=fp16")
+    assert_close(fp16, fp32, rtol=0, atol=5e-3)
