@@ -60,6 +60,6 @@ part "bench_step, 2 ranks sharing the GPU, against DDP" 240 $MPIEXEC -n 2 --over
 part "bench_topk (CPU and GPU rows)" 240 $MPIEXEC -n 2 --oversubscribe $PY benchmarks/bench_topk.py --sizes 1M,11M
 
 { echo; echo "## Result"; echo
-  if [ ${#failed[@]} -eq 0 ]; then echo "Every part passed."; else echo "Failed: ${failed[*]}."; fi; } >>"$report"
+  if [ ${#failed[@]} -eq 0 ]; then echo "Every part passed."; else (IFS=";"; echo "Failed: ${failed[*]}."); fi; } >>"$report"
 echo "gpu-check: report written to $report" >&2
 [ ${#failed[@]} -eq 0 ]

@@ -29,17 +29,13 @@ def overlap_off_reason(cfg, world_size: int) -> str | None:
 
 def grad_exchange(cfg, comm, params: list, slots: int) -> Exchange:
     """BSP's gradient exchange: top-k when ``compress.method = "topk"``, bucketed and overlapped with
-    backward when ``sync.bucket_mb`` > 0 and nothing rules it out (a logged reason), else one buffer."""
+    backward when ``sync.bucket_mb`` > 0 and nothing rules it out (``overlap_off_reason``), else one
+    buffer."""
     if cfg.compress.method == "topk":
         return TopKExchange(comm, params, cfg.compress, cfg.run.seed * 1_000_003 + comm.rank, extras=slots,
                             what="gradient")
-    if cfg.sync.bucket_mb > 0:
-        reason = overlap_off_reason(cfg, comm.world_size)
-        if reason is None:
-            return BucketedExchange(comm, params, slots, cfg.sync.bucket_mb)
-        if comm.rank == 0:
-            print(f"lbfl: sync.bucket_mb={cfg.sync.bucket_mb:g} ignored, gradients are reduced in one buffer "
-                  f"after backward: {reason}", file=sys.stderr, flush=True)
+    if cfg.sync.bucket_mb > 0 and overlap_off_reason(cfg, comm.world_size) is None:
+        return BucketedExchange(comm, params, slots, cfg.sync.bucket_mb)
     return DenseExchange(comm, params, slots)
 
 
@@ -60,6 +56,10 @@ def build_sync(cfg, comm, model) -> Synchronizer:
     state = params + [b for b in model.buffers() if b.is_floating_point()]
     # BSP sums per-layer local squared gradient norms and 1/b with the gradients (noise scale, gain)
     slots = stats_slots(model) if comm.world_size > 1 else 0
+    reason = overlap_off_reason(cfg, comm.world_size) if cfg.sync.bucket_mb > 0 else None
+    if reason is not None and comm.rank == 0:
+        print(f"lbfl: sync.bucket_mb={cfg.sync.bucket_mb:g} ignored, gradients are reduced in one buffer "
+              f"after backward: {reason}", file=sys.stderr, flush=True)
     if mode == "bsp":
         return BSPSync(comm, model, grad_exchange(cfg, comm, params, slots))
     if mode == "fedavg":
