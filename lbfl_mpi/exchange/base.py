@@ -57,8 +57,10 @@ class Exchange:
                 torch.mul(sources.reshape(-1), weight, out=flat.body)
             else:
                 flat.body.copy_(sources.reshape(-1))
-            if flat.extras.numel():
-                flat.extras.copy_(extras.reshape(-1)) if extras is not None else flat.extras.zero_()
+            if extras is not None:
+                flat.extras.copy_(extras.reshape(-1))
+            elif flat.extras.numel():
+                flat.extras.zero_()
             flat.buf[-1] = weight
             return flat.buf
         return flat.pack_(sources, weight=weight, extras=extras)

@@ -124,8 +124,10 @@ class BucketedExchange(Exchange):
             if not self.packed[i]:
                 self._pack_one(i, t)
         flat = self.flat
-        if flat.extras.numel():
-            flat.extras.copy_(extras.reshape(-1)) if extras is not None else flat.extras.zero_()
+        if extras is not None:
+            flat.extras.copy_(extras.reshape(-1))
+        elif flat.extras.numel():
+            flat.extras.zero_()
         flat.buf[-1] = self.weight
         self._start_ready(last=True)
         for w in self.works:
