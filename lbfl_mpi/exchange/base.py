@@ -15,7 +15,6 @@ BSP). The extras slots carry small statistics summed with the vector (the noise-
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -95,5 +94,3 @@ class DenseExchange(Exchange):
         self.comm.allreduce_(self.flat.buf)
         return Exchanged(bytes_sent=self.nbytes if self.comm.world_size > 1 else 0)
 
-
-NOTHING_SENT = Exchanged(bytes_sent=0, density=math.nan)

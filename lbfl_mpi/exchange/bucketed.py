@@ -152,9 +152,6 @@ class BucketedExchange(Exchange):
         ordered = [targets[i] for i in self.order]
         return self.flat.unpack_(ordered, average=average)
 
-    def summed_extras(self) -> torch.Tensor:
-        return self.flat.extras.detach().to(torch.float64).clone()
-
     def close(self) -> None:
         for h in self.hooks:
             h.remove()
