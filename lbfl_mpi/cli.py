@@ -1,12 +1,15 @@
 """Command line: ``lbfl train | plan | analyze | config`` (``python -m lbfl_mpi`` is the same).
 
-Exit codes: 0 success, 2 bad input (config, dataset, run directory), 1 anything else. Under MPI a
-bad input is agreed on by all ranks before anyone exits, and an unexpected exception on any rank
+Exit codes: 0 success, 2 bad input (config, dataset, run directory, a batch that does not fit in
+memory), 3 checkpointed on a preemption signal (requeue the job; ``run.resume=auto`` continues it),
+4 stopped on a non-finite loss or gradient norm (``train.nonfinite='stop'``), 1 anything else. Under
+MPI a bad input is agreed on by all ranks before anyone exits, and an unexpected exception on any rank
 aborts the whole job, so no rank is ever left waiting.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .config import ConfigError, load_config, reference, validate_for_world
@@ -42,7 +45,14 @@ def _agree_on_error(comm, error: str | None) -> bool:
     return bool(bad)
 
 
-def _on_every_rank(args, setup, finish, check_args=None) -> int:
+def _out_of_memory(e: BaseException) -> bool:
+    """A failed allocation (CUDA or host), which a too-large batch causes."""
+    if isinstance(e, (MemoryError, getattr(__import__("torch"), "OutOfMemoryError", MemoryError))):
+        return True
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in str(e) or "out of memory" in str(e))
+
+
+def _on_every_rank(args, setup, finish, check_args=None, before_mpi=None) -> int:
     """Shared shape of the MPI commands: load the config, start MPI, run ``setup(cfg, comm)`` (which
     may reject bad input), agree on any rejection so every rank exits 2 together, then run
     ``finish(cfg, comm, state)``. An unexpected exception anywhere aborts the whole job."""
@@ -51,7 +61,12 @@ def _on_every_rank(args, setup, finish, check_args=None) -> int:
         cfg = load_config(args.config, args.set or [])
         if check_args is not None:
             check_args(args)
-    except ConfigError as e:
+        from .dist.mpi_plane import chunk_bytes_from_env
+
+        chunk_bytes_from_env()  # checked here so that a bad value is one line, not a traceback
+        if before_mpi is not None:
+            before_mpi(cfg)
+    except (ConfigError, ValueError) as e:
         error = str(e)
     from .dist.comm import Comm, abort_on_error
 
@@ -69,11 +84,18 @@ def _on_every_rank(args, setup, finish, check_args=None) -> int:
 
 
 def cmd_train(args) -> int:
+    from .stopping import NONFINITE_EXIT, REQUEUE_EXIT, NonFiniteStop, Preempted, SignalWatch
+
+    watch = {}
+
+    def before_mpi(cfg):  # as early as possible: a signal during start-up is not lost
+        watch["signals"] = SignalWatch(cfg.run.preempt_signals)
+
     def setup(cfg, comm):
         validate_for_world(cfg, comm.world_size)
         from .trainer import Trainer
 
-        return Trainer(cfg, comm)  # dataset, partition, model: no file is written yet
+        return Trainer(cfg, comm, watch.get("signals"))  # dataset, partition, model: no file is written yet
 
     def finish(cfg, comm, trainer):
         from .dist.torch_backend import shutdown_torch_dist
@@ -83,15 +105,31 @@ def cmd_train(args) -> int:
         except ConfigError as e:  # run directory refused: raised identically on every rank
             _agree_on_error(comm, str(e))
             return BAD_INPUT
+        except Preempted as e:  # agreed by every rank, after the checkpoint
+            if comm.rank == 0:
+                print(f"lbfl: {e}", file=sys.stderr, flush=True)
+            return REQUEUE_EXIT
+        except NonFiniteStop as e:
+            _fail(str(e), comm.rank)
+            return NONFINITE_EXIT
+        except Exception as e:  # noqa: BLE001 - only a failed allocation is turned into one line
+            if not _out_of_memory(e):
+                raise
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            print(f"lbfl: error: (rank {comm.rank}) out of memory with train.batch_size={cfg.train.batch_size}: "
+                  f"{first}; lower the batch (`lbfl plan` reports the largest that fits)", file=sys.stderr, flush=True)
+            comm.abort(BAD_INPUT)
         finally:
             shutdown_torch_dist()
+            if "signals" in watch:
+                watch["signals"].close()
         if summary is not None:
             print(f"final test acc {summary['final_test_acc']:.4f}  best {summary['best_test_acc']:.4f} "
                   f"(after step {summary['best_step'] + 1})  {summary['samples_per_s']:.0f} samples/s  "
                   f"{summary['wall_time_s']:.1f} s  -> {cfg.run.out_dir}", flush=True)
         return 0
 
-    return _on_every_rank(args, setup, finish)
+    return _on_every_rank(args, setup, finish, before_mpi=before_mpi)
 
 
 def _int_list(text: str) -> list[int]:
@@ -122,9 +160,9 @@ def cmd_plan(args) -> int:
         results = comm.allgather_obj(result)
         if comm.rank == 0:
             if args.json:
-                import json
+                from .jsonio import dumps_strict
 
-                print(json.dumps(results, indent=2))
+                print(dumps_strict(results, indent=2))
             else:
                 from .batching.plan import format_plan
 
@@ -175,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_analyze)
     c = sub.add_parser("config", help="list every config key with its default and meaning")
     c.set_defaults(func=cmd_config_help)
+    from .data.staging import add_data_parser
+
+    add_data_parser(sub)
     return p
 
 
@@ -184,4 +225,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # `lbfl analyze --json | head`: the reader left, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    sys.exit(code)

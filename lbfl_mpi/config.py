@@ -18,13 +18,38 @@ class ConfigError(ValueError):
     """A bad configuration value; the CLI prints it on one line and exits with code 2."""
 
 
-def _f(default: Any, help: str, choices: tuple | None = None):
-    meta = {"help": help}
+def _f(default: Any, help: str, choices: tuple | None = None, *, min: float | None = None,
+       max: float | None = None, min_open: bool = False, max_open: bool = False, item: str | None = None,
+       type_name: str | None = None):
+    """A config field. ``min``/``max`` bound an int or float key (``min_open``/``max_open``: the bound
+    itself is excluded); every float key must also be finite. For a list key, ``item`` ("int" or
+    "float") is the element type and the bounds apply to each element. ``type_name`` overrides the type
+    name shown and checked (``bool|auto``)."""
+    meta: dict[str, Any] = {"help": help}
     if choices is not None:
         meta["choices"] = choices
+    for name, value in (("min", min), ("max", max), ("item", item), ("type", type_name)):
+        if value is not None:
+            meta[name] = value
+    if min_open:
+        meta["min_open"] = True
+    if max_open:
+        meta["max_open"] = True
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+# Counts (steps, batch sizes, intervals) stay within a signed 32-bit int: the batch_size telemetry
+# column is int32, and nothing here needs more.
+INT_MAX = 2**31 - 1
+# run.seed: derived seeds (seed * 1_000_003 + rank + 7919, seed * 1_000_003 + step in the teacher) must
+# stay below torch.manual_seed's 2**64 limit; numpy's default_rng takes any non-negative int. 2**31 - 1
+# keeps every derived seed below 2**52 and fits any API that takes a 32-bit seed.
+SEED_MAX = 2**31 - 1
+# Signals a process cannot catch, so they cannot request a checkpoint.
+UNCATCHABLE_SIGNALS = ("SIGKILL", "SIGSTOP")
+RESUME_CHOICES = (False, True, "auto")
 
 
 DATASETS = ("digits", "fashion_mnist", "synthetic", "cifar10", "cifar100", "caltech101", "caltech256", "food101")
@@ -37,13 +62,28 @@ MODELS = ("cnn", "mlp", "resnet18", "resnet50", "vgg11", "alexnet", "vit_b_16")
 class RunConfig:
     out_dir: str = _f("runs/default", "Run directory: config.toml, rank files, summary.json, checkpoints/.")
     name: str = _f("", "Free-form run name stored in summary.json (defaults to the out_dir's basename).")
-    seed: int = _f(0, "Seed for model init, data partition and shuffling. Same seed, same run.")
+    seed: int = _f(0, "Seed for model init, data partition and shuffling. Same seed, same run.",
+                   min=0, max=SEED_MAX)
     world_size: int = _f(0, "Expected number of ranks (clients); 0 accepts any. A mismatch is an error, "
-                            "so a 10-client experiment cannot silently run on 4 ranks.")
+                            "so a 10-client experiment cannot silently run on 4 ranks.", min=0, max=INT_MAX)
     checkpoint_every: int = _f(0, "Write a checkpoint every N steps and at the end (0: never). "
-                                  "The last 2 are kept.")
-    resume: bool = _f(False, "Continue from the latest checkpoint in out_dir.")
+                                  "The last 2 are kept.", min=0, max=INT_MAX)
+    resume: bool | str = _f(False, "false: start fresh (refuse a directory holding a run); true: continue "
+                                   "from the latest valid checkpoint (error if none); auto: continue from the "
+                                   "latest valid checkpoint when there is one, start fresh otherwise, so one "
+                                   "job script serves the first run and every requeue.",
+                            choices=RESUME_CHOICES, type_name="bool|auto")
     overwrite: bool = _f(False, "Delete the earlier run's files in out_dir and start again.")
+    preempt_signals: list = _f(["SIGUSR1", "SIGTERM"], "Signals that request a checkpoint and exit 3 (requeue) "
+                                                       "at the next step boundary the ranks agree on. Empty: "
+                                                       "signals keep their default action. Names as in "
+                                                       "Python's signal module (SIGUSR1, SIGTERM, ...); "
+                                                       "SIGKILL and SIGSTOP cannot be caught.", item="str")
+    # above 1e6 steps a pending signal would go unanswered long past any scheduler's grace period
+    preempt_check_every: int = _f(0, "Steps without a synchronisation (FedAvg between averages) between extra "
+                                     "agreements on a pending signal or non-finite value; 0: agree only where "
+                                     "ranks synchronise anyway (BSP: every step; FedAvg: every sync.period "
+                                     "steps).", min=0, max=1_000_000)
 
 
 @dataclass
@@ -53,15 +93,21 @@ class DataConfig:
                        "Nothing is downloaded. Required for cifar*, caltech*, food101; for fashion_mnist "
                        "empty means /usr/share/datasets/fashion-mnist.")
     partition: str = _f("iid", "How training samples are split among clients.", ("iid", "labels", "dirichlet"))
-    labels_per_client: int = _f(1, "With partition='labels': classes per client.")
-    alpha: float = _f(0.5, "With partition='dirichlet': concentration; small alpha = more skew.")
-    image_size: int = _f(0, "Image side for cifar*, caltech*, food101 (0: 32 for CIFAR, 224 otherwise).")
-    workers: int = _f(0, "DataLoader worker processes per rank for image-file datasets (0: in-process).")
-    synthetic_shape: list = _f([3, 32, 32], "Synthetic: sample shape [C, H, W].")
-    synthetic_classes: int = _f(10, "Synthetic: number of classes.")
-    synthetic_train: int = _f(8192, "Synthetic: training samples.")
-    synthetic_test: int = _f(1024, "Synthetic: test samples.")
-    synthetic_noise: float = _f(1.0, "Synthetic: noise std around each class template (signal std is 1).")
+    # the upper bound, the dataset's class count, is checked in validate()
+    labels_per_client: int = _f(1, "With partition='labels': classes per client (at most the dataset's "
+                                                 "class count).", min=1)
+    alpha: float = _f(0.5, "With partition='dirichlet': concentration; small alpha = more skew.",
+                      min=0, min_open=True)
+    # 4096: well above any of the supported datasets' native resolution
+    image_size: int = _f(0, "Image side for cifar*, caltech*, food101 (0: 32 for CIFAR, 224 otherwise).",
+                         min=0, max=4096)
+    workers: int = _f(0, "DataLoader worker processes per rank for image-file datasets (0: in-process).",
+                      min=0, max=256)
+    synthetic_shape: list = _f([3, 32, 32], "Synthetic: sample shape [C, H, W].", item="int", min=1, max=65536)
+    synthetic_classes: int = _f(10, "Synthetic: number of classes.", min=2, max=INT_MAX)
+    synthetic_train: int = _f(8192, "Synthetic: training samples.", min=1, max=INT_MAX)
+    synthetic_test: int = _f(1024, "Synthetic: test samples.", min=1, max=INT_MAX)
+    synthetic_noise: float = _f(1.0, "Synthetic: noise std around each class template (signal std is 1).", min=0)
 
 
 @dataclass
@@ -71,25 +117,32 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = _f(200, "Training steps (iterations); every rank runs the same number.")
-    batch_size: int = _f(32, "Per-client batch size b_c; the global batch is the sum over ranks.")
-    lr: float = _f(0.05, "Learning rate.")
-    momentum: float = _f(0.0, "SGD momentum (optimizer='sgd').")
-    weight_decay: float = _f(0.0, "L2 weight decay.")
+    steps: int = _f(200, "Training steps (iterations); every rank runs the same number.", min=1, max=INT_MAX)
+    batch_size: int = _f(32, "Per-client batch size b_c; the global batch is the sum over ranks.",
+                         min=1, max=INT_MAX)
+    # no upper bound: a huge lr is a legitimate way to provoke (and test) the non-finite guard
+    lr: float = _f(0.05, "Learning rate.", min=0, min_open=True)
+    momentum: float = _f(0.0, "SGD momentum (optimizer='sgd').", min=0, max=1, max_open=True)
+    weight_decay: float = _f(0.0, "L2 weight decay.", min=0)
     optimizer: str = _f("sgd", "Optimizer; its state stays local to each client.", ("sgd", "adam"))
     schedule: str = _f("constant", "Learning-rate schedule after warm-up; cosine decays to 0 at train.steps.",
                        ("constant", "cosine"))
-    warmup_steps: int = _f(0, "Linear warm-up: step t < warmup_steps uses lr * (t + 1) / warmup_steps.")
+    warmup_steps: int = _f(0, "Linear warm-up: step t < warmup_steps uses lr * (t + 1) / warmup_steps.",
+                           min=0, max=INT_MAX)
     scale_lr: bool = _f(False, "Linear scaling rule: lr * global_batch / base_batch (Goyal et al. 2017).")
-    base_batch: int = _f(32, "Reference batch for scale_lr.")
-    eval_every: int = _f(50, "Evaluate the global model every N steps (0: only at the end).")
-    eval_batch: int = _f(256, "Batch size for evaluation.")
+    base_batch: int = _f(32, "Reference batch for scale_lr.", min=1, max=INT_MAX)
+    eval_every: int = _f(50, "Evaluate the global model every N steps (0: only at the end).", min=0, max=INT_MAX)
+    eval_batch: int = _f(256, "Batch size for evaluation.", min=1, max=INT_MAX)
     precision: str = _f("fp32", "Forward/backward precision: fp32; bf16 or fp16 run the model under autocast "
                                 "(fp16 with a loss scaler whose skip-or-step decision every BSP rank shares). "
                                 "Parameters, gradients, the sync and the error-feedback residuals stay fp32.",
                         ("fp32", "bf16", "fp16"))
     channels_last: bool = _f(False, "Keep 4-D activations and conv weights in channels-last memory layout "
                                     "(faster convolutions on tensor-core GPUs).")
+    nonfinite: str = _f("stop", "A non-finite loss or gradient norm: stop = every rank stops at the step "
+                                "(exit 4), keeping the last good checkpoint; skip = drop that update (under "
+                                "BSP on every rank) and count it in the nonfinite_skip column; ignore = "
+                                "train on.", ("stop", "skip", "ignore"))
 
 
 @dataclass
@@ -97,17 +150,20 @@ class SyncConfig:
     mode: str = _f("bsp", "bsp: gradient allreduce every step; fedavg: H local steps then model average "
                           "(Eq. 1a/1b); postlocal: bsp until switch_step, then fedavg.",
                    ("bsp", "fedavg", "postlocal"))
-    period: int = _f(1, "H: local steps between model averages (fedavg, postlocal).")
-    switch_step: int = _f(0, "postlocal: first step that runs local SGD.")
+    period: int = _f(1, "H: local steps between model averages (fedavg, postlocal).", min=1, max=INT_MAX)
+    switch_step: int = _f(0, "postlocal: first step that runs local SGD.", min=0, max=INT_MAX)
+    # a sleep between polls: more than a second per poll only delays every synchronisation
     wait_poll_us: float = _f(0.0, "0: wait for slower ranks inside MPI (which busy-polls). > 0: before each "
                                   "synchronising collective, wait in a non-blocking barrier polled every "
                                   "this many microseconds, sleeping in between, so that waiting ranks leave "
                                   "the CPU to ranks still computing (more ranks than cores, emulated "
-                                  "heterogeneity). Numerics are unchanged.")
+                                  "heterogeneity). Numerics are unchanged.", min=0, max=1_000_000)
+    # 1 TiB: larger than any device's memory, i.e. already one bucket for any model
     bucket_mb: float = _f(0.0, "Dense BSP: gradients are packed, in the order autograd produces them, into "
                                "buckets of this many MiB, and each full bucket's allreduce starts during "
                                "backward (overlap). 0: one buffer reduced after backward. Off, with a logged "
-                               "reason, with micro-batches (scaling.small_batch), compression or FedAvg.")
+                               "reason, with micro-batches (scaling.small_batch), compression or FedAvg.",
+                          min=0, max=1_048_576)
 
 
 @dataclass
@@ -117,8 +173,10 @@ class DistConfig:
                               "MPI is CUDA-aware; nccl, gloo: a torch.distributed process group bootstrapped "
                               "over MPI; auto: nccl when every rank on a node has its own CUDA device, "
                               "mpi otherwise (CPU, or ranks sharing a GPU).", ("auto", "mpi", "nccl", "gloo"))
+    # one day: no collective legitimately waits longer, and a job hung that long should fail
     timeout_s: float = _f(300.0, "nccl, gloo: seconds to wait for the process group to form and for one "
-                                 "collective before the rank fails (and the job aborts).")
+                                 "collective before the rank fails (and the job aborts).",
+                          min=0, max=86_400, min_open=True)
 
 
 @dataclass
@@ -126,42 +184,49 @@ class CompressConfig:
     method: str = _f("none", "Gradient compression (Eq. 9): none, or top-k sparsification with error "
                              "feedback. BSP compresses gradients; FedAvg compresses the model delta at each "
                              "average.", ("none", "topk"))
-    density: float = _f(0.01, "Fraction k/n of entries sent (0 < density <= 1).")
+    density: float = _f(0.01, "Fraction k/n of entries sent (0 < density <= 1).", min=0, max=1, min_open=True)
     selection: str = _f("exact", "exact: torch.topk over |x|; sampled: threshold estimated from a random "
                                  "sample (DGC), corrected when the kept count misses k.", ("exact", "sampled"))
     scope: str = _f("global", "global: one top-k over the whole flat vector; layerwise: the same density "
                               "in every tensor.", ("global", "layerwise"))
     error_feedback: bool = _f(True, "Carry the unsent remainder g + r - C(g + r) to the next step.")
-    warmup_steps: int = _f(0, "Dense steps before compression starts.")
+    warmup_steps: int = _f(0, "Dense steps before compression starts.", min=0, max=INT_MAX)
     sample_fraction: float = _f(0.01, "sampled: fraction of entries sampled to estimate the threshold "
-                                      "(at least 1000 entries).")
-    tolerance: float = _f(0.2, "sampled: relative miss of the kept count from k that triggers a correction.")
+                                      "(at least 1000 entries).", min=0, max=1, min_open=True)
+    tolerance: float = _f(0.2, "sampled: relative miss of the kept count from k that triggers a correction.",
+                          min=0, max=1, min_open=True, max_open=True)
 
 
 @dataclass
 class BatchingConfig:
     mode: str = _f("static", "static: every client uses train.batch_size; dynamic: batches proportional to "
                              "measured throughput with a fixed global batch (OmniLearn).", ("static", "dynamic"))
-    global_batch: int = _f(0, "dynamic: global batch sum_c b_c kept fixed (0: train.batch_size x ranks).")
-    min_batch: int = _f(1, "dynamic: smallest batch a client may get.")
-    max_batch: int = _f(0, "dynamic: largest batch a client may get (0: no limit).")
-    interval: int = _f(20, "dynamic: steps between re-allocations.")
-    deadband: float = _f(0.1, "dynamic: keep the batches unless one would change by more than this fraction.")
-    ewma: float = _f(0.5, "dynamic: weight of the newest interval in the smoothed throughput (1: no smoothing).")
+    global_batch: int = _f(0, "dynamic: global batch sum_c b_c kept fixed (0: train.batch_size x ranks).",
+                           min=0, max=INT_MAX)
+    min_batch: int = _f(1, "dynamic: smallest batch a client may get.", min=1, max=INT_MAX)
+    max_batch: int = _f(0, "dynamic: largest batch a client may get (0: no limit).", min=0, max=INT_MAX)
+    interval: int = _f(20, "dynamic: steps between re-allocations.", min=1, max=INT_MAX)
+    deadband: float = _f(0.1, "dynamic: keep the batches unless one would change by more than this fraction.",
+                         min=0)
+    ewma: float = _f(0.5, "dynamic: weight of the newest interval in the smoothed throughput (1: no smoothing).",
+                     min=0, max=1, min_open=True)
     plan_at_start: bool = _f(False, "Run the `lbfl plan` probes (memory Eq. 3, compute model) on each rank's "
                                     "device before training and store them in the rank file's `plan` group; "
                                     "with dynamic batching each rank's largest permissible batch becomes its "
                                     "max batch.")
-    plan_probes: list = _f([1, 2, 4, 8, 16, 32], "plan_at_start: probe batch sizes.")
+    plan_probes: list = _f([1, 2, 4, 8, 16, 32], "plan_at_start: probe batch sizes.", item="int",
+                           min=1, max=INT_MAX)
+    # 1e6 GB = 1 PB per device: anything above is a typo
     memory_budget_gb: float = _f(0.0, "plan_at_start: device memory budget in GB for the largest permissible "
-                                      "batch (0: the GPU's total memory; no limit on CPU).")
+                                      "batch (0: the GPU's total memory; no limit on CPU).", min=0, max=1_000_000)
 
 
 @dataclass
 class HeteroConfig:
+    # each factor multiplies a sleep: 1000x slower is far beyond any emulated device, and keeps it bounded
     slowdown: list = _f([], "Per-rank slowdown factors emulating slower devices (one per rank; 1.0 = none): "
                             "a rank with factor f sleeps (f - 1) x t_compute after each compute, logged as "
-                            "t_straggle. Empty: no emulation.")
+                            "t_straggle. Empty: no emulation.", item="float", min=1, max=1000)
 
 
 @dataclass
@@ -171,30 +236,35 @@ class ScalingConfig:
                              "scale for a target small batch; teacher: the learned A(.) of Eq. 5b. BSP "
                              "transforms the synchronised gradient, FedAvg each client's local gradient.",
                      ("none", "step", "gain", "teacher"))
-    threshold: float = _f(0.5, "Critical phase when the gradient change of Eq. 8 is >= this.")
-    ewma: float = _f(0.0, "EWMA weight of the previous value when smoothing Eq. 8 (0: raw Eq. 8).")
-    factor: float = _f(2.0, "step: X, the factor of U(X).")
+    threshold: float = _f(0.5, "Critical phase when the gradient change of Eq. 8 is >= this.", min=0)
+    ewma: float = _f(0.0, "EWMA weight of the previous value when smoothing Eq. 8 (0: raw Eq. 8).",
+                     min=0, max=1, max_open=True)
+    factor: float = _f(2.0, "step: X, the factor of U(X).", min=0, min_open=True)
     polarity: str = _f("experiments", "step: experiments = scale by X in critical phases (the paper's "
                                       "Fig. 7/8 runs); equation = scale by X outside them (Eq. 6a as printed).",
                        ("experiments", "equation"))
     small_batch: int = _f(0, "Target small batch b_s (gain, teacher) and micro-batch size. Micro-batches "
                              "are used for teacher pairs, and for the noise scale where the free BSP "
                              "estimate is unavailable (one rank, FedAvg); must divide train.batch_size "
-                             "there. 0: off (required > 0 for gain and teacher).")
+                             "there. 0: off (required > 0 for gain and teacher).", min=0, max=INT_MAX)
     noise_ema: float = _f(0.9, "Weight of the past in the bias-corrected EMAs of |G|^2 and tr(Sigma) "
-                               "(noise scale, gain).")
-    teacher_steps: int = _f(50, "teacher: training steps at the start and after each refresh.")
-    teacher_refresh: int = _f(0, "teacher: also retrain every N steps (0: only when a critical phase starts).")
-    teacher_chunk: int = _f(64, "teacher: gradient values per chunk the network reads.")
-    teacher_hidden: int = _f(32, "teacher: hidden units of the per-chunk MLP.")
-    teacher_lr: float = _f(1e-3, "teacher: Adam learning rate.")
+                               "(noise scale, gain).", min=0, max=1, max_open=True)
+    teacher_steps: int = _f(50, "teacher: training steps at the start and after each refresh.",
+                            min=1, max=INT_MAX)
+    teacher_refresh: int = _f(0, "teacher: also retrain every N steps (0: only when a critical phase starts).",
+                              min=0, max=INT_MAX)
+    # the per-chunk MLP holds chunk x hidden weights: 65536 x 65536 is already 16 GiB
+    teacher_chunk: int = _f(64, "teacher: gradient values per chunk the network reads.", min=1, max=65536)
+    teacher_hidden: int = _f(32, "teacher: hidden units of the per-chunk MLP.", min=1, max=65536)
+    teacher_lr: float = _f(1e-3, "teacher: Adam learning rate.", min=0, min_open=True)
 
 
 @dataclass
 class TelemetryConfig:
     flush_every: int = _f(100, "Write buffered HDF5 rows every N steps; a killed job loses at most N rows "
                                "(a resumed run continues from its last checkpoint, which also flushes). "
-                               "Each write resizes every column: at 10 it cost 5 %+ of a GPU step.")
+                               "Each write resizes every column: at 10 it cost 5 %+ of a GPU step.",
+                          min=1, max=INT_MAX)
 
 
 @dataclass
@@ -230,15 +300,20 @@ def _resolve(name: str) -> type:
 
 
 def reference() -> list[tuple[str, str, Any, str]]:
-    """(key, type, default, help) for every config key, for docs and ``lbfl config``."""
+    """(key, type, default, help) for every config key, for docs and ``lbfl config``. The help ends
+    with the allowed values: "One of: ..." or "Range: ..." (and "finite" for an unbounded float)."""
     rows = []
     for sec, cls in sections().items():
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             help_ = f.metadata["help"]
             if "choices" in f.metadata:
-                help_ += " One of: " + ", ".join(f.metadata["choices"]) + "."
-            rows.append((f"{sec}.{f.name}", _type_name(f.type), default, help_))
+                help_ += " One of: " + ", ".join(_choice_text(c) for c in f.metadata["choices"]) + "."
+            rng = _range_text(f.metadata, f.metadata.get("item") or _field_type(f))
+            if rng:
+                each = ("each element in " if rng[0] in "[(" else "each element ") if "item" in f.metadata else ""
+                help_ += f" Range: {each}{rng}."
+            rows.append((f"{sec}.{f.name}", _field_type(f), default, help_))
     return rows
 
 
@@ -246,18 +321,65 @@ def _type_name(t) -> str:
     return t if isinstance(t, str) else t.__name__
 
 
+def _field_type(f: dataclasses.Field) -> str:
+    return f.metadata.get("type") or _type_name(f.type)
+
+
+def _choice_text(c: Any) -> str:
+    return ("true" if c else "false") if isinstance(c, bool) else str(c)
+
+
+def _num_text(x: float) -> str:
+    return str(int(x)) if isinstance(x, float) and x.is_integer() else str(x)
+
+
+def _range_text(meta, typ: str) -> str:
+    """The declared bounds as text: "[0, 1)", "> 0", ">= 0, finite"; "" when there are none."""
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and hi is not None:
+        return (("(" if meta.get("min_open") else "[") + f"{_num_text(lo)}, {_num_text(hi)}"
+                + (")" if meta.get("max_open") else "]"))
+    parts = []
+    if lo is not None:
+        parts.append((">" if meta.get("min_open") else ">=") + f" {_num_text(lo)}")
+    if hi is not None:
+        parts.append(("<" if meta.get("max_open") else "<=") + f" {_num_text(hi)}")
+    if typ == "float" and parts:
+        parts.append("finite")
+    return ", ".join(parts)
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` for a message, shortened when it is very long (a 400-digit number)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long for str()
+        return "<a very long integer>"
+    return text if len(text) <= 80 else f"{text[:40]}... ({len(text)} characters)"
+
+
+
 # ---------------------------------------------------------------------------------------------- loading
+_TYPE_OK = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "bool": lambda v: isinstance(v, bool),
+    "bool|auto": lambda v: isinstance(v, (bool, str)),  # which strings: the choices check
+    "str": lambda v: isinstance(v, str),
+    "list": lambda v: isinstance(v, list),
+}
+_TYPE_WORDS = {"bool|auto": 'bool or "auto"'}
+
+
 def _coerce(key: str, value: Any, typ: str) -> Any:
-    ok = {
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-        "bool": isinstance(value, bool),
-        "str": isinstance(value, str),
-        "list": isinstance(value, list),
-    }[typ]
-    if not ok:
-        raise ConfigError(f"{key}: expected {typ}, got {value!r}")
-    return float(value) if typ == "float" else value
+    if not _TYPE_OK[typ](value):
+        raise ConfigError(f"{key}: expected {_TYPE_WORDS.get(typ, typ)}, got {_shown(value)}")
+    if typ == "float":
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond the float range
+            raise ConfigError(f"{key}={_shown(value)}: must be finite") from None
+    return value
 
 
 def _apply(cfg: Config, section: str, key: str, value: Any) -> None:
@@ -268,14 +390,14 @@ def _apply(cfg: Config, section: str, key: str, value: Any) -> None:
     names = {f.name: f for f in dataclasses.fields(sub)}
     if key not in names:
         raise ConfigError(f"unknown config key {section}.{key} (known in [{section}]: {', '.join(names)})")
-    setattr(sub, key, _coerce(f"{section}.{key}", value, _type_name(names[key].type)))
+    setattr(sub, key, _coerce(f"{section}.{key}", value, _field_type(names[key])))
 
 
 def parse_value(text: str) -> Any:
     """Parse a ``--set`` value as a TOML value (1, 0.5, true, [1, 2], "s"); bare words stay strings."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except ValueError:  # TOMLDecodeError, or an integer too long for int()
         return text
 
 
@@ -287,9 +409,17 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         if not p.is_file():
             raise ConfigError(f"--config {str(path)!r}: no such file")
         try:
-            data = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"--config {str(path)!r}: invalid TOML: {e}") from None
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"--config {str(path)!r}: not a UTF-8 text file "
+                              f"(byte {e.start}: {e.reason})") from None
+        except OSError as e:
+            raise ConfigError(f"--config {str(path)!r}: cannot read: {e.strerror or e}") from None
+        try:
+            data = tomllib.loads(text)
+        except ValueError as e:  # TOMLDecodeError, or an integer too long for int()
+            msg = " ".join(str(e).split())
+            raise ConfigError(f"--config {str(path)!r}: invalid TOML: {msg}") from None
         for section, table in data.items():
             if not isinstance(table, dict):
                 raise ConfigError(f"config key {section!r} must be inside a [section]")
@@ -303,134 +433,6 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         _apply(cfg, section, key, parse_value(text.strip()))
     validate(cfg)
     return cfg
-
-
-# ------------------------------------------------------------------------------------------ validation
-def _check(cond: bool, key: str, value: Any, want: str) -> None:
-    if not cond:
-        raise ConfigError(f"{key}={value!r}: {want}")
-
-
-def num_classes(cfg: Config) -> int:
-    if cfg.data.name == "synthetic":
-        return cfg.data.synthetic_classes
-    return NUM_CLASSES[cfg.data.name]
-
-
-def validate(cfg: Config) -> None:
-    """Range and choice checks for every key; raises ConfigError naming the first bad key."""
-    for sec, cls in sections().items():
-        for f in dataclasses.fields(cls):
-            if "choices" in f.metadata:
-                v = getattr(getattr(cfg, sec), f.name)
-                _check(v in f.metadata["choices"], f"{sec}.{f.name}", v,
-                       "must be one of " + ", ".join(f.metadata["choices"]))
-    r, d, t, s = cfg.run, cfg.data, cfg.train, cfg.sync
-    _check(r.out_dir.strip() != "", "run.out_dir", r.out_dir, "must not be empty")
-    _check(r.seed >= 0, "run.seed", r.seed, "must be >= 0")
-    _check(r.world_size >= 0, "run.world_size", r.world_size, "must be >= 0")
-    _check(r.checkpoint_every >= 0, "run.checkpoint_every", r.checkpoint_every, "must be >= 0")
-    _check(not (r.resume and r.overwrite), "run.resume", r.resume, "cannot be combined with run.overwrite=true")
-    _check(d.alpha > 0, "data.alpha", d.alpha, "must be > 0")
-    _check(d.image_size >= 0, "data.image_size", d.image_size, "must be >= 0")
-    _check(d.workers >= 0, "data.workers", d.workers, "must be >= 0")
-    _check(len(d.synthetic_shape) == 3 and all(isinstance(x, int) and x > 0 for x in d.synthetic_shape),
-           "data.synthetic_shape", d.synthetic_shape, "must be 3 positive integers [C, H, W]")
-    _check(d.synthetic_classes >= 2, "data.synthetic_classes", d.synthetic_classes, "must be >= 2")
-    _check(d.synthetic_train >= 1, "data.synthetic_train", d.synthetic_train, "must be >= 1")
-    _check(d.synthetic_test >= 1, "data.synthetic_test", d.synthetic_test, "must be >= 1")
-    _check(d.synthetic_noise >= 0, "data.synthetic_noise", d.synthetic_noise, "must be >= 0")
-    k = num_classes(cfg)
-    _check(1 <= d.labels_per_client <= k, "data.labels_per_client", d.labels_per_client,
-           f"must be between 1 and the {k} classes of {d.name}")
-    _check(t.steps >= 1, "train.steps", t.steps, "must be >= 1")
-    _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
-    _check(t.lr > 0, "train.lr", t.lr, "must be > 0")
-    _check(0 <= t.momentum < 1, "train.momentum", t.momentum, "must be in [0, 1)")
-    _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
-    _check(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "must be >= 0")
-    _check(t.base_batch >= 1, "train.base_batch", t.base_batch, "must be >= 1")
-    _check(t.eval_every >= 0, "train.eval_every", t.eval_every, "must be >= 0")
-    _check(t.eval_batch >= 1, "train.eval_batch", t.eval_batch, "must be >= 1")
-    _check(s.period >= 1, "sync.period", s.period, "must be >= 1")
-    _check(s.switch_step >= 0, "sync.switch_step", s.switch_step, "must be >= 0")
-    _check(s.wait_poll_us >= 0, "sync.wait_poll_us", s.wait_poll_us, "must be >= 0")
-    _check(s.bucket_mb >= 0, "sync.bucket_mb", s.bucket_mb, "must be >= 0 (0: one buffer)")
-    _check(cfg.dist.timeout_s > 0, "dist.timeout_s", cfg.dist.timeout_s, "must be > 0")
-    c = cfg.compress
-    _check(0 < c.density <= 1, "compress.density", c.density, "must be in (0, 1]")
-    _check(c.warmup_steps >= 0, "compress.warmup_steps", c.warmup_steps, "must be >= 0")
-    _check(0 < c.sample_fraction <= 1, "compress.sample_fraction", c.sample_fraction, "must be in (0, 1]")
-    _check(0 < c.tolerance < 1, "compress.tolerance", c.tolerance, "must be in (0, 1)")
-    bt = cfg.batching
-    _check(bt.global_batch >= 0, "batching.global_batch", bt.global_batch, "must be >= 0")
-    _check(bt.min_batch >= 1, "batching.min_batch", bt.min_batch, "must be >= 1")
-    _check(bt.max_batch == 0 or bt.max_batch >= bt.min_batch, "batching.max_batch", bt.max_batch,
-           "must be 0 (no limit) or >= batching.min_batch")
-    _check(bt.interval >= 1, "batching.interval", bt.interval, "must be >= 1")
-    _check(bt.deadband >= 0, "batching.deadband", bt.deadband, "must be >= 0")
-    _check(0 < bt.ewma <= 1, "batching.ewma", bt.ewma, "must be in (0, 1]")
-    _check(bool(bt.plan_probes) and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1
-                                        for b in bt.plan_probes),
-           "batching.plan_probes", bt.plan_probes, "must be a non-empty list of integers >= 1")
-    _check(bt.memory_budget_gb >= 0, "batching.memory_budget_gb", bt.memory_budget_gb, "must be >= 0")
-    _check(all(isinstance(f, (int, float)) and not isinstance(f, bool) and f >= 1 for f in cfg.hetero.slowdown),
-           "hetero.slowdown", cfg.hetero.slowdown, "must be a list of numbers >= 1")
-    sc = cfg.scaling
-    _check(sc.factor > 0, "scaling.factor", sc.factor, "must be > 0")
-    _check(sc.threshold >= 0, "scaling.threshold", sc.threshold, "must be >= 0")
-    _check(0 <= sc.ewma < 1, "scaling.ewma", sc.ewma, "must be in [0, 1)")
-    _check(0 <= sc.noise_ema < 1, "scaling.noise_ema", sc.noise_ema, "must be in [0, 1)")
-    _check(sc.small_batch >= 0, "scaling.small_batch", sc.small_batch, "must be >= 0")
-    _check(sc.method not in ("gain", "teacher") or sc.small_batch >= 1, "scaling.small_batch", sc.small_batch,
-           f"must be >= 1 with scaling.method={sc.method!r}")
-    _check(sc.teacher_steps >= 1, "scaling.teacher_steps", sc.teacher_steps, "must be >= 1")
-    _check(sc.teacher_refresh >= 0, "scaling.teacher_refresh", sc.teacher_refresh, "must be >= 0")
-    _check(sc.teacher_chunk >= 1, "scaling.teacher_chunk", sc.teacher_chunk, "must be >= 1")
-    _check(sc.teacher_hidden >= 1, "scaling.teacher_hidden", sc.teacher_hidden, "must be >= 1")
-    _check(sc.teacher_lr > 0, "scaling.teacher_lr", sc.teacher_lr, "must be > 0")
-    _check(cfg.telemetry.flush_every >= 1, "telemetry.flush_every", cfg.telemetry.flush_every, "must be >= 1")
-
-
-def validate_for_world(cfg: Config, world_size: int) -> None:
-    """Checks that need the job's rank count (run after MPI starts, before anything is written)."""
-    r, bt = cfg.run, cfg.batching
-    _check(not r.world_size or r.world_size == world_size, "run.world_size", r.world_size,
-           f"does not match the job's {world_size} ranks")
-    n = len(cfg.hetero.slowdown)
-    _check(n in (0, world_size), "hetero.slowdown", cfg.hetero.slowdown,
-           f"needs one factor per rank: {n} given, the job has {world_size} ranks")
-    sc, b = cfg.scaling, cfg.train.batch_size
-    if uses_micro_batches(cfg, world_size):
-        _check(bt.mode == "static", "batching.mode", bt.mode,
-               "must be 'static' when the local batch is split into scaling.small_batch micro-batches")
-        _check(b % sc.small_batch == 0 and b // sc.small_batch >= 2, "scaling.small_batch", sc.small_batch,
-               f"must divide train.batch_size={b} into at least 2 micro-batches")
-    elif sc.method == "gain":
-        _check(sc.small_batch < global_batch(cfg, world_size), "scaling.small_batch", sc.small_batch,
-               f"must be below the global batch {global_batch(cfg, world_size)}")
-    if bt.mode == "dynamic":
-        g = global_batch(cfg, world_size)
-        _check(g >= world_size * bt.min_batch, "batching.global_batch", g,
-               f"is below {world_size} ranks x batching.min_batch={bt.min_batch}")
-        _check(not bt.max_batch or g <= world_size * bt.max_batch, "batching.global_batch", g,
-               f"is above {world_size} ranks x batching.max_batch={bt.max_batch}")
-
-
-def uses_micro_batches(cfg: Config, world_size: int) -> bool:
-    """Whether the local batch is split into micro-batches of scaling.small_batch: always for the
-    teacher's training pairs; for the noise scale (and gain) where the free BSP estimate is missing."""
-    sc = cfg.scaling
-    if sc.small_batch < 1:
-        return False
-    return sc.method == "teacher" or cfg.sync.mode != "bsp" or world_size == 1
-
-
-def global_batch(cfg: Config, world_size: int) -> int:
-    """sum_c b_c: batching.global_batch in dynamic mode when set, else train.batch_size x ranks."""
-    if cfg.batching.mode == "dynamic" and cfg.batching.global_batch:
-        return cfg.batching.global_batch
-    return cfg.train.batch_size * world_size
 
 
 # ------------------------------------------------------------------------------------------------ TOML
@@ -456,3 +458,6 @@ def dump_toml(data: dict) -> str:
     return "\n".join(out)
 
 
+# validation lives in its own module; imported here so ``from lbfl_mpi.config import validate`` works
+from .config_checks import (_check, global_batch, num_classes, uses_micro_batches, validate,  # noqa: E402,F401
+                            validate_for_world)

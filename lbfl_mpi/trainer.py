@@ -9,7 +9,6 @@ Per step (Tyagi 2025, Eq. 2: t_step = t_c + t_mov + [i % H == 0] t_sync):
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -18,16 +17,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from .checkpoint import latest_checkpoint, load_latest_valid, save_checkpoint, set_rng_state
 from .batching.dynamic import DynamicBatcher
 from .config import Config, ConfigError, global_batch, uses_micro_batches
+from .fsutil import atomic_path, write_text_atomic
+from .jsonio import dumps_strict
 from .data import ClientLoader, eval_batches, load_dataset, partition_indices
-from .models import build_model
+from .models import ModelError, build_model
 from .optim import build_optimizer, lr_at, set_lr_
 from .precision import LossScaler, autocast
-from .rundir import prepare_run_dir, rank_file
+from .rundir import commit_run_dir, prepare_run_dir, rank_file
 from .scaling.noise_scale import layer_sq_norms
 from .scaling.transform import GradTransform
+from .stopping import NonFiniteStop, Preempted, StopAgreement, nonfinite_quantity
 from .sync import build_sync
 from .telemetry import RankLog, StepTimer
 
@@ -36,8 +38,13 @@ class Trainer:
     """Everything that can fail on bad input is built in ``__init__``; nothing is written before
     ``run()``, so a bad config or a missing dataset leaves no file behind."""
 
-    def __init__(self, cfg: Config, comm):
+    def __init__(self, cfg: Config, comm, signals=None):
         self.cfg, self.comm = cfg, comm
+        self.stops = StopAgreement(comm, signals)  # preemption signals and non-finite values (stopping.py)
+        self.nonfinite = cfg.train.nonfinite
+        # nothing to agree on without signals to catch and without the guard
+        self.agreeing = bool(cfg.run.preempt_signals) or self.nonfinite != "ignore"
+        self._agreed_at = -1
         self.device = comm.pick_device()
         # first, before anything that may fail on one rank only: choosing the backend is collective
         self.backend = comm.start_backend(cfg.dist.backend, cfg.dist.timeout_s)
@@ -59,7 +66,9 @@ class Trainer:
         self.loader = ClientLoader(bundle.train, parts[comm.rank], cfg.train.batch_size, seed,
                                    comm.rank, cfg.data.workers, device=self.device)
         torch.manual_seed(seed)  # same init everywhere; rank 0's copy is broadcast anyway
-        self.model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes).to(self.device).train()
+        self.model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes).to(self.device)
+        _probe(self.model, cfg, bundle.input_shape, self.device)
+        self.model.train()
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -79,11 +88,12 @@ class Trainer:
         self.transform = GradTransform(cfg, comm, self.sync.params, self.global_batch, self.device)
         self.exchanges_stats = comm.world_size > 1 and cfg.sync.mode in ("bsp", "postlocal")
         self.start_step = 0
+        self.skips = 0  # updates dropped on a non-finite value (train.nonfinite='skip')
+        self._last_checkpoint: int | None = None
         self.elapsed = 0.0  # wall seconds of earlier segments of a resumed run
 
     # ------------------------------------------------------------------------------ setup
-    def _restore(self, step: int) -> None:
-        ck = load_checkpoint(self.comm, self.cfg.run.out_dir, step, self.device)
+    def _restore(self, step: int, ck: dict) -> None:
         self.model.load_state_dict(ck["model"])
         if self.scaler is not None:
             self.scaler.load_state_dict(ck["scaler"])
@@ -99,13 +109,20 @@ class Trainer:
         self.start_step = step
 
     def _checkpoint(self, step: int, t0: float) -> None:
+        # never write a checkpoint from a state some rank found non-finite
+        if self.nonfinite != "ignore" and not all(bool(torch.isfinite(t).all()) for t in self.sync.state):
+            self.stops.note_nonfinite(step - 1, "parameters")
+        self._agree(step - 1, force=self.nonfinite != "ignore")
+        if self.stops.nonfinite is not None:
+            return
         save_checkpoint(self.comm, self.cfg.run.out_dir, step, {
             "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
             "loader": self.loader.state_dict(), "sync": self.sync.state_dict(),
             "transform": self.transform.state_dict(), "elapsed": self.elapsed + time.time() - t0,
             "batcher": self.batcher.state_dict() if self.batcher is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-        })
+        }, config=self.cfg.to_dict())
+        self._last_checkpoint = step
 
     # ------------------------------------------------------------------------- pipeline
     def _backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -160,6 +177,8 @@ class Trainer:
         cfg = self.cfg
         lr = lr_at(cfg.train, step, self.global_batch)
         set_lr_(self.opt, lr)
+        if self.stops.signals is not None:
+            self.stops.signals.step = step
         timer.start()
         x, y = self._to_device(*self.loader.next_batch())
         timer.lap("data")
@@ -175,6 +194,12 @@ class Trainer:
         if self.scaler is not None:
             layer_sq = layer_sq / self.scaler.scale ** 2
         local_sq = float(layer_sq.sum())
+        loss_value = float(loss.item())
+        bad = None  # fp16: an overflowing gradient is the loss scaler's business, a non-finite loss is not
+        if self.nonfinite != "ignore":
+            bad = nonfinite_quantity(loss_value, local_sq if self.scaler is None else 0.0)
+            if bad is not None and self.nonfinite == "stop":
+                self.stops.note_nonfinite(step, bad)
         stats = self.transform.local_stats(layer_sq, b) if self.exchanges_stats else None
         timer.lap("compute")
 
@@ -183,11 +208,16 @@ class Trainer:
         timer.lap("sync")
         # gradient transform (Eq. 5-8) on the gradient used for the update: BSP's synchronised one
         collective = res_g.synced and self.comm.world_size > 1
+        if collective or self.comm.world_size == 1:  # the ranks meet here anyway: agree on stops
+            self._agree(step, bad is not None)
+            drop = self.stops.any_bad and self.nonfinite != "ignore"
+        else:  # FedAvg between averages: each client drops its own non-finite update
+            drop = bad is not None
         finite = True
         if self.scaler is not None:  # on the synchronised gradient under BSP: the same decision everywhere
             finite = self.scaler.unscale_([p.grad for p in self.sync.params])
             self.scaler.update(finite)
-        if finite:
+        if finite and not drop:
             # the local norms still describe the gradient unless a synchronisation replaced it
             info = self.transform.apply(step, b, res_g.stats, micro, collective, timer,
                                         layer_sq=None if collective else layer_sq)
@@ -197,19 +227,31 @@ class Trainer:
         timer.lap("compute")
         res_p = self.sync.sync_params(step, b, timer)
         timer.lap("sync")
+        every = self.cfg.run.preempt_check_every
+        if res_p.synced or (every and (step + 1) % every == 0):
+            self._agree(step)
         res = res_g if res_g.synced else res_p
         busy = timer.get("compute") + timer.get("straggle")
         if self.batcher is not None:
             self.batcher.observe(b, busy)
         return {
-            "step": step, "epoch": self.loader.epoch, "batch_size": b, "lr": lr, "loss": float(loss.item()),
+            "step": step, "epoch": self.loader.epoch, "batch_size": b, "lr": lr, "loss": loss_value,
             "t_data": timer.get("data"), "t_compute": timer.get("compute"), "t_compress": timer.get("compress"),
             "t_sync": timer.get("sync"), "t_step": sum(timer.times.values()),
             "grad_norm_sq": local_sq, **info,
             "synced": int(res_g.synced or res_p.synced), "bytes_sent": res_g.bytes_sent + res_p.bytes_sent,
             "density_actual": res.density, "residual_norm_sq": res.residual_norm_sq,
             "t_straggle": timer.get("straggle"), "throughput": b / busy if busy > 0 else 0.0,
+            "nonfinite_skip": int(drop and self.nonfinite == "skip"),
         }
+
+    def _agree(self, step: int, step_bad: bool = False, force: bool = False) -> None:
+        """Agree on pending stops once per step, or again with ``force`` (collective; stopping.py)."""
+        if not self.agreeing:
+            return
+        if force or self._agreed_at != step:
+            self.stops.agree(step_bad)
+            self._agreed_at = step
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
@@ -247,15 +289,31 @@ class Trainer:
         self.batcher.set_max_batch(merged)
         self.loader.batch_size = self.batcher.sizes[self.comm.rank]
 
+    def _resume_or_start(self) -> int | None:
+        """Collective: lock and check the run directory, load the newest checkpoint every rank can
+        read (falling back past damaged ones), or start from rank 0's initial model."""
+        cfg, comm = self.cfg, self.comm
+        decision = prepare_run_dir(cfg, comm)
+        resume_step = None
+        if decision.resume_steps:
+            resume_step, payload, warnings = load_latest_valid(comm, cfg.run.out_dir, decision.resume_steps)
+            if resume_step is None:  # identical on every rank: the load results were exchanged
+                raise ConfigError(f"run.resume: no checkpoint in {cfg.run.out_dir} can be loaded ({warnings[-1]})")
+            self._restore(resume_step, payload)
+        else:
+            self.sync.broadcast_initial()
+        commit_run_dir(cfg, comm, decision, fresh=resume_step is None)
+        if comm.rank == 0:
+            start = f"resuming at step {resume_step}" if resume_step is not None else "starting at step 0"
+            print(f"lbfl: {start} of {cfg.train.steps} in {cfg.run.out_dir}", file=sys.stderr, flush=True)
+        return resume_step
+
     def run(self) -> dict | None:
         cfg, comm = self.cfg, self.comm
         if self.plan is not None and self.batcher is not None:
             self._apply_plan_limits()
-        resume_step = prepare_run_dir(cfg, comm)
-        if resume_step is not None:
-            self._restore(resume_step)
-        else:
-            self.sync.broadcast_initial()
+        resume_step = self._resume_or_start()
+        self._last_checkpoint = resume_step
         log = RankLog(rank_file(cfg.run.out_dir, comm.rank), rank=comm.rank, world_size=comm.world_size,
                       config_json=cfg.to_json(), device=str(self.device),
                       flush_every=cfg.telemetry.flush_every, resume_step=resume_step,
@@ -268,7 +326,9 @@ class Trainer:
             for step in range(self.start_step, cfg.train.steps):
                 row = self.train_step(step, timer)
                 log.log_step(**row)
+                self.skips += row["nonfinite_skip"]
                 done = step + 1
+                self._stop_if_nonfinite(log, t0)
                 if (cfg.train.eval_every and done % cfg.train.eval_every == 0) or done == cfg.train.steps:
                     test_loss, test_acc = self.evaluate()
                     log.log_eval(step, test_loss, test_acc)
@@ -276,6 +336,9 @@ class Trainer:
                 if cfg.run.checkpoint_every and done % cfg.run.checkpoint_every == 0:
                     log.flush()
                     self._checkpoint(done, t0)
+                    self._stop_if_nonfinite(log, t0)
+                if self.stops.preempt is not None and done < cfg.train.steps:
+                    self._preempt(log, done, t0)
                 if self.batcher is not None and done < cfg.train.steps:
                     new = self.batcher.step_end(step, comm)
                     if new is not None:
@@ -285,16 +348,45 @@ class Trainer:
             done = cfg.train.steps
             if cfg.run.checkpoint_every and done % cfg.run.checkpoint_every and self.start_step < done:
                 self._checkpoint(done, t0)  # the end is always resumable (e.g. to train longer)
+            self._agree(done - 1)
+            self._stop_if_nonfinite(log, t0)
             self._save_global_model()
-            wall = self.elapsed + time.time() - t0
-            samples = self.comm.allgather_obj(self.loader.samples_seen)
-            sizes = self.comm.allgather_obj(self.loader.batch_size)
-            summary = self._summary(log, wall, int(sum(samples)), sizes) if comm.rank == 0 else None
+            summary = self._finish(log, t0, "completed")
         finally:
             bar.close()
             log.close()
             self.loader.close()
         return summary
+
+    def _finish(self, log: RankLog, t0: float, outcome: str, **extra) -> dict | None:
+        """Collective: rank 0 writes summary.json (also for a stopped run) and returns it."""
+        wall = self.elapsed + time.time() - t0
+        samples = self.comm.allgather_obj(self.loader.samples_seen)
+        sizes = self.comm.allgather_obj(self.loader.batch_size)
+        skips = self.comm.allgather_obj(self.skips)
+        if self.comm.rank != 0:
+            return None
+        return self._summary(log, wall, int(sum(samples)), sizes, outcome=outcome, nonfinite_skips=int(max(skips)),
+                             **extra)
+
+    def _stop_if_nonfinite(self, log: RankLog, t0: float) -> None:
+        """After an agreement found a non-finite value (train.nonfinite='stop'): every rank stops here;
+        nothing is written from the non-finite state, earlier checkpoints stay."""
+        if self.stops.nonfinite is None:
+            return
+        step, quantity, rank = self.stops.nonfinite
+        log.flush()
+        latest = latest_checkpoint(self.cfg.run.out_dir)
+        self._finish(log, t0, "nonfinite_stop", nonfinite={"step": step, "quantity": quantity, "rank": rank})
+        raise NonFiniteStop(step, quantity, rank, latest["step"] if latest else None)
+
+    def _preempt(self, log: RankLog, done: int, t0: float) -> None:
+        """Every rank agreed on a preemption signal: checkpoint this step (unless just done) and stop."""
+        log.flush()
+        if self._last_checkpoint != done:
+            self._checkpoint(done, t0)
+            self._stop_if_nonfinite(log, t0)
+        raise Preempted(done, *self.stops.preempt)
 
     def _data_plane_attrs(self) -> dict:
         """Rank-file attributes: how this run's tensors travelled."""
@@ -308,18 +400,20 @@ class Trainer:
         """Rank 0 writes the final global (averaged) model's state_dict to ``model.pt``; collective."""
         with self.sync.global_view(self.sync.eval_weight(self.cfg.train.batch_size)):
             if self.comm.rank == 0:
-                path = Path(self.cfg.run.out_dir) / "model.pt"
-                torch.save(self.model.state_dict(), path.with_suffix(".pt.tmp"))
-                path.with_suffix(".pt.tmp").replace(path)
+                with atomic_path(Path(self.cfg.run.out_dir) / "model.pt") as tmp:
+                    torch.save(self.model.state_dict(), tmp)
 
-    def _summary(self, log: RankLog, wall: float, samples: int, sizes: list[int]) -> dict:
+    def _summary(self, log: RankLog, wall: float, samples: int, sizes: list[int], **outcome) -> dict:
         cfg = self.cfg
         ev = {k: log.f["eval"][k][:] for k in ("step", "test_loss", "test_acc")}
-        best = int(np.argmax(ev["test_acc"]))
+        nan = float("nan")
+        best = int(np.argmax(ev["test_acc"])) if len(ev["test_acc"]) else None
         summary = {
-            "name": cfg.run.name or Path(cfg.run.out_dir).name,
-            "final_test_acc": float(ev["test_acc"][-1]), "final_test_loss": float(ev["test_loss"][-1]),
-            "best_test_acc": float(ev["test_acc"][best]), "best_step": int(ev["step"][best]),
+            "name": cfg.run.name or Path(cfg.run.out_dir).name, **outcome,
+            "final_test_acc": float(ev["test_acc"][-1]) if best is not None else nan,
+            "final_test_loss": float(ev["test_loss"][-1]) if best is not None else nan,
+            "best_test_acc": float(ev["test_acc"][best]) if best is not None else nan,
+            "best_step": int(ev["step"][best]) if best is not None else -1,
             "steps": cfg.train.steps, "world_size": self.comm.world_size, "global_batch": self.global_batch,
             "sync_mode": cfg.sync.mode, "period": cfg.sync.period, "dataset": cfg.data.name,
             "partition": cfg.data.partition, "model": cfg.model.name, "partition_sizes": self.partition_sizes,
@@ -327,9 +421,21 @@ class Trainer:
             "batching": cfg.batching.mode, "final_batch_sizes": [int(b) for b in sizes],
             "batch_changes": self.batcher.changes if self.batcher is not None else 0,
         }
-        path = Path(cfg.run.out_dir) / "summary.json"
-        path.write_text(json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(Path(cfg.run.out_dir) / "summary.json", dumps_strict(summary, indent=2) + "\n")
         return summary
+
+
+def _probe(model: torch.nn.Module, cfg: Config, shape: tuple, device: torch.device) -> None:
+    """One evaluation-mode forward pass of a single zero sample, so that a model that cannot take the
+    dataset's input shape is refused before anything is written (no state changes in eval mode)."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *shape), device=device))
+    except (RuntimeError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ModelError(f"model.name={cfg.model.name!r} cannot run on data.name={cfg.data.name!r} "
+                         f"inputs of shape {list(shape)}: {first}") from None
 
 
 class _progress:

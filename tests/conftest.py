@@ -63,3 +63,92 @@ def tiny_run_args(out_dir: Path, *extra: str) -> list[str]:
 @pytest.fixture
 def env():
     return _env()
+
+
+def descendants(pid: int) -> list[int]:
+    """Process ids below ``pid`` (the ranks under an mpiexec), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def rank_pids(launcher_pid: int, n: int, timeout: float = 60) -> list[int]:
+    """The ``n`` python rank processes under an mpiexec, by rank order of their start."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = []
+        for p in descendants(launcher_pid):
+            try:
+                cmd = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(b"lbfl_mpi" in c for c in cmd):
+                pids.append(p)
+        if len(pids) >= n:
+            return sorted(pids)
+        time.sleep(0.05)
+    pytest.fail(f"{n} rank processes did not appear under pid {launcher_pid}")
+
+
+class Launched:
+    """A background CLI job whose stderr is read line by line (so a test can act on a line)."""
+
+    def __init__(self, args: list[str], n: int = 1):
+        import queue
+        import threading
+
+        cmd = ([mpiexec(), "-n", str(n), "--oversubscribe"] if n > 1 else []) + [sys.executable, "-m", "lbfl_mpi", *args]
+        self.proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        self.lines: list[str] = []
+        self._q: queue.Queue = queue.Queue()
+        self._t = threading.Thread(target=self._read, daemon=True)
+        self._t.start()
+        self.stdout = ""
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            self._q.put(line)
+        self._q.put(None)
+
+    def wait_for(self, text: str, timeout: float = 120) -> str:
+        """Block until a stderr line contains ``text``; fail if the job ends first."""
+        import queue
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if line is None:
+                pytest.fail(f"job ended before printing {text!r}:\n" + "\n".join(self.lines))
+            if text in line:
+                return line
+        pytest.fail(f"no line with {text!r} within {timeout} s:\n" + "\n".join(self.lines))
+
+    def finish(self, timeout: float = 120) -> int:
+        self.stdout = self.proc.stdout.read() if self.proc.stdout else ""
+        rc = self.proc.wait(timeout=timeout)
+        self._t.join(timeout=10)
+        return rc
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.lines)

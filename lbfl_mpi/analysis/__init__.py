@@ -1,32 +1,64 @@
-"""Offline analysis of run directories: ``lbfl analyze RUN_DIR [RUN_DIR ...] [--plots DIR] [--json]``."""
+"""Offline analysis of run directories: ``lbfl analyze RUN_DIR [RUN_DIR ...] [--plots DIR] [--json]``.
+
+Bad input (a damaged rank file, an invalid summary.json or config.toml, an unusable ``--plots``
+directory) ends with one line ``lbfl analyze: error: <path>: <reason>`` and exit code 2; every rank
+file is checked before HDF5 opens it (telemetry/validate.py), so a truncated copy cannot hang it.
+"""
 from __future__ import annotations
 
-import json
 import sys
+from pathlib import Path
 
+from ..jsonio import dumps_strict
 from .load import AnalysisError, RunData, load_run
 from .tables import format_comparison, format_run, run_record
+
+BAD_INPUT = 2
+
+
+def _error(msg: str, code: int = BAD_INPUT) -> int:
+    print(f"lbfl analyze: error: {msg}", file=sys.stderr)
+    return code
+
+
+def plots_dir(path: str) -> Path:
+    """Create the ``--plots`` directory before any output, so that an unusable one is bad input."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AnalysisError(f"{path}: cannot create the plots directory ({e.strerror or e})") from None
+    return out
+
+
+def _write_plots(runs: list[RunData], out: Path) -> int:
+    from .plots import write_plots
+
+    try:
+        written = write_plots(runs, out)
+    except OSError as e:
+        return _error(f"{e.filename or out}: cannot write plots ({e.strerror or e})")
+    except RuntimeError as e:  # matplotlib missing: not bad input
+        return _error(str(e), 1)
+    for p in written:
+        print(f"wrote {p}", file=sys.stderr)
+    return 0
 
 
 def analyze_main(run_dirs: list[str], plots: str | None = None, as_json: bool = False) -> int:
     try:
         runs = [load_run(d) for d in run_dirs]
+        out = plots_dir(plots) if plots else None
     except AnalysisError as e:
-        print(f"lbfl analyze: error: {e}", file=sys.stderr)
-        return 2
+        return _error(str(e))
     records = [run_record(r) for r in runs]
     if as_json:
-        print(json.dumps(records, indent=2))
+        print(dumps_strict(records, indent=2))
     else:
         print("\n\n".join(format_run(r) for r in records))
         if len(records) > 1:
             print("\n" + format_comparison(records))
-    if plots:
-        from .plots import write_plots
-
-        for p in write_plots(runs, plots):
-            print(f"wrote {p}", file=sys.stderr)
-    return 0
+    return _write_plots(runs, out) if out is not None else 0
 
 
 __all__ = ["AnalysisError", "RunData", "load_run", "run_record", "analyze_main"]

@@ -97,7 +97,9 @@ def _grad_change(runs, out, plt) -> Path:
 
 def _scale_factors(runs, out, plt) -> Path:
     series = [(run.name, _steps(run).get("scale_factor")) for run in runs if _method(run) != "none"]
-    series = [(n, s[np.isfinite(s)]) for n, s in series if s is not None and s.size]
+    # finite values only, and only non-empty series: a run stopped on a non-finite value may have none
+    series = [(n, s[np.isfinite(s)]) for n, s in series if s is not None]
+    series = [(n, s) for n, s in series if s.size]
     fig, axes = _panels(plt, max(1, len(series)), "Applied scale factors: kernel density over steps", sharey=False)
     for ax, (name, s) in zip(axes, series):
         lo, hi = float(s.min()), float(s.max())

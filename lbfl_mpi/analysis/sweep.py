@@ -20,9 +20,9 @@ def load_plans(paths: list[str]) -> list[tuple[str, dict]]:
     for p in paths:
         try:
             plans = json.loads(Path(p).read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # ValueError: JSONDecodeError and UnicodeDecodeError
             raise ValueError(f"{p}: not a `lbfl plan --json` file ({e})") from None
-        if not isinstance(plans, list) or not plans or "rows" not in plans[0]:
+        if not isinstance(plans, list) or not plans or not isinstance(plans[0], dict) or "rows" not in plans[0]:
             raise ValueError(f"{p}: not a `lbfl plan --json` file (no per-rank list with rows)")
         out.append((Path(p).stem, plans[0]))
     return out
@@ -83,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print("\n\n".join(format_sweep(n, p) for n, p in plans))
     if args.plots:
-        print(f"wrote {plot_sweep(plans, args.plots)}", file=sys.stderr)
+        try:
+            print(f"wrote {plot_sweep(plans, args.plots)}", file=sys.stderr)
+        except OSError as e:  # e.g. --plots under a regular file
+            print(f"sweep: error: {e.filename or args.plots}: cannot write plots ({e.strerror or e})", file=sys.stderr)
+            return 2
     return 0
 
 

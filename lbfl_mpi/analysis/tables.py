@@ -5,9 +5,10 @@ import math
 
 import numpy as np
 
-from .load import RunData
+from .load import RunData, as_float
 
 TIME_COLUMNS = ("t_data", "t_compute", "t_sync", "t_step")
+INCOMPLETE = "incomplete"  # rank files but no summary.json: killed, preempted or still running
 
 
 def _mean(a: np.ndarray | None) -> float:
@@ -66,6 +67,23 @@ def scaling_label(config: dict) -> str:
     return method
 
 
+def outcome(run: RunData) -> dict:
+    """How the run ended, from summary.json: ``outcome`` ("completed", "nonfinite_stop", "preempted",
+    or "incomplete" without a summary), ``nonfinite`` (step and quantity of a stop) and
+    ``nonfinite_skips`` (updates dropped under train.nonfinite="skip"). Summaries written before these
+    keys existed count as completed without skips; without a summary the skips are counted in rank 0's
+    ``nonfinite_skip`` column."""
+    s = run.summary
+    if s is None:
+        col = run.ranks[0].steps.get("nonfinite_skip") if run.ranks else None
+        skips = int(np.sum(col)) if col is not None else 0
+        return {"outcome": INCOMPLETE, "nonfinite": None, "nonfinite_skips": skips}
+    nonfinite = s.get("nonfinite") if isinstance(s.get("nonfinite"), dict) else None
+    skips = s.get("nonfinite_skips")
+    return {"outcome": str(s.get("outcome") or "completed"), "nonfinite": nonfinite,
+            "nonfinite_skips": skips if isinstance(skips, int) and not isinstance(skips, bool) else 0}
+
+
 def run_record(run: RunData) -> dict:
     final, best = run.accuracy()
     ranks = []
@@ -83,7 +101,8 @@ def run_record(run: RunData) -> dict:
         ranks.append(rec)
     s = run.summary or {}
     return {"run": str(run.path), "name": run.name, "final_test_acc": final, "best_test_acc": best,
-            "complete": run.summary is not None, "steps": s.get("steps"), "world_size": len(run.ranks),
+            "complete": run.summary is not None, **outcome(run), "steps": s.get("steps"),
+            "world_size": len(run.ranks),
             "sync_mode": run.config.get("sync", {}).get("mode"), "samples_per_s": s.get("samples_per_s"),
             "global_batch": s.get("global_batch"), "scaling": scaling_label(run.config),
             "lr": run.config.get("train", {}).get("lr"),
@@ -115,14 +134,43 @@ def _fmt(x) -> str:
     return str(x)
 
 
+def outcome_warnings(rec: dict) -> list[str]:
+    """Lines that flag a run whose numbers must not be read as a finished run's."""
+    out = []
+    kind, nf = rec.get("outcome", "completed"), rec.get("nonfinite") or {}
+    if kind == "nonfinite_stop":
+        at = f" at step {nf['step']}" if isinstance(nf.get("step"), int) else ""
+        what = f"non-finite {nf['quantity']}" if nf.get("quantity") else "a non-finite value"
+        on = f" on rank {nf['rank']}" if isinstance(nf.get("rank"), int) else ""
+        out.append(f"WARNING: stopped{at}: {what}{on}")
+    elif kind == INCOMPLETE:
+        out.append("WARNING: incomplete run (no summary.json: killed, preempted or still running)")
+    elif kind != "completed":
+        out.append(f"WARNING: run ended early (outcome {kind!r})")
+    n = rec.get("nonfinite_skips") or 0
+    if n:
+        out.append(f"WARNING: {n} update{'s' if n != 1 else ''} skipped (non-finite)")
+    return out
+
+
+def outcome_cell(rec: dict) -> str:
+    """The comparison table's outcome column: completed, stop@STEP QUANTITY, incomplete, ... and
+    +N skipped."""
+    kind, nf = rec.get("outcome", "completed"), rec.get("nonfinite") or {}
+    cell = "completed" if kind == "completed" else kind
+    if kind == "nonfinite_stop":
+        cell = f"stop@{nf.get('step', '?')} {nf.get('quantity', 'non-finite')}"
+    n = rec.get("nonfinite_skips") or 0
+    return cell + (f" +{n} skipped" if n else "")
+
+
 def format_run(rec: dict) -> str:
     head = (f"== {rec['name']}  ({rec['run']})\n"
             f"   sync {rec['sync_mode']}, {rec['world_size']} ranks, "
-            f"final test acc {rec['final_test_acc']:.4f}, best {rec['best_test_acc']:.4f}")
-    if not rec["complete"]:
-        head += "  [incomplete: no summary.json]"
-    elif rec["samples_per_s"]:
-        head += f", {rec['samples_per_s']:.0f} samples/s, {rec['wall_time_s']:.1f} s"
+            f"final test acc {as_float(rec['final_test_acc']):.4f}, best {as_float(rec['best_test_acc']):.4f}")
+    if rec["complete"] and as_float(rec["samples_per_s"]) > 0:
+        head += f", {as_float(rec['samples_per_s']):.0f} samples/s, {as_float(rec['wall_time_s']):.1f} s"
+    head += "".join(f"\n   {w}" for w in outcome_warnings(rec))
     if not math.isnan(rec.get("epoch_vs_ideal", float("nan"))):
         head += (f"\n   time per global epoch {rec['epoch_time_s']:.2f} s = {rec['epoch_vs_ideal']:.2f} x the ideal "
                  f"{rec['ideal_epoch_time_s']:.2f} s (every rank's compute throughput fully used)")
@@ -148,7 +196,7 @@ def format_comparison(records: list[dict]) -> str:
     w = max(len(r["name"]) for r in records)
     ws = max(7, max(len(r["scaling"]) for r in records))
     lines = [f"{'run':{w}s}  {'sync':9s} {'scaling':{ws}s} {'B':>5s} {'lr':>7s} {'final_acc':>9s} {'best_acc':>9s} "
-             f"{'t_step ms':>9s} {'t_compress ms':>13s} {'% dense bytes':>13s}"]
+             f"{'t_step ms':>9s} {'t_compress ms':>13s} {'% dense bytes':>13s}  outcome"]
     for r in records:
         ranks = r["ranks"]
         t_step = np.nanmean([x["mean_t_step"] for x in ranks]) if ranks else float("nan")
@@ -156,6 +204,7 @@ def format_comparison(records: list[dict]) -> str:
         ratio = ranks[0]["bytes_vs_dense"] if ranks else float("nan")
         gb = str(r["global_batch"]) if r["global_batch"] else "-"
         lr = f"{r['lr']:g}" if r.get("lr") is not None else "-"
-        lines.append(f"{r['name']:{w}s}  {str(r['sync_mode']):9s} {r['scaling']:{ws}s} {gb:>5s} {lr:>7s} {r['final_test_acc']:9.4f} "
-                     f"{r['best_test_acc']:9.4f} {t_step * 1e3:9.2f} {t_comp * 1e3:13.3f} {100 * ratio:13.2f}")
+        lines.append(f"{r['name']:{w}s}  {str(r['sync_mode']):9s} {r['scaling']:{ws}s} {gb:>5s} {lr:>7s} "
+                     f"{as_float(r['final_test_acc']):9.4f} {as_float(r['best_test_acc']):9.4f} {t_step * 1e3:9.2f} "
+                     f"{t_comp * 1e3:13.3f} {100 * ratio:13.2f}  {outcome_cell(r)}")
     return "\n".join(lines)

@@ -1,12 +1,15 @@
 """Dataset loading: embedded digits, Fashion-MNIST IDX files, synthetic templates, torchvision image sets.
 
-Nothing is ever downloaded; a missing dataset raises :class:`DataError` naming ``data.root`` and the
-layout expected. Test splits never depend on the run seed, so accuracies of different runs compare.
+Nothing is ever downloaded here; a missing dataset raises :class:`DataError` naming ``data.root``, the
+layout expected and the ``lbfl data fetch`` command that stages it (:mod:`lbfl_mpi.data.staging`).
+Test splits never depend on the run seed, so accuracies of different runs compare.
 """
 from __future__ import annotations
 
 import gzip
 import os
+import shlex
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +46,17 @@ _LAYOUT = {
 
 class DataError(ValueError):
     """A dataset that cannot be loaded; one-line message (the CLI prints it and exits with code 2)."""
+
+
+def _stage_hint(name: str, root: str) -> str:
+    """The ``lbfl data fetch`` command that puts ``name`` where the trainer looks (the tail of an error)."""
+    arg = root if root.startswith("<") else shlex.quote(root)
+    return f"; stage it with: lbfl data fetch {name} --root {arg}"
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line (error messages are printed as exactly one line)."""
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 @dataclass
@@ -124,13 +138,21 @@ def _digits() -> DatasetBundle:
 def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
     """Parse an IDX file (gzip-compressed or not) whose big-endian magic number must equal ``magic``."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    gz = path.suffix == ".gz"
+    opener = gzip.open if gz else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a truncated gzip, EOFError
+        what = "gzip file" if gz else "file"
+        raise DataError(f"{path}: cannot read the {what}, corrupt or truncated "
+                        f"({type(e).__name__}: {_one_line(e)})") from None
     if len(raw) < 4 or int.from_bytes(raw[:4], "big") != magic:
         got = raw[:4].hex() if len(raw) >= 4 else "truncated file"
         raise DataError(f"{path}: not an IDX file with magic 0x{magic:08x} (got {got})")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path}: IDX header truncated ({len(raw)} bytes, {ndim} dimensions expected)")
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     count = int(np.prod(dims))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
@@ -148,7 +170,8 @@ def _fashion_mnist(cfg_root: str) -> DatasetBundle:
         hit = next((p for p in cands if p.is_file()), None)
         if hit is None:
             raise DataError(f"{where}: Fashion-MNIST not found; expected the files "
-                            f"{', '.join(FASHION_FILES)} (or the same without .gz) in {root}/")
+                            f"{', '.join(FASHION_FILES)} (or the same without .gz) in {root}/"
+                            f"{_stage_hint('fashion_mnist', root)}")
         found.append(hit)
     xtr, ytr = read_idx(found[0], 0x803), read_idx(found[1], 0x801)
     xte, yte = read_idx(found[2], 0x803), read_idx(found[3], 0x801)
@@ -188,7 +211,8 @@ def _to_rgb(img):
 
 def _not_found(name: str, root: str) -> DataError:
     title, layout, _ = _LAYOUT[name]
-    return DataError(f"data.root={root!r}: {title} not found; expected {layout.format(r=root)}")
+    return DataError(f"data.root={root!r}: {title} not found; expected {layout.format(r=root)}"
+                     f"{_stage_hint(name, root)}")
 
 
 def _torchvision(cfg: DataConfig) -> DatasetBundle:
@@ -196,7 +220,7 @@ def _torchvision(cfg: DataConfig) -> DatasetBundle:
     if not root:
         _, layout, _ = _LAYOUT[name]
         raise DataError(f"data.root must be set for data.name={name!r} (nothing is downloaded); "
-                        f"expected {layout.format(r='<root>')}")
+                        f"expected {layout.format(r='<root>')}{_stage_hint(name, '<root>')}")
     # Checked first because torchvision's Caltech classes create directories under root.
     if not (Path(root) / _LAYOUT[name][2]).exists():
         raise _not_found(name, root)
@@ -208,7 +232,7 @@ def _torchvision(cfg: DataConfig) -> DatasetBundle:
         if name in _CIFAR_STATS:
             return _cifar(name, root, cfg.image_size or 32, datasets, T)
         return _large_images(name, root, cfg.image_size or 224, datasets, T)
-    except RuntimeError:
+    except (RuntimeError, ValueError):  # torchvision's own "not found" / "not a Caltech folder" errors
         raise _not_found(name, root) from None
 
 

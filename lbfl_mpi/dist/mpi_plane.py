@@ -54,7 +54,10 @@ class MPIPlane:
         self.world_size = comm.world_size
         self.rank = comm.rank
         self.cuda_aware = cuda_aware
-        self.chunk_bytes = chunk_bytes_from_env()
+        try:
+            self.chunk_bytes = chunk_bytes_from_env()
+        except ValueError:  # the CLI reports a bad value on one line before any collective runs
+            self.chunk_bytes = 4 * 2**20
         self._pinned: dict[tuple, torch.Tensor] = {}
 
     def staging(self, device: torch.device) -> str:

@@ -10,7 +10,14 @@ import math
 
 import torch
 from torch import nn
-from torchvision import models as tvm
+
+
+def _tvm():
+    """torchvision.models, imported on first use: it costs seconds at start-up that the small models
+    (and every short job, such as a requeued one) do not need."""
+    from torchvision import models
+
+    return models
 
 
 class ModelError(ValueError):
@@ -38,11 +45,11 @@ def _resnet(factory, input_shape: tuple, num_classes: int) -> nn.Module:
 
 
 def build_resnet18(input_shape: tuple, num_classes: int) -> nn.Module:
-    return _resnet(tvm.resnet18, input_shape, num_classes)
+    return _resnet(_tvm().resnet18, input_shape, num_classes)
 
 
 def build_resnet50(input_shape: tuple, num_classes: int) -> nn.Module:
-    return _resnet(tvm.resnet50, input_shape, num_classes)
+    return _resnet(_tvm().resnet50, input_shape, num_classes)
 
 
 def _vgg_init(model: nn.Module) -> None:
@@ -58,7 +65,7 @@ def _vgg_init(model: nn.Module) -> None:
 def build_vgg11(input_shape: tuple, num_classes: int) -> nn.Module:
     c, h, _ = input_shape
     if h > 64:
-        model = tvm.vgg11(weights=None, num_classes=num_classes)
+        model = _tvm().vgg11(weights=None, num_classes=num_classes)
         if c != 3:
             old = model.features[0]
             model.features[0] = _kaiming_conv(nn.Conv2d(c, old.out_channels, 3, padding=1))
@@ -66,7 +73,7 @@ def build_vgg11(input_shape: tuple, num_classes: int) -> nn.Module:
     # Build on the meta device: the ImageNet classifier (~120M parameters) is replaced below and
     # would otherwise be allocated and initialised for nothing.
     with torch.device("meta"):
-        model = tvm.vgg11(weights=None, num_classes=num_classes)
+        model = _tvm().vgg11(weights=None, num_classes=num_classes)
         model.features[0] = nn.Conv2d(c, 64, kernel_size=3, padding=1)
         for i, layer in enumerate(model.features):
             if isinstance(layer, nn.MaxPool2d):
@@ -86,7 +93,7 @@ def build_vgg11(input_shape: tuple, num_classes: int) -> nn.Module:
 
 def build_alexnet(input_shape: tuple, num_classes: int) -> nn.Module:
     c, h, _ = input_shape
-    model = tvm.alexnet(weights=None, num_classes=num_classes)
+    model = _tvm().alexnet(weights=None, num_classes=num_classes)
     if h < 64:
         # The 11x11/4 stem and unpadded 3x3/2 pools reduce anything below ~63 pixels to nothing.
         model.features[0] = nn.Conv2d(c, 64, kernel_size=3, stride=1, padding=1)
@@ -115,7 +122,7 @@ def build_vit_b_16(input_shape: tuple, num_classes: int) -> nn.Module:
     if h != w:
         raise ModelError(f"model.name='vit_b_16' needs a square input, got {c}x{h}x{w}")
     patch = vit_patch_size(h)
-    model = tvm.VisionTransformer(
+    model = _tvm().VisionTransformer(
         image_size=h, patch_size=patch, num_layers=12, num_heads=12,
         hidden_dim=768, mlp_dim=3072, num_classes=num_classes,
     )

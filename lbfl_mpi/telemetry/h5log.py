@@ -14,12 +14,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..fsutil import temp_path
+from .open_checked import open_rank_bounded
+from .validate import check_rank_file
+
 STEP_COLUMNS: dict[str, str] = {
     "step": "i8", "epoch": "f8", "batch_size": "i4", "lr": "f8", "loss": "f8",
     "t_data": "f8", "t_compute": "f8", "t_compress": "f8", "t_sync": "f8", "t_step": "f8",
     "grad_norm_sq": "f8", "grad_change": "f8", "scale_factor": "f8", "synced": "i1", "bytes_sent": "i8",
     "density_actual": "f8", "residual_norm_sq": "f8", "t_straggle": "f8", "throughput": "f8",
     "phase": "i1", "noise_scale": "f8", "t_teacher": "f8", "teacher_nll": "f8", "teacher_cos": "f8",
+    "nonfinite_skip": "i1",
 }
 EVAL_COLUMNS: dict[str, str] = {"step": "i8", "test_loss": "f8", "test_acc": "f8"}
 
@@ -87,8 +92,9 @@ class RankLog:
         self.columns = {"steps": dict(step_columns or STEP_COLUMNS), "eval": dict(EVAL_COLUMNS)}
         self.pending: dict[str, list[dict]] = {"steps": [], "eval": []}
         kept = self._rows_before(resume_step) if resume_step is not None else None
-        tmp = self.path.with_suffix(".h5.tmp")
-        f = h5py.File(tmp if kept is not None else self.path, "w", libver="latest")
+        # a fresh, exclusively created name: never a link planted at a fixed temporary name
+        tmp = temp_path(self.path)
+        f = h5py.File(tmp, "w", libver="latest")
         f.attrs.update({"rank": rank, "world_size": world_size, "config_json": config_json,
                         "hostname": platform.node(), "device": device, "versions": versions(),
                         **(extra_attrs or {})})
@@ -102,18 +108,21 @@ class RankLog:
                     d[:] = data
         if plan is not None:
             write_plan(f, plan)
-        if kept is not None:
-            # the crashed file cannot be reopened for writing; the kept rows move to a fresh file
-            f.close()
-            os.replace(tmp, self.path)
-            f = h5py.File(self.path, "r+", libver="latest")
+        # the file appears under its name complete with its header (and a resumed run's kept rows:
+        # a crashed file cannot be reopened for writing, so they move to a fresh one)
+        f.close()
+        os.replace(tmp, self.path)
+        f = h5py.File(self.path, "r+", libver="latest")
         f.swmr_mode = True
         self.f = f
 
     def _rows_before(self, step: int) -> dict[str, dict[str, np.ndarray]]:
         if not self.path.exists():
             return {"steps": {}, "eval": {}}
-        with open_rank_file(self.path) as old:
+        reason = check_rank_file(self.path)
+        if reason is not None:  # the run directory check reports this first; never open a damaged file
+            raise ValueError(f"{self.path}: {reason}")
+        with open_rank_bounded(self.path) as old:
             out = {}
             for group in ("steps", "eval"):
                 cols = read_group(old, group)

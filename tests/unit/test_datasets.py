@@ -117,7 +117,8 @@ def test_cifar10_missing(tmp_path):
         load_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
     msg = str(e.value)
     assert msg == (f"data.root={str(tmp_path)!r}: CIFAR-10 not found; expected "
-                   f"{tmp_path}/cifar-10-batches-py/ (the python version of the dataset, extracted)")
+                   f"{tmp_path}/cifar-10-batches-py/ (the python version of the dataset, extracted); "
+                   f"stage it with: lbfl data fetch cifar10 --root {tmp_path}")
 
 
 @pytest.mark.parametrize("name,needle", [("cifar100", "cifar-100-python/"),

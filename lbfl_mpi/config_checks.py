@@ -1,0 +1,144 @@
+"""Validation of a loaded :class:`~lbfl_mpi.config.Config`: every field generically against the bounds
+and choices declared in its metadata, then the rules that tie keys together. Runs once, before MPI
+collectives, training or any file write; every problem raises ConfigError naming the key."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+from typing import Any
+
+from .config import (_TYPE_OK, _TYPE_WORDS, NUM_CLASSES, UNCATCHABLE_SIGNALS, Config, ConfigError, _choice_text,
+                     _field_type, _num_text, _range_text, _shown, sections)
+
+def _check(cond: bool, key: str, value: Any, want: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}={_shown(value)}: {want}")
+
+
+def num_classes(cfg: Config) -> int:
+    if cfg.data.name == "synthetic":
+        return cfg.data.synthetic_classes
+    return NUM_CLASSES[cfg.data.name]
+
+
+def _in_range(v: float, meta) -> bool:
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and (v <= lo if meta.get("min_open") else v < lo):
+        return False
+    return hi is None or (v < hi if meta.get("max_open") else v <= hi)
+
+
+def _check_number(v: Any, typ: str, meta) -> str | None:
+    """Why ``v`` (an int or float key, or one list element) is not allowed; None when it is.
+
+    A float bounded on both sides is reported as its interval ("in (0, 1]"); otherwise the message
+    names the side ``v`` is on ("> 0"), so that an int's sanity cap does not crowd the message."""
+    if not _TYPE_OK[typ](v):
+        return f"expected {typ}"
+    rng = _range_text(meta, typ).removesuffix(", finite")
+    if typ == "float" and not math.isfinite(v):
+        return "must be finite" + (f" and {'in ' if rng[:1] in ('[', '(') else ''}{rng}" if rng else "")
+    if _in_range(v, meta):
+        return None
+    lo, hi = meta.get("min"), meta.get("max")
+    if typ == "float" and lo is not None and hi is not None:
+        return f"must be in {rng}"
+    if lo is not None and not _in_range(v, {"min": lo, "min_open": meta.get("min_open")}):
+        return ("must be > " if meta.get("min_open") else "must be >= ") + _num_text(lo)
+    return ("must be < " if meta.get("max_open") else "must be <= ") + _num_text(hi)
+
+
+def _check_field(key: str, v: Any, f: dataclasses.Field) -> None:
+    """The checks every key's metadata declares: type, choices, bounds (and finiteness) of numbers and
+    of list elements."""
+    typ, meta = _field_type(f), f.metadata
+    if not _TYPE_OK[typ](v):
+        raise ConfigError(f"{key}: expected {_TYPE_WORDS.get(typ, typ)}, got {_shown(v)}")
+    if "choices" in meta:  # by type and value: 1 is not True, True is not "true"
+        _check(any(type(v) is type(c) and v == c for c in meta["choices"]), key, v,
+               "must be one of " + ", ".join(_choice_text(c) for c in meta["choices"]))
+    if typ in ("int", "float"):
+        why = _check_number(v, typ, meta)
+        _check(why is None, key, v, why or "")
+    elif typ == "list" and meta.get("item") in ("int", "float"):
+        for x in v:
+            why = _check_number(x, meta["item"], meta)
+            _check(why is None, key, v, f"element {_shown(x)}: {why}")
+    elif typ == "list" and meta.get("item") == "str":
+        bad = [x for x in v if not isinstance(x, str)]
+        _check(not bad, key, v, f"element {bad[0]!r}: expected str" if bad else "")
+
+
+def validate(cfg: Config) -> None:
+    """Type, choice and range checks for every key (from the field metadata), then the checks that
+    involve several keys or a list's shape; raises ConfigError naming the first bad key."""
+    for sec, cls in sections().items():
+        for f in dataclasses.fields(cls):
+            _check_field(f"{sec}.{f.name}", getattr(getattr(cfg, sec), f.name), f)
+    r, d = cfg.run, cfg.data
+    _check(r.out_dir.strip() != "", "run.out_dir", r.out_dir, "must not be empty")
+    _check(not (r.resume and r.overwrite), "run.resume", r.resume, "cannot be combined with run.overwrite=true")
+    for name in r.preempt_signals:
+        _check(name.startswith("SIG") and name in signal.Signals.__members__, "run.preempt_signals",
+               r.preempt_signals, f"{name!r} is not a signal name (SIGUSR1, SIGTERM, ...)")
+        _check(name not in UNCATCHABLE_SIGNALS, "run.preempt_signals", r.preempt_signals,
+               f"{name} cannot be caught")
+    _check(len(set(r.preempt_signals)) == len(r.preempt_signals), "run.preempt_signals", r.preempt_signals,
+           "must not repeat a signal")
+    _check(len(d.synthetic_shape) == 3, "data.synthetic_shape", d.synthetic_shape,
+           "must be 3 positive integers [C, H, W]")
+    k = num_classes(cfg)
+    _check(d.labels_per_client <= k, "data.labels_per_client", d.labels_per_client,
+           f"must be between 1 and the {k} classes of {d.name}")
+    bt = cfg.batching
+    _check(bt.max_batch == 0 or bt.max_batch >= bt.min_batch, "batching.max_batch", bt.max_batch,
+           "must be 0 (no limit) or >= batching.min_batch")
+    _check(bool(bt.plan_probes), "batching.plan_probes", bt.plan_probes,
+           "must be a non-empty list of integers >= 1")
+    sc = cfg.scaling
+    _check(sc.method not in ("gain", "teacher") or sc.small_batch >= 1, "scaling.small_batch", sc.small_batch,
+           f"must be >= 1 with scaling.method={sc.method!r}")
+
+
+def validate_for_world(cfg: Config, world_size: int) -> None:
+    """Checks that need the job's rank count (run after MPI starts, before anything is written)."""
+    r, bt = cfg.run, cfg.batching
+    _check(not r.world_size or r.world_size == world_size, "run.world_size", r.world_size,
+           f"does not match the job's {world_size} ranks")
+    n = len(cfg.hetero.slowdown)
+    _check(n in (0, world_size), "hetero.slowdown", cfg.hetero.slowdown,
+           f"needs one factor per rank: {n} given, the job has {world_size} ranks")
+    sc, b = cfg.scaling, cfg.train.batch_size
+    if uses_micro_batches(cfg, world_size):
+        _check(bt.mode == "static", "batching.mode", bt.mode,
+               "must be 'static' when the local batch is split into scaling.small_batch micro-batches")
+        _check(b % sc.small_batch == 0 and b // sc.small_batch >= 2, "scaling.small_batch", sc.small_batch,
+               f"must divide train.batch_size={b} into at least 2 micro-batches")
+    elif sc.method == "gain":
+        _check(sc.small_batch < global_batch(cfg, world_size), "scaling.small_batch", sc.small_batch,
+               f"must be below the global batch {global_batch(cfg, world_size)}")
+    if bt.mode == "dynamic":
+        g = global_batch(cfg, world_size)
+        _check(g >= world_size * bt.min_batch, "batching.global_batch", g,
+               f"is below {world_size} ranks x batching.min_batch={bt.min_batch}")
+        _check(not bt.max_batch or g <= world_size * bt.max_batch, "batching.global_batch", g,
+               f"is above {world_size} ranks x batching.max_batch={bt.max_batch}")
+
+
+def uses_micro_batches(cfg: Config, world_size: int) -> bool:
+    """Whether the local batch is split into micro-batches of scaling.small_batch: always for the
+    teacher's training pairs; for the noise scale (and gain) where the free BSP estimate is missing."""
+    sc = cfg.scaling
+    if sc.small_batch < 1:
+        return False
+    return sc.method == "teacher" or cfg.sync.mode != "bsp" or world_size == 1
+
+
+def global_batch(cfg: Config, world_size: int) -> int:
+    """sum_c b_c: batching.global_batch in dynamic mode when set, else train.batch_size x ranks."""
+    if cfg.batching.mode == "dynamic" and cfg.batching.global_batch:
+        return cfg.batching.global_batch
+    return cfg.train.batch_size * world_size
+
+
