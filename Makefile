@@ -33,7 +33,7 @@ demo: install
 	$(BIN)/lbfl analyze $(DEMO_DIR)/bsp $(DEMO_DIR)/fedavg --plots $(DEMO_DIR)/plots
 
 test: install
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest tests -q -ra
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest tests -q -ra --durations=15
 
 # on a GPU machine whose python already has torch, mpi4py, h5py and pytest (no venv, no internet)
 gpu-check:

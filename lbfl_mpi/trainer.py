@@ -195,9 +195,9 @@ class Trainer:
             layer_sq = layer_sq / self.scaler.scale ** 2
         local_sq = float(layer_sq.sum())
         loss_value = float(loss.item())
-        bad = None  # fp16: an overflowing gradient is the loss scaler's business, a non-finite loss is not
-        if self.nonfinite != "ignore":
-            bad = nonfinite_quantity(loss_value, local_sq if self.scaler is None else 0.0)
+        bad = None  # fp16: a non-finite step is the loss scaler's business (skip it, lower the scale)
+        if self.nonfinite != "ignore" and self.scaler is None:
+            bad = nonfinite_quantity(loss_value, local_sq)
             if bad is not None and self.nonfinite == "stop":
                 self.stops.note_nonfinite(step, bad)
         stats = self.transform.local_stats(layer_sq, b) if self.exchanges_stats else None

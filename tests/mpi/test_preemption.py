@@ -30,6 +30,17 @@ RECEIVED = re.compile(r"received by rank (\d+) (during step (\d+)|before the fir
                       r"checkpointed step (\d+)")
 
 
+STEPS = 300
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run every interrupted one must reproduce bit for bit."""
+    ref = tmp_path_factory.mktemp("reference") / "run"
+    run_lbfl(_args(ref, STEPS), n=2)
+    return ref
+
+
 def _args(out, steps, *extra):
     return tiny_run_args(out, f"train.steps={steps}", *OPTS, *extra)
 
@@ -59,10 +70,8 @@ def _preempt_once(out, steps, target, n=2, delay=0.0, resume=True):
 
 
 @pytest.mark.parametrize("target", ["mpiexec", 1])
-def test_sigusr1_checkpoints_every_rank_and_auto_resume_is_bitwise(tmp_path, target):
-    steps = 80
-    ref, run = tmp_path / "ref", tmp_path / "run"
-    run_lbfl(_args(ref, steps), n=2)
+def test_sigusr1_checkpoints_every_rank_and_auto_resume_is_bitwise(tmp_path, target, reference):
+    steps, ref, run = STEPS, reference, tmp_path / "run"
     rc, err = _preempt_once(run, steps, target, delay=0.3)
     assert rc == 3, err
     m = RECEIVED.search(err)
@@ -78,12 +87,11 @@ def test_sigusr1_checkpoints_every_rank_and_auto_resume_is_bitwise(tmp_path, tar
     _assert_same_run(ref, run, 2, steps)
 
 
-def test_twenty_preempt_resume_cycles_match_an_uninterrupted_run(tmp_path):
+def test_twenty_preempt_resume_cycles_match_an_uninterrupted_run(tmp_path, reference):
     """The soak: 20 signals at random moments, to mpiexec or to either rank, over one run."""
-    steps, cycles = 300, 20
-    ref, run = tmp_path / "ref", tmp_path / "run"
+    steps, cycles = STEPS, 20
+    ref, run = reference, tmp_path / "run"
     t0 = time.monotonic()
-    run_lbfl(_args(ref, steps), n=2)
     rng = random.Random(1234)
     done, stops = 0, []
     while done < cycles:
