@@ -55,7 +55,7 @@ RESUME_CHOICES = (False, True, "auto")
 DATASETS = ("digits", "fashion_mnist", "synthetic", "cifar10", "cifar100", "caltech101", "caltech256", "food101")
 NUM_CLASSES = {"digits": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100,
                "caltech101": 101, "caltech256": 257, "food101": 101}
-MODELS = ("cnn", "mlp", "resnet18", "resnet50", "vgg11", "alexnet", "vit_b_16")
+MODELS = ("cnn", "bncnn", "mlp", "resnet18", "resnet50", "vgg11", "alexnet", "vit_b_16")
 
 
 @dataclass
@@ -112,7 +112,13 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = _f("cnn", "Model architecture (no pretrained weights).", MODELS)
+    name: str = _f("cnn", "Model architecture (no pretrained weights). bncnn: a small VGG-like CNN with "
+                          "BatchNorm, fast on CPU.", MODELS)
+    norm: str = _f("default", "Normalisation after every conv of cnn, bncnn, resnet18, resnet50: batch "
+                              "(BatchNorm: statistics of each client's own batch, never synchronised, so "
+                              "under BSP the update is not the global-batch gradient), group (GroupNorm, "
+                              "per sample), none; default: the architecture's own (cnn none, the others "
+                              "batch).", ("default", "batch", "group", "none"))
 
 
 @dataclass

@@ -66,7 +66,8 @@ class Trainer:
         self.loader = ClientLoader(bundle.train, parts[comm.rank], cfg.train.batch_size, seed,
                                    comm.rank, cfg.data.workers, device=self.device)
         torch.manual_seed(seed)  # same init everywhere; rank 0's copy is broadcast anyway
-        self.model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes).to(self.device)
+        self.model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes,
+                                 cfg.model.norm).to(self.device)
         _probe(self.model, cfg, bundle.input_shape, self.device)
         self.model.train()
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format

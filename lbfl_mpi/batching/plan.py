@@ -24,7 +24,7 @@ def plan_rank(cfg, comm, budget_bytes: float | None, probes: list[int], holdouts
     bundle = load_dataset(cfg.data, cfg.run.seed)
     shape, classes = tuple(bundle.input_shape), bundle.num_classes
     torch.manual_seed(cfg.run.seed)
-    model = build_model(cfg.model.name, shape, classes).to(device)
+    model = build_model(cfg.model.name, shape, classes, cfg.model.norm).to(device)
     mem = fit_memory(model, shape, classes, cfg.train.optimizer, cfg.train.momentum, device, probes)
     # probes and held-out sizes are timed in the same interleaved rounds, so drift cannot favour either
     timed = time_interleaved(model, shape, classes, sorted(set(probes) | set(holdouts)), device,

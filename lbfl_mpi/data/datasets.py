@@ -121,17 +121,29 @@ def _normalised(train: np.ndarray, test: np.ndarray, ytr, yte, num_classes: int)
                          num_classes, tuple(xtr.shape[1:]), ytr)
 
 
+def digits_csv() -> Path:
+    """scikit-learn's bundled ``digits.csv.gz`` (what ``load_digits`` reads), found without importing
+    scikit-learn: its import costs seconds at every start-up of every rank."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if spec else None
+    if path is None or not path.is_file():
+        raise DataError("data.name='digits' needs scikit-learn's bundled digits (pip install scikit-learn)")
+    return path
+
+
 def _digits() -> DatasetBundle:
-    try:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-    except ImportError:
-        raise DataError("data.name='digits' needs scikit-learn (pip install scikit-learn)") from None
-    d = load_digits()
-    x = (d.images.astype(np.float64) / 16.0)[:, None, :, :]
-    xtr, xte, ytr, yte = train_test_split(x, d.target, test_size=0.2, stratify=d.target,
-                                          random_state=_SPLIT_SEED)
-    return _normalised(xtr, xte, ytr, yte, 10)
+    """``sklearn.datasets.load_digits`` (the same file, parsed the same way: np.loadtxt of the CSV, the
+    last column the label), split 80/20 by the stored indices of digits_split.py."""
+    from .digits_split import TEST, TRAIN
+
+    with gzip.open(digits_csv(), "rt") as fh:
+        data = np.loadtxt(fh, delimiter=",")
+    target = data[:, -1].astype(int)
+    x = (data[:, :-1].reshape(-1, 8, 8) / 16.0)[:, None, :, :]
+    tr, te = np.asarray(TRAIN), np.asarray(TEST)
+    return _normalised(x[tr], x[te], target[tr], target[te], 10)
 
 
 # ---------------------------------------------------------------------------------------- Fashion-MNIST

@@ -10,7 +10,7 @@ from typing import Callable
 
 from torch import nn
 
-from .small import build_cnn, build_mlp
+from .small import NORMS, build_bncnn, build_cnn, build_mlp
 from .vision import (
     ModelError,
     build_alexnet,
@@ -20,10 +20,11 @@ from .vision import (
     build_vit_b_16,
 )
 
-__all__ = ["MODELS", "ModelError", "build_model"]
+__all__ = ["MODELS", "NORMS", "NORM_MODELS", "ModelError", "build_model"]
 
 MODELS: dict[str, Callable[[tuple, int], nn.Module]] = {
     "cnn": build_cnn,
+    "bncnn": build_bncnn,
     "mlp": build_mlp,
     "resnet18": build_resnet18,
     "resnet50": build_resnet50,
@@ -33,8 +34,13 @@ MODELS: dict[str, Callable[[tuple, int], nn.Module]] = {
 }
 
 
-def build_model(name: str, input_shape: tuple, num_classes: int) -> nn.Module:
-    """Build model ``name`` for images of ``input_shape`` (C, H, W) and ``num_classes`` outputs."""
+# models whose normalisation model.norm can choose (the others keep their own)
+NORM_MODELS = ("cnn", "bncnn", "resnet18", "resnet50")
+
+
+def build_model(name: str, input_shape: tuple, num_classes: int, norm: str = "default") -> nn.Module:
+    """Build model ``name`` for images of ``input_shape`` (C, H, W) and ``num_classes`` outputs;
+    ``norm`` (model.norm: default, batch, group, none) for the models in NORM_MODELS."""
     if name not in MODELS:
         raise ModelError(f"model.name={name!r} is not a model; choose one of: {', '.join(sorted(MODELS))}")
     shape = tuple(input_shape)
@@ -42,4 +48,14 @@ def build_model(name: str, input_shape: tuple, num_classes: int) -> nn.Module:
         raise ModelError(f"model {name!r} needs input_shape=(C, H, W) of positive ints, got {input_shape!r}")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ModelError(f"model {name!r} needs num_classes >= 1, got {num_classes!r}")
-    return MODELS[name](shape, num_classes)
+    if norm not in NORMS:
+        raise ModelError(f"model.norm={norm!r}: choose one of {', '.join(NORMS)}")
+    if norm == "default":
+        return MODELS[name](shape, num_classes)
+    if name not in NORM_MODELS and name != "mlp":
+        raise ModelError(f"model.norm={norm!r}: model.name={name!r} keeps its own normalisation; "
+                         f"model.norm applies to {', '.join(NORM_MODELS)}")
+    try:
+        return MODELS[name](shape, num_classes, norm)
+    except ValueError as e:
+        raise ModelError(str(e)) from None

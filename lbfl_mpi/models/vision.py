@@ -32,9 +32,13 @@ def _kaiming_conv(conv: nn.Conv2d) -> nn.Conv2d:
     return conv
 
 
-def _resnet(factory, input_shape: tuple, num_classes: int) -> nn.Module:
+def _resnet(factory, input_shape: tuple, num_classes: int, norm: str = "default") -> nn.Module:
+    """torchvision's ResNet; ``norm`` (model.norm) replaces its BatchNorm by GroupNorm or nothing."""
+    from .small import norm_layer
+
     c, h, _ = input_shape
-    model = factory(weights=None, num_classes=num_classes)
+    extra = {} if norm in ("default", "batch") else {"norm_layer": lambda ch: norm_layer(norm, ch)}
+    model = factory(weights=None, num_classes=num_classes, **extra)
     if h <= 64:
         # CIFAR stem: a 7x7/2 conv plus max-pool would leave a 32x32 image at 1x1 by layer4.
         model.conv1 = _kaiming_conv(nn.Conv2d(c, 64, kernel_size=3, stride=1, padding=1, bias=False))
@@ -44,12 +48,12 @@ def _resnet(factory, input_shape: tuple, num_classes: int) -> nn.Module:
     return model
 
 
-def build_resnet18(input_shape: tuple, num_classes: int) -> nn.Module:
-    return _resnet(_tvm().resnet18, input_shape, num_classes)
+def build_resnet18(input_shape: tuple, num_classes: int, norm: str = "default") -> nn.Module:
+    return _resnet(_tvm().resnet18, input_shape, num_classes, norm)
 
 
-def build_resnet50(input_shape: tuple, num_classes: int) -> nn.Module:
-    return _resnet(_tvm().resnet50, input_shape, num_classes)
+def build_resnet50(input_shape: tuple, num_classes: int, norm: str = "default") -> nn.Module:
+    return _resnet(_tvm().resnet50, input_shape, num_classes, norm)
 
 
 def _vgg_init(model: nn.Module) -> None:

@@ -208,3 +208,19 @@ def test_cifar_test_set_is_tensor_data_equal_to_per_image_transform(tmp_path, mo
     torch.testing.assert_close(b.test.y, want_y, rtol=0, atol=0)
     resized = load_dataset(DataConfig(name="cifar10", root=str(tmp_path), image_size=40))
     assert not isinstance(resized.test, TensorData) and resized.test[0][0].shape == (3, 40, 40)
+
+
+def test_digits_equal_scikit_learns_load_digits_and_split_bit_for_bit():
+    """The stored split and the direct CSV read reproduce load_digits + train_test_split exactly."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = (d.images.astype(np.float64) / 16.0)[:, None, :, :]
+    xtr, xte, ytr, yte = train_test_split(x, d.target, test_size=0.2, stratify=d.target, random_state=0)
+    mean, std = float(xtr.mean()), float(xtr.std())
+    b = load_dataset(DataConfig(name="digits"))
+    assert torch.equal(b.train.x, torch.from_numpy(((xtr - mean) / std).astype(np.float32)))
+    assert torch.equal(b.test.x, torch.from_numpy(((xte - mean) / std).astype(np.float32)))
+    np.testing.assert_array_equal(b.train_labels, ytr)
+    np.testing.assert_array_equal(b.test.y.numpy(), yte)

@@ -144,3 +144,38 @@ def test_backward_reaches_every_parameter(name, shape):
     for pname, p in model.named_parameters():
         assert p.grad is not None, pname
         assert torch.isfinite(p.grad).all(), pname
+
+
+@pytest.mark.parametrize("name,default_kind", [("cnn", None), ("bncnn", torch.nn.BatchNorm2d),
+                                                ("resnet18", torch.nn.BatchNorm2d)])
+def test_model_norm_puts_the_chosen_layer_after_every_conv(name, default_kind):
+    """model.norm: every conv is followed by the chosen normalisation (counted against the convs), and a
+    GroupNorm model's output for one sample does not depend on the rest of the batch (a BatchNorm
+    model's does, in train mode): the property that decides what BSP computes."""
+    def count(model, kind):
+        return sum(isinstance(m, kind) for m in model.modules())
+
+    torch.manual_seed(0)
+    convs = count(build_model(name, (3, 16, 16), 10), torch.nn.Conv2d)
+    kinds = {"batch": torch.nn.BatchNorm2d, "group": torch.nn.GroupNorm}
+    for norm, kind in kinds.items():
+        model = build_model(name, (3, 16, 16), 10, norm)
+        other = kinds["group" if norm == "batch" else "batch"]
+        assert count(model, kind) == convs and count(model, other) == 0
+    plain = build_model(name, (3, 16, 16), 10, "none")
+    assert count(plain, torch.nn.BatchNorm2d) + count(plain, torch.nn.GroupNorm) == 0
+    default = build_model(name, (3, 16, 16), 10)
+    assert (count(default, default_kind) == convs) if default_kind else count(default, torch.nn.BatchNorm2d) == 0
+    x = torch.randn(6, 3, 16, 16)
+    for norm, batch_dependent in (("group", False), ("batch", True)):
+        torch.manual_seed(1)
+        model = build_model(name, (3, 16, 16), 10, norm).train()
+        alone, together = model(x[:1]), model(x)[:1]
+        assert torch.allclose(alone, together, atol=1e-5) != batch_dependent
+
+
+def test_model_norm_is_refused_for_models_that_keep_their_own():
+    with pytest.raises(ModelError, match="model.norm='group'"):
+        build_model("vgg11", (3, 32, 32), 10, "group")
+    with pytest.raises(ModelError, match="no conv layer"):
+        build_model("mlp", (1, 8, 8), 10, "batch")

@@ -106,6 +106,42 @@ with abort_on_error(comm):
     assert_close(torch.cat([bn.running_mean, bn.running_var]).double(), expect, rtol=1e-5, atol=1e-6)
     assert int(bn.num_batches_tracked) == 7 + R
 
+    # 5. normalisation under BSP (model.norm). GroupNorm normalises each sample alone: the exchanged
+    #    gradient is the global batch's. BatchNorm normalises over each client's own batch: the exchanged
+    #    gradient is the b_c-weighted average of the clients' gradients, each computed with its own batch
+    #    statistics (not the global batch's), and the running statistics stay per client.
+    def grads(model, xs, ys):
+        model.zero_grad()
+        F.cross_entropy(model(xs), ys).backward()
+        return [q.grad.clone() for q in model.parameters()]
+
+    x, y = batch(99)
+    mine = slice(offsets[R], offsets[R] + sizes[R])
+    for norm in ("group", "batch"):
+        torch.manual_seed(R)
+        net = build_model("bncnn", shape, classes, norm)
+        sync = BSPSync(comm, net)
+        sync.broadcast_initial()
+        init = copy.deepcopy(net)
+        grads(net, x[mine], y[mine])
+        sync.sync_grads(0, sizes[R])
+        got = [q.grad for q in net.parameters()]
+        whole = grads(copy.deepcopy(init), x, y)
+        per_client = [grads(copy.deepcopy(init), x[o:o + b], y[o:o + b]) for o, b in zip(offsets, sizes)]
+        weighted = [sum(b / B * g[i] for b, g in zip(sizes, per_client)) for i in range(len(whole))]
+        for a, b in zip(got, whole if norm == "group" else weighted):
+            assert_close(a, b, rtol=1e-4, atol=1e-6)
+        if norm == "batch" and W > 1:
+            assert any(not torch.allclose(a, b, rtol=1e-3, atol=1e-5) for a, b in zip(got, whole)), \
+                "BatchNorm under BSP should differ from the global-batch gradient"
+            bn = next(mod for mod in net.modules() if isinstance(mod, torch.nn.BatchNorm2d))
+            means = torch.from_numpy(comm.allgather_array(bn.running_mean.detach().numpy()))
+            assert not torch.equal(means[0], means[1]), "running statistics are per client"
+            ref_net = copy.deepcopy(init)
+            ref_net(x[mine])  # this client's batch alone updates its running statistics
+            own = next(mod for mod in ref_net.modules() if isinstance(mod, torch.nn.BatchNorm2d))
+            assert_close(bn.running_mean, own.running_mean, rtol=1e-5, atol=1e-6)
+
     # 4. every rank ends with identical parameters
     flat = torch.cat([p.detach().reshape(-1) for p in bsp_model.parameters()])
     allp = comm.allgather_array(flat.numpy())
