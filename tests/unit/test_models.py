@@ -23,7 +23,7 @@ def _forward(model: nn.Module, shape: tuple, batch: int = 2) -> torch.Tensor:
 
 def test_registry_matches_config_choices():
     assert set(MODELS) == set(config.MODELS)
-    assert len(MODELS) == 7
+    assert len(MODELS) == 8
 
 
 @pytest.mark.parametrize("name,shape", CASES, ids=[f"{n}-{'x'.join(map(str, s))}" for n, s in CASES])
@@ -115,7 +115,7 @@ def test_unknown_name_lists_choices():
     with pytest.raises(ModelError) as err:
         build_model("foo", (1, 8, 8), NUM_CLASSES)
     msg = str(err.value)
-    assert msg.startswith("model.name='foo' is not a model; choose one of: alexnet, cnn, ")
+    assert msg.startswith("model.name='foo' is not a model; choose one of: alexnet, bncnn, cnn, ")
     assert "\n" not in msg
     for name in MODELS:
         assert name in msg
