@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from .checkpoint import latest_checkpoint, load_latest_valid, save_checkpoint, set_rng_state
 from .batching.dynamic import DynamicBatcher
 from .config import Config, ConfigError, global_batch, uses_micro_batches
-from .fsutil import atomic_path, write_text_atomic
-from .jsonio import dumps_strict
+from .fsutil import atomic_path
+from .jsonio import write_json_atomic
 from .data import ClientLoader, eval_batches, load_dataset, partition_indices
 from .models import ModelError, build_model
 from .optim import build_optimizer, lr_at, set_lr_
@@ -422,7 +422,7 @@ class Trainer:
             "batching": cfg.batching.mode, "final_batch_sizes": [int(b) for b in sizes],
             "batch_changes": self.batcher.changes if self.batcher is not None else 0,
         }
-        write_text_atomic(Path(cfg.run.out_dir) / "summary.json", dumps_strict(summary, indent=2) + "\n")
+        write_json_atomic(Path(cfg.run.out_dir) / "summary.json", summary, indent=2)
         return summary
 
 
