@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Run every *.toml experiment in a directory, then summarise all of them with `lbfl analyze`.
+# Run experiment configs, then summarise all of them with `lbfl analyze`.
 #
-#   bash jobs/run_grid.sh DIR [--set section.key=value ...]
+#   bash jobs/run_grid.sh PATH... [--set section.key=value ...]
 #
-# Each config is launched as
+# Each PATH is a directory (all its *.toml, in name order) or a single .toml file; the arguments from
+# the first one that starts with "-" on go to every `lbfl train`. Each config is launched as
 #   $MPIEXEC -n <run.world_size> $MPIEXEC_ARGS $LBFL train --config F --set run.overwrite=true [extra args]
 # (extra args come after run.overwrite=true, so they can override it and anything in the TOML).
 # The rank count is the config's run.world_size (1 when it is 0 or absent).
+#
+# With SEEDS="0 1 2" every config runs once per seed, with
+#   ... [extra args] --set run.seed=S --set run.out_dir=<the TOML's run.out_dir>/seedS
+# and keeps its run.name, so that `lbfl analyze` adds a "mean +- std over seeds" table (and, when the
+# grid has several global batches, a final-accuracy-by-batch table).
 #
 # Environment (defaults in brackets):
 #   MPIEXEC       launcher command               [mpiexec]        e.g. MPIEXEC=srun inside an allocation
@@ -14,28 +20,57 @@
 #   LBFL          the lbfl command               [lbfl]           e.g. LBFL=".venv/bin/lbfl"
 #   PYTHON        Python >= 3.11 (reads TOML)    [python3]
 #   PLOTS         also write lbfl analyze's charts to this directory  [none]
-# The script stops at the first failing run (set -euo pipefail); runs already finished keep their files.
-# Overriding run.out_dir with --set is not supported: analysis reads out_dir from the TOML files.
+#   SEEDS         seeds (non-negative integers, space-separated) to run each config with  [the TOML's]
+# Each run's wall time and the grid's total go to stderr. The script stops at the first failing run
+# (set -euo pipefail); runs already finished keep their files; `lbfl analyze` then covers every run dir.
+# run.out_dir cannot be overridden with --set (analysis reads out_dir from the TOML files), nor
+# run.seed when SEEDS is set: both exit 2 before anything runs.
 set -euo pipefail
 
-if [[ $# -lt 1 || ! -d "$1" ]]; then
-    echo "usage: $0 DIR [--set section.key=value ...]   (DIR holds *.toml experiment configs)" >&2
+usage() {
+    echo "usage: $0 PATH... [--set section.key=value ...]   (PATH: a directory of *.toml configs or a .toml file)" >&2
     exit 2
-fi
-dir=$1
-shift
+}
+
+shopt -s nullglob
+configs=()
+while [[ $# -gt 0 && $1 != -* ]]; do
+    if [[ -d "$1" ]]; then
+        found=("${1%/}"/*.toml)
+        if [[ ${#found[@]} -eq 0 ]]; then
+            echo "$0: no *.toml files in $1" >&2
+            exit 2
+        fi
+        configs+=("${found[@]}")
+    elif [[ -f "$1" && $1 == *.toml ]]; then
+        configs+=("$1")
+    else
+        echo "$0: $1: not a directory or a .toml file" >&2
+        usage
+    fi
+    shift
+done
+[[ ${#configs[@]} -gt 0 ]] || usage
+
+read -r -a seeds <<< "${SEEDS:-}"
+for s in "${seeds[@]}"; do
+    [[ $s =~ ^[0-9]+$ ]] || { echo "$0: SEEDS: $s is not a non-negative integer" >&2; exit 2; }
+done
+for a in "$@"; do
+    case $a in
+        run.out_dir=*|--set=run.out_dir=*)
+            echo "$0: $a: run.out_dir comes from each TOML file and cannot be overridden" >&2; exit 2 ;;
+        run.seed=*|--set=run.seed=*)
+            if [[ ${#seeds[@]} -gt 0 ]]; then
+                echo "$0: $a: conflicts with SEEDS=\"${SEEDS}\"" >&2; exit 2
+            fi ;;
+    esac
+done
 
 read -r -a mpiexec <<< "${MPIEXEC:-mpiexec}"
 read -r -a mpiexec_args <<< "${MPIEXEC_ARGS---oversubscribe}"
 read -r -a lbfl <<< "${LBFL:-lbfl}"
 python=${PYTHON:-python3}
-
-shopt -s nullglob
-configs=("$dir"/*.toml)
-if [[ ${#configs[@]} -eq 0 ]]; then
-    echo "$0: no *.toml files in $dir" >&2
-    exit 2
-fi
 
 # Print "<world_size> <out_dir>" of a config (world_size 0 = any, launched as 1 rank).
 toml_fields() {
@@ -51,19 +86,33 @@ print(run.get("world_size", 0) or 1, out)
 ' "$1"
 }
 
+# One run: launch_one CONFIG RANKS OUT_DIR LABEL [extra args for lbfl train]
+launch_one() {
+    local cfg=$1 ranks=$2 out_dir=$3 label=$4 t_run=$SECONDS
+    shift 4
+    echo "=== $label: $ranks ranks -> $out_dir" >&2
+    "${mpiexec[@]}" -n "$ranks" "${mpiexec_args[@]}" \
+        "${lbfl[@]}" train --config "$cfg" --set run.overwrite=true "$@"
+    echo "=== $label done in $((SECONDS - t_run)) s" >&2
+    out_dirs+=("$out_dir")
+}
+
 out_dirs=()
 t_grid=$SECONDS
 for cfg in "${configs[@]}"; do
-    read -r ranks out_dir < <(toml_fields "$cfg")
+    read -r ranks out_dir < <(toml_fields "$cfg") || true
     [[ -n "${out_dir:-}" ]] || { echo "$0: cannot read $cfg" >&2; exit 2; }
-    echo "=== $cfg: $ranks ranks -> $out_dir" >&2
-    t_run=$SECONDS
-    "${mpiexec[@]}" -n "$ranks" "${mpiexec_args[@]}" \
-        "${lbfl[@]}" train --config "$cfg" --set run.overwrite=true "$@"
-    echo "=== $cfg done in $((SECONDS - t_run)) s" >&2
-    out_dirs+=("$out_dir")
+    if [[ ${#seeds[@]} -eq 0 ]]; then
+        launch_one "$cfg" "$ranks" "$out_dir" "$cfg" "$@"
+    else
+        for s in "${seeds[@]}"; do
+            launch_one "$cfg" "$ranks" "${out_dir%/}/seed$s" "$cfg seed $s" "$@" \
+                --set "run.seed=$s" --set "run.out_dir=${out_dir%/}/seed$s"
+        done
+    fi
+    unset out_dir
 done
-echo "=== grid of ${#configs[@]} runs done in $((SECONDS - t_grid)) s" >&2
+echo "=== grid of ${#out_dirs[@]} runs done in $((SECONDS - t_grid)) s" >&2
 
 if [[ -n "${PLOTS:-}" ]]; then
     "${lbfl[@]}" analyze "${out_dirs[@]}" --plots "$PLOTS"

@@ -146,17 +146,24 @@ def cmd_plan(args) -> int:
     def check_args(a):
         if a.memory_budget is not None and a.memory_budget <= 0:
             raise ConfigError(f"--memory-budget={a.memory_budget}: must be > 0 (GB)")
-        for name in ("rounds", "repeats"):
+        for name in ("rounds", "repeats", "sync_repeats"):
             if getattr(a, name) < 1:
-                raise ConfigError(f"--{name}={getattr(a, name)}: must be >= 1")
+                raise ConfigError(f"--{name.replace('_', '-')}={getattr(a, name)}: must be >= 1")
 
     def setup(cfg, comm):
         from .batching.plan import plan_rank
 
+        comm.pick_device()
+        # the trainer's data plane, so that t_sync is measured on it (collective; as in Trainer)
+        comm.start_backend(cfg.dist.backend, cfg.dist.timeout_s)
         budget = args.memory_budget * 1e9 if args.memory_budget else None
-        return plan_rank(cfg, comm, budget, args.probes, args.holdout, rounds=args.rounds, repeats=args.repeats)
+        return plan_rank(cfg, comm, budget, args.probes, args.holdout, rounds=args.rounds, repeats=args.repeats,
+                         sync_repeats=args.sync_repeats)
 
     def finish(cfg, comm, result):
+        from .dist.torch_backend import shutdown_torch_dist
+
+        shutdown_torch_dist()
         results = comm.allgather_obj(result)
         if comm.rank == 0:
             if args.json:
@@ -192,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override a config value (repeatable); values are TOML: 0.1, true, [1, 2], word")
     t.set_defaults(func=cmd_train)
-    pl = sub.add_parser("plan", help="fit memory (Eq. 3) and compute models on each rank's device")
+    pl = sub.add_parser("plan", help="fit memory (Eq. 3) and compute models on each rank's device, measure "
+                                      "t_sync, recommend a batch (throughput knee and Eq. 2 epoch-time optimum)")
     pl.add_argument("--config", help="TOML experiment file (model, data shape, optimizer)")
     pl.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     pl.add_argument("--memory-budget", type=float, metavar="GB",
@@ -204,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--rounds", type=int, default=3,
                     help="timing rounds over all batch sizes, interleaved; the median is kept (default 3)")
     pl.add_argument("--repeats", type=int, default=3, help="timed steps per batch size and round (default 3)")
+    pl.add_argument("--sync-repeats", type=int, default=5,
+                    help="timed synchronisations for t_sync after 2 warm-up ones; the median is kept (default 5)")
     pl.add_argument("--json", action="store_true", help="print JSON instead of tables")
     pl.set_defaults(func=cmd_plan)
     a = sub.add_parser("analyze", help="summarise run directories")

@@ -1,5 +1,12 @@
 """Offline analysis of run directories: ``lbfl analyze RUN_DIR [RUN_DIR ...] [--plots DIR] [--json]``.
 
+After the per-run tables come, when they apply, a "mean +- std over seeds" table (when a group of runs
+whose configs differ only in run.seed and bookkeeping keys holds 2 or more distinct seeds, seeds.py;
+copies of one run are no seed study) and a "final test accuracy by global batch" table (at least 2
+distinct global batches, batch.py; ``--plots`` then also writes ``accuracy_vs_batch.png``).
+``--json`` stays a list of run records (existing readers index it); each record also carries its
+``seed_group`` (the group's summary) and ``batch_series`` (the labels of the series it is a point of).
+
 Bad input (a damaged rank file, an invalid summary.json or config.toml, an unusable ``--plots``
 directory) ends with one line ``lbfl analyze: error: <path>: <reason>`` and exit code 2; every rank
 file is checked before HDF5 opens it (telemetry/validate.py), so a truncated copy cannot hang it.
@@ -10,7 +17,9 @@ import sys
 from pathlib import Path
 
 from ..jsonio import dumps_strict
+from .batch import batch_series, batches, format_batch_table
 from .load import AnalysisError, RunData, load_run
+from .seeds import format_seed_groups, group_seeds, summarise
 from .tables import format_comparison, format_run, run_record
 
 BAD_INPUT = 2
@@ -52,12 +61,24 @@ def analyze_main(run_dirs: list[str], plots: str | None = None, as_json: bool = 
     except AnalysisError as e:
         return _error(str(e))
     records = [run_record(r) for r in runs]
+    groups = group_seeds(runs)
+    summaries = summarise(groups, runs, records)
+    series = batch_series(runs, groups)
+    for g, s in zip(groups, summaries):
+        for i in g.members:
+            records[i]["seed_group"] = s
+    for i, rec in enumerate(records):
+        rec["batch_series"] = [s.label for s in series if i in s.members]
     if as_json:
         print(dumps_strict(records, indent=2))
     else:
         print("\n\n".join(format_run(r) for r in records))
         if len(records) > 1:
             print("\n" + format_comparison(records))
+        if any(s["n"] > 1 for s in summaries):  # distinct seeds: not for copies of one run
+            print("\n" + format_seed_groups(summaries))
+        if len(batches(series)) > 1:
+            print("\n" + format_batch_table(series))
     return _write_plots(runs, out) if out is not None else 0
 
 

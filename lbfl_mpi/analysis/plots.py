@@ -5,7 +5,10 @@
 - ``scale_factors.png``: kernel density of the applied scale factors, one panel per run that applies
   a transform (paper Fig. 7b/d);
 - ``grad_norm_early.png``: the local gradient norm over the first steps per batch size, from the
-  unscaled runs when there are any (Fig. 6).
+  unscaled runs when there are any (Fig. 6);
+- ``accuracy_vs_batch.png``: final test accuracy against the global batch B, one line per lr-rule
+  series with the std over seeds as error bars (Fig. 3; series as in batch.py), only when the runs
+  have at least 2 distinct B.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .batch import Series, batch_series, batches
 from .load import RunData
 
 EARLY_STEPS = 100
@@ -135,6 +139,25 @@ def _grad_norm_early(runs, out, plt) -> Path:
     return _save(fig, out / "grad_norm_early.png", plt)
 
 
+def _accuracy_vs_batch(series: list[Series], out, plt) -> Path:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)
+    for s in series:
+        b = [p["global_batch"] for p in s.points]
+        acc = [p["final_test_acc_mean"] for p in s.points]
+        err = [p["final_test_acc_std"] if p["n"] > 1 else 0.0 for p in s.points]
+        ax.errorbar(b, acc, yerr=np.nan_to_num(err), marker="o", capsize=3, lw=1.2, label=s.label)
+    bs = batches(series)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(bs, [str(b) for b in bs])
+    ax.minorticks_off()
+    ax.set(xlabel="global batch B", ylabel="final test accuracy",
+           title="Final test accuracy against the global batch (error bars: std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, out / "accuracy_vs_batch.png", plt)
+
+
 def write_plots(runs: list[RunData], out_dir: str | Path) -> list[Path]:
     try:
         import matplotlib
@@ -145,4 +168,8 @@ def write_plots(runs: list[RunData], out_dir: str | Path) -> list[Path]:
         raise RuntimeError("--plots needs matplotlib: pip install 'lbfl_mpi[plots]'") from e
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return [f(runs, out, plt) for f in (_convergence, _grad_change, _scale_factors, _grad_norm_early)]
+    written = [f(runs, out, plt) for f in (_convergence, _grad_change, _scale_factors, _grad_norm_early)]
+    series = batch_series(runs)
+    if len(batches(series)) > 1:
+        written.append(_accuracy_vs_batch(series, out, plt))
+    return written

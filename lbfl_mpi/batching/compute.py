@@ -2,13 +2,17 @@
 
 What is measured and what is modelled:
 
-- ``t_c`` (forward + backward + optimizer step) and ``t_mov`` (host-to-device copy of the batch)
-  are *measured* at a few probe batch sizes by :func:`time_steps` (medians after warm-up);
+- ``t_c`` (forward + backward + optimizer step) and ``t_mov`` are *measured* at a few probe batch
+  sizes by :func:`time_steps` (medians after warm-up). ``t_mov`` is the time a ``fetch(b)`` callable
+  takes to hand over a batch on the device: ``lbfl plan`` passes the trainer's own loader and
+  host-to-device copy (batching/loader_feed.py); without one, a random host tensor's copy (a
+  ``clone()`` on CPU) stands in, which sees no data pipeline at all;
 - both are *modelled* as lines, ``t_c = alpha + beta * b`` and ``t_mov = gamma + delta * b``,
   fitted by least squares (:func:`fit_compute`);
 - ``t_sync`` is *modelled* analytically for a ring allreduce (:func:`ring_allreduce_time`) or
-  supplied by the caller; :meth:`ComputeModel.epoch_time` applies Eq. 2 over the ``D / B``
-  iterations of an epoch.
+  supplied by the caller (``lbfl plan`` measures it, batching/sync_time.py);
+  :meth:`ComputeModel.epoch_time` applies Eq. 2 over the ``D / B`` iterations of an epoch
+  (batching/eq2.py, which also picks the batch minimising it from measured tables).
 
 The batch where throughput saturates (the knee, :meth:`ComputeModel.recommended_batch`) is chosen
 from the measured probes, not the fitted line: a line's throughput ``b / (alpha + beta * b)`` only
@@ -26,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .eq2 import epoch_time
 
 __all__ = ["ComputeModel", "ComputeProbe", "fit_compute", "fit_from_probes", "ring_allreduce_time", "time_interleaved",
            "time_steps"]
@@ -82,10 +88,8 @@ class ComputeModel:
         Synchronisation happens once every ``period`` (H) steps, so its cost is amortised as
         ``t_sync / period`` per step; ``period = 1`` is BSP.
         """
-        if b_per_client < 1 or world_size < 1 or period < 1:
-            raise ValueError("b_per_client, world_size and period must be >= 1")
-        steps = dataset_size / (world_size * b_per_client)
-        return steps * (self.t_compute(b_per_client) + self.t_mov(b_per_client) + t_sync / period)
+        return epoch_time(b_per_client, self.t_compute(b_per_client), self.t_mov(b_per_client), t_sync, period,
+                          dataset_size, world_size)
 
     def recommended_batch(self, max_batch: int | None = None) -> int:
         """The knee: smallest probed ``b`` whose measured throughput is at least 95 % of the best.
@@ -123,13 +127,15 @@ def _sync(device: torch.device) -> None:
 
 
 def time_steps(model: nn.Module, input_shape, num_classes: int, b: int, device, warmup: int = 2,
-               repeats: int = 5, lr: float = 0.01) -> ComputeProbe:
+               repeats: int = 5, lr: float = 0.01, fetch=None) -> ComputeProbe:
     """Measure median ``t_c`` and ``t_mov`` of SGD training steps at batch ``b``.
 
-    A fresh random batch is drawn on the host for every step so no step reuses a cached input.
-    ``t_mov`` is the host-to-device copy; on a CPU device ``.to()`` is a no-op, so a ``clone()`` of
-    the batch stands in for the copy. Steps run on a deep copy of ``model`` so the caller's weights
-    are unchanged.
+    With ``fetch`` (``fetch(b) -> (x, y)`` on ``device``, e.g. :class:`~.loader_feed.LoaderFeed`),
+    ``t_mov`` is the time of that call and the step trains on what it returns. Without it a fresh
+    random batch is drawn on the host for every step (no step reuses a cached input) and ``t_mov``
+    is its host-to-device copy; on a CPU device ``.to()`` is a no-op, so a ``clone()`` of the batch
+    stands in for the copy. Steps run on a deep copy of ``model`` so the caller's weights are
+    unchanged.
     """
     if b < 1 or repeats < 1 or warmup < 0:
         raise ValueError("need b >= 1, repeats >= 1 and warmup >= 0")
@@ -139,11 +145,14 @@ def time_steps(model: nn.Module, input_shape, num_classes: int, b: int, device, 
     opt = torch.optim.SGD(work.parameters(), lr=lr)
     t_c, t_m = [], []
     for i in range(warmup + repeats):
-        x_host = torch.randn(b, *input_shape)
-        y_host = torch.randint(0, num_classes, (b,))
+        if fetch is None:
+            x_host = torch.randn(b, *input_shape)
+            y_host = torch.randint(0, num_classes, (b,))
         _sync(device)
         t0 = time.perf_counter()
-        if device.type == "cpu":
+        if fetch is not None:
+            x, y = fetch(b)
+        elif device.type == "cpu":
             x, y = x_host.clone(), y_host.clone()
         else:
             x, y = x_host.to(device), y_host.to(device)
@@ -189,16 +198,18 @@ def fit_from_probes(probes: list[ComputeProbe]) -> ComputeModel:
 
 
 def time_interleaved(model: nn.Module, input_shape, num_classes: int, batches, device, rounds: int = 3,
-                     warmup: int = 1, repeats: int = 3) -> dict[int, ComputeProbe]:
+                     warmup: int = 1, repeats: int = 3, fetch=None) -> dict[int, ComputeProbe]:
     """:func:`time_steps` at every batch size, ``rounds`` times in round-robin order, and the median of
     each size's rounds. A slow drift of the machine's speed (another job, clock changes) then spreads
-    over all sizes instead of biasing the sizes timed while it lasted."""
+    over all sizes instead of biasing the sizes timed while it lasted. ``fetch``: as for
+    :func:`time_steps`; ``rounds * (warmup + repeats)`` batches are drawn from it per size."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     runs: dict[int, list[ComputeProbe]] = {int(b): [] for b in batches}
     for _ in range(rounds):
         for b in runs:
-            runs[b].append(time_steps(model, input_shape, num_classes, b, device, warmup=warmup, repeats=repeats))
+            runs[b].append(time_steps(model, input_shape, num_classes, b, device, warmup=warmup, repeats=repeats,
+                                      fetch=fetch))
     return {b: ComputeProbe(b, float(statistics.median(p.t_compute for p in ps)),
                             float(statistics.median(p.t_mov for p in ps))) for b, ps in runs.items()}
 

@@ -1,13 +1,31 @@
 """``lbfl plan``: probe this rank's device, fit the memory model (Eq. 3) and the compute model
-(t_c = alpha + beta b, t_mov = gamma + delta b), check both at held-out batch sizes, and recommend a
-batch: the throughput knee (95 % of the best measured samples/s) capped by the largest batch that fits
-the memory budget.
+(t_c = alpha + beta b, t_mov = gamma + delta b), check both at held-out batch sizes, measure t_sync,
+and recommend two batches side by side:
 
-"Measured" memory is static (analytic) + saved-for-backward bytes + batch bytes at that batch; on GPU
-``torch.cuda.max_memory_allocated`` of a real step is reported beside it.
+- the throughput knee: the smallest probe reaching 95 % of the best measured ``b / (t_c + t_mov)``;
+  it ignores synchronisation;
+- the Eq. 2 optimum: the probe minimising the modelled epoch time ``D / B * (t_c + t_mov + t_sync / H)``
+  (batching/eq2.py) with the measured t_c and t_mov of that probe and the measured t_sync;
+
+both capped by the largest batch that fits the memory budget.
+
+What is measured where:
+
+- t_c: training steps on a copy of the model, on the batches the data path returns;
+- t_mov: the trainer's data path, ``ClientLoader`` over this rank's partition (``data.workers``) plus
+  the host-to-device copy (batching/loader_feed.py), timed in the same steps;
+- t_sync: the trainer's synchroniser and exchange on the job's data plane, max over ranks of each
+  rank's median (batching/sync_time.py); 0 on one rank;
+- memory: the "measured" column is *counted*, not read from an allocator: static (analytic
+  M_model + M_grad + M_opt) + the bytes of the storages autograd saves for backward (a
+  saved-tensors pack hook, batching/memory.py: ``activation_bytes``) + the input and label bytes.
+  It omits backward temporaries, allocator rounding and caching, and any intermediate autograd does
+  not save, so on CPU the held-out memory error checks only that these counted bytes are linear in b.
+  On GPU ``torch.cuda.max_memory_allocated`` of a real step is reported beside it.
 """
 from __future__ import annotations
 
+import math
 import statistics
 
 import torch
@@ -15,23 +33,62 @@ import torch
 from ..data import load_dataset
 from ..models import build_model
 from .compute import fit_from_probes, time_interleaved
+from .eq2 import epoch_time, eq2_optimum, sync_period
+from .loader_feed import loader_feed
 from .memory import activation_bytes, fit_memory, measure_peak_bytes
+from .sync_time import measure_t_sync
+
+MEM_SOURCE = ("counted: analytic M_model+M_grad+M_opt + storages saved for backward (saved-tensors hook) "
+              "+ input/label bytes; not an allocator reading")
+
+
+def _agreed(comm, build):
+    """``build()`` on every rank, then agree on failure before the collectives that follow, so a rank
+    that cannot load its data never leaves the others waiting in a collective. The failing rank
+    raises its own error; the others raise a ConfigError naming it (the CLI prints one line, exit 2)."""
+    from ..config import ConfigError
+
+    try:
+        out, err = build(), None
+    except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks know
+        out, err = None, e
+    if comm.world_size > 1:
+        errors = comm.allgather_obj(None if err is None else str(err))
+        if err is None:
+            bad = [(r, e) for r, e in enumerate(errors) if e is not None]
+            if bad:
+                raise ConfigError(f"(rank {bad[0][0]}) {bad[0][1]}")
+    if err is not None:
+        raise err
+    return out
 
 
 def plan_rank(cfg, comm, budget_bytes: float | None, probes: list[int], holdouts: list[int],
-              rounds: int = 3, repeats: int = 3) -> dict:
+              rounds: int = 3, repeats: int = 3, sync_warmup: int = 2, sync_repeats: int = 5) -> dict:
+    """This rank's plan as a JSON-able dict. Collective (t_sync): every rank calls it together, on a
+    data plane already started (``comm.start_backend``)."""
     device = comm.pick_device()
-    bundle = load_dataset(cfg.data, cfg.run.seed)
+
+    def inputs():
+        bundle = load_dataset(cfg.data, cfg.run.seed)
+        torch.manual_seed(cfg.run.seed)
+        model = build_model(cfg.model.name, tuple(bundle.input_shape), bundle.num_classes, cfg.model.norm)
+        return bundle, model.to(device), loader_feed(cfg, bundle, comm.rank, comm.world_size, device)
+
+    bundle, model, feed = _agreed(comm, inputs)
     shape, classes = tuple(bundle.input_shape), bundle.num_classes
-    torch.manual_seed(cfg.run.seed)
-    model = build_model(cfg.model.name, shape, classes, cfg.model.norm).to(device)
-    mem = fit_memory(model, shape, classes, cfg.train.optimizer, cfg.train.momentum, device, probes)
-    # probes and held-out sizes are timed in the same interleaved rounds, so drift cannot favour either
-    timed = time_interleaved(model, shape, classes, sorted(set(probes) | set(holdouts)), device,
-                             rounds=rounds, repeats=repeats)
+    try:
+        sync = measure_t_sync(cfg, comm, model, device, warmup=sync_warmup, repeats=sync_repeats)
+        mem = fit_memory(model, shape, classes, cfg.train.optimizer, cfg.train.momentum, device, probes)
+        # probes and held-out sizes are timed in the same interleaved rounds, so drift cannot favour either
+        timed = time_interleaved(model, shape, classes, sorted(set(probes) | set(holdouts)), device,
+                                 rounds=rounds, repeats=repeats, fetch=feed)
+    finally:
+        feed.close()
     comp = fit_from_probes([timed[b] for b in probes])
     if budget_bytes is None and device.type == "cuda":
         budget_bytes = float(torch.cuda.get_device_properties(device).total_memory)
+    H, D, W = sync_period(cfg.sync.mode, cfg.sync.period), len(bundle.train), comm.world_size
     rows = []
     for b in sorted(set(probes) | set(holdouts)):
         x = torch.randn(b, *shape, device=device)
@@ -48,44 +105,101 @@ def plan_rank(cfg, comm, budget_bytes: float | None, probes: list[int], holdouts
             "t_compute": probe.t_compute, "t_compute_predicted": predicted_tc,
             "t_compute_err": abs(predicted_tc - probe.t_compute) / probe.t_compute,
             "t_mov": probe.t_mov, "samples_per_s": b / (probe.t_compute + probe.t_mov),
+            "global_batch": W * b, "t_sync": sync.t_sync,
+            "epoch_time": epoch_time(b, probe.t_compute, probe.t_mov, sync.t_sync, H, D, W),
         })
     held = [r for r in rows if r["held_out"]] or rows
     max_b = mem.max_batch(budget_bytes) if budget_bytes else None
+    knee = comp.recommended_batch(max_b)
+    eq2_b, eq2_t = eq2_optimum(probes, [timed[b].t_compute for b in probes], [timed[b].t_mov for b in probes],
+                               sync.t_sync, H, D, W, max_b)
+    by_batch = {r["batch"]: r for r in rows}
     return {
         "rank": comm.rank, "device": str(device), "model": cfg.model.name, "input_shape": list(shape),
         "params": sum(p.numel() for p in model.parameters()),
         "static_bytes": {"model": mem.model_bytes, "grad": mem.grad_bytes, "opt": mem.opt_bytes},
         "act_bytes_per_sample": mem.act_slope, "batch_bytes_per_sample": mem.batch_slope,
         "alpha": comp.alpha, "beta": comp.beta, "gamma": comp.gamma, "delta": comp.delta,
-        "budget_bytes": budget_bytes, "max_batch": max_b, "recommended_batch": comp.recommended_batch(max_b),
+        "budget_bytes": budget_bytes, "max_batch": max_b, "recommended_batch": knee,
         "mem_err_median": statistics.median(r["mem_err"] for r in held),
         "mem_err_max": max(r["mem_err"] for r in held),
         "t_compute_err_median": statistics.median(r["t_compute_err"] for r in held),
         "t_compute_err_max": max(r["t_compute_err"] for r in held),
+        "mem_measured_source": MEM_SOURCE + ("; mem_peak_cuda is the allocator's peak of one real step"
+                                             if device.type == "cuda" else "; no allocator is read on CPU"),
+        "t_mov_source": f"ClientLoader over this rank's partition (data.workers={cfg.data.workers}) + copy to "
+                        f"{device}",
+        # Eq. 2: epoch = D / B * (t_c + t_mov + t_sync / H), B = world_size * b
+        "world_size": W, "dataset_size": D, "sync_mode": cfg.sync.mode, "sync_period": H,
+        "backend": sync.backend, "t_sync": sync.t_sync, "t_sync_per_rank": sync.per_rank,
+        "t_sync_compress": sync.t_compress, "t_sync_bytes": sync.nbytes, "t_sync_numel": sync.numel,
+        "t_sync_exchange": sync.exchange, "t_sync_note": sync.note,
+        # None (JSON null) where the batch is the unmeasured memory cap: no NaN even in the rank file's JSON
+        "eq2_batch": eq2_b, "eq2_epoch_time": None if math.isnan(eq2_t) else eq2_t,
+        "knee_epoch_time": by_batch[knee]["epoch_time"] if knee in by_batch else None,
         "rows": rows,
     }
 
 
 def format_plan(p: dict) -> str:
     mib = 2**20
+    cuda = any(r["mem_peak_cuda"] for r in p["rows"])
     lines = [f"== rank {p['rank']} on {p['device']}: {p['model']} {tuple(p['input_shape'])}, "
              f"{p['params']:,} parameters",
              f"   static: model {p['static_bytes']['model'] / mib:.1f} MiB, grad {p['static_bytes']['grad'] / mib:.1f}"
-             f" MiB, optimizer {p['static_bytes']['opt'] / mib:.1f} MiB; per sample: activations "
+             f" MiB, optimizer {p['static_bytes']['opt'] / mib:.1f} MiB; per sample: saved activations "
              f"{p['act_bytes_per_sample'] / 1024:.1f} KiB, batch {p['batch_bytes_per_sample'] / 1024:.1f} KiB",
              f"   t_c = {p['alpha'] * 1e3:.2f} ms + {p['beta'] * 1e3:.3f} ms x b;  "
-             f"t_mov = {p['gamma'] * 1e3:.3f} ms + {p['delta'] * 1e6:.2f} us x b",
-             f"   {'b':>5s} {'held-out':>8s} {'mem MiB':>9s} {'pred MiB':>9s} {'err %':>6s} {'cuda peak':>9s} "
+             f"t_mov = {p['gamma'] * 1e3:.3f} ms + {p['delta'] * 1e6:.2f} us x b  ({p['t_mov_source']})",
+             f"   {'b':>5s} {'held-out':>8s} {'count MiB':>9s} {'pred MiB':>9s} {'err %':>6s} {'cuda peak':>9s} "
              f"{'t_c ms':>8s} {'pred ms':>8s} {'err %':>6s} {'samples/s':>10s}"]
     for r in p["rows"]:
         peak = f"{r['mem_peak_cuda'] / mib:9.1f}" if r["mem_peak_cuda"] else f"{'-':>9s}"
         lines.append(f"   {r['batch']:5d} {'yes' if r['held_out'] else '':>8s} {r['mem_measured'] / mib:9.1f} "
                      f"{r['mem_predicted'] / mib:9.1f} {100 * r['mem_err']:6.2f} {peak} {r['t_compute'] * 1e3:8.2f} "
                      f"{r['t_compute_predicted'] * 1e3:8.2f} {100 * r['t_compute_err']:6.2f} {r['samples_per_s']:10.1f}")
+    lines.append("   count MiB = static + bytes autograd saves for backward (saved-tensors hook) + input/label bytes, "
+                 "counted, not an allocator reading" + ("; cuda peak = torch.cuda.max_memory_allocated of one step"
+                                                        if cuda else "; on CPU no allocator is read"))
     budget = f"{p['budget_bytes'] / 2**30:.1f} GiB" if p["budget_bytes"] else "none given"
     lines.append(f"   memory budget {budget}: largest permissible batch "
-                 f"{p['max_batch'] if p['max_batch'] is not None else '-'}; recommended batch "
-                 f"{p['recommended_batch']} (95 % of the best measured throughput)")
-    lines.append(f"   held-out error: memory median {100 * p['mem_err_median']:.2f} % max {100 * p['mem_err_max']:.2f} %;"
-                 f" t_compute median {100 * p['t_compute_err_median']:.2f} % max {100 * p['t_compute_err_max']:.2f} %")
+                 f"{p['max_batch'] if p['max_batch'] is not None else '-'}")
+    lines.append(f"   held-out error: counted memory median {100 * p['mem_err_median']:.2f} % max "
+                 f"{100 * p['mem_err_max']:.2f} %; t_compute median {100 * p['t_compute_err_median']:.2f} % max "
+                 f"{100 * p['t_compute_err_max']:.2f} %")
+    lines += _format_eq2(p)
     return "\n".join(lines)
+
+
+def _format_eq2(p: dict) -> list[str]:
+    H, W = p["sync_period"], p["world_size"]
+    if W == 1:
+        sync = f"t_sync = 0 ({p['t_sync_note']})"
+    else:
+        sync = (f"t_sync = {p['t_sync'] * 1e3:.2f} ms ({p['t_sync_exchange']} exchange of "
+                f"{p['t_sync_bytes'] / 2**20:.1f} MiB on {p['backend']}; {p['t_sync_note']}; per rank "
+                f"{', '.join(f'{t * 1e3:.2f}' for t in p['t_sync_per_rank'])} ms)")
+        if p["t_sync_compress"]:
+            sync += f", compression {p['t_sync_compress'] * 1e3:.2f} ms apart"
+    lines = [f"   Eq. 2: epoch = D/B (t_c + t_mov + t_sync/H), D = {p['dataset_size']} samples, B = {W} x b, "
+             f"sync.mode={p['sync_mode']} (H = {H})",
+             f"   {sync}",
+             f"   {'b':>5s} {'B':>6s} {'t_c ms':>9s} {'t_mov ms':>9s} {'t_sync/H ms':>11s} {'epoch s':>9s}"]
+    for r in p["rows"]:
+        mark = []
+        if r["batch"] == p["recommended_batch"]:
+            mark.append("knee")
+        if r["batch"] == p["eq2_batch"]:
+            mark.append("Eq. 2")
+        lines.append(f"   {r['batch']:5d} {r['global_batch']:6d} {r['t_compute'] * 1e3:9.2f} {r['t_mov'] * 1e3:9.3f} "
+                     f"{r['t_sync'] / H * 1e3:11.3f} {r['epoch_time']:9.2f}"
+                     + (f"  <- {' + '.join(mark)}" if mark else "") + ("  (held out)" if r["held_out"] else ""))
+    lines.append(f"   recommended batch: knee {p['recommended_batch']} (95 % of the best measured throughput, "
+                 f"ignores t_sync; epoch {_s(p['knee_epoch_time'])})  |  Eq. 2 optimum {p['eq2_batch']} "
+                 f"(epoch {_s(p['eq2_epoch_time'])})"
+                 + (f"; both among b <= {p['max_batch']}" if p["max_batch"] is not None else ""))
+    return lines
+
+
+def _s(t) -> str:
+    return "not measured" if t is None else f"{t:.2f} s"

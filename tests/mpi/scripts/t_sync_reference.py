@@ -1,0 +1,57 @@
+"""Under mpiexec -n N: t_sync of ``lbfl plan`` (batching/sync_time.py) on every rank together.
+
+For each synchronisation scheme (BSP with one buffer, BSP bucketed, FedAvg, post-local SGD) on the
+data plane ``--backend`` names: t_sync must be positive and bit-identical on every rank (the max over
+ranks of each rank's median), each rank's own median must be in the agreed per-rank list, the
+payload must equal the closed form of the exchanged vector (fp32: BSP, trainable parameters + one
+statistics slot per trainable tensor + 1/b slot + weight slot; FedAvg, parameters + float buffers +
+weight slot), and the caller's model must be unchanged. Any mismatch raises -> non-zero exit.
+"""
+import argparse
+
+import torch
+import torch.nn as nn
+
+from lbfl_mpi.batching.sync_time import measure_t_sync
+from lbfl_mpi.config import load_config
+from lbfl_mpi.dist.comm import Comm, abort_on_error
+from lbfl_mpi.dist.torch_backend import shutdown_torch_dist
+
+p = argparse.ArgumentParser()
+p.add_argument("--backend", default="mpi")
+args = p.parse_args()
+
+comm = Comm()
+device = comm.pick_device("cpu")
+W, R = comm.world_size, comm.rank
+
+with abort_on_error(comm):
+    assert comm.start_backend(args.backend) == args.backend
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    before = [t.detach().clone() for t in model.state_dict().values()]
+    params = sum(q.numel() for q in model.parameters())
+    n_tensors = sum(1 for _ in model.parameters())
+    float_buffers = sum(b.numel() for b in model.buffers() if b.is_floating_point())
+    cases = {
+        "bsp": (["sync.mode=bsp"], params + n_tensors + 1 + 1, "dense"),
+        "bsp-bucketed": (["sync.mode=bsp", "sync.bucket_mb=0.001"], params + n_tensors + 1 + 1, "bucketed"),
+        "fedavg": (["sync.mode=fedavg", "sync.period=4"], params + float_buffers + 1, "dense"),
+        "postlocal": (["sync.mode=postlocal", "sync.period=3", "sync.switch_step=5"], params + float_buffers + 1,
+                      "dense"),
+    }
+    for name, (sets, numel, exchange) in cases.items():
+        cfg = load_config(None, sets + [f"dist.backend={args.backend}"])
+        t = measure_t_sync(cfg, comm, model, device, warmup=1, repeats=3)
+        every = comm.allgather_obj((t.t_sync, t.per_rank))
+        assert t.t_sync > 0, (name, t)
+        assert all(e == every[0] for e in every), (name, every)  # the same floats on every rank
+        assert t.t_sync == max(t.per_rank) and len(t.per_rank) == W, (name, t)
+        assert (t.numel, t.nbytes, t.exchange, t.backend) == (numel, 4 * numel, exchange, args.backend), (name, t)
+        for a, b in zip(before, model.state_dict().values()):
+            assert torch.equal(a, b), name
+        assert all(q.grad is None for q in model.parameters()), name
+    shutdown_torch_dist()
+    comm.barrier()
+    if R == 0:
+        print(f"t_sync reference OK: world_size={W} backend={args.backend}", flush=True)
