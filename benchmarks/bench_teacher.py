@@ -88,7 +88,7 @@ def bench(name, model_name, shape, b, b_s, hiddens, reps, device):
     grads = [p.grad.detach().clone() for p in params]
     as_list = lambda j: [v.view_as(p) for v, p in zip(micro[j].split(sizes), params)]  # noqa: E731
     smalls = [as_list(j) for j in range(m - 1)]
-    teachers = {h: Teacher(sizes, device, chunk=64, hidden=h, seed=0) for h in hiddens}
+    teachers = {h: Teacher(sizes, device, chunk=64, hidden=h, seed=0, b_small=b_s) for h in hiddens}
 
     work = [g.clone() for g in grads]
     sq = torch.stack([g.float().pow(2).sum() for g in grads])  # the trainer has these from Eq. 8
@@ -99,7 +99,7 @@ def bench(name, model_name, shape, b, b_s, hiddens, reps, device):
                 w.copy_(g)
             _sync(device)
             t0 = time.perf_counter()
-            ratios, new_sq = teachers[h].sample_(work, 3, sq)
+            ratios, new_sq = teachers[h].sample_(work, 3, b, sq)
             float(ratios.mean())
             cosine(work, as_list(m - 1), a_sq=float(new_sq.sum()))
             _sync(device)
@@ -107,7 +107,7 @@ def bench(name, model_name, shape, b, b_s, hiddens, reps, device):
         return run
 
     train_h = DEFAULT_HIDDEN if DEFAULT_HIDDEN in hiddens else hiddens[0]
-    calls = {"step": step, "micro": micro_step, "train": lambda: teachers[train_h].train_step(grads, smalls)}
+    calls = {"step": step, "micro": micro_step, "train": lambda: teachers[train_h].train_step(grads, smalls, b)}
     calls.update({f"apply_h{h}": apply(h) for h in hiddens})
     for fn in calls.values():
         fn()

@@ -195,7 +195,8 @@ class CompressConfig:
                                  "sample (DGC), corrected when the kept count misses k.", ("exact", "sampled"))
     scope: str = _f("global", "global: one top-k over the whole flat vector; layerwise: the same density "
                               "in every tensor.", ("global", "layerwise"))
-    error_feedback: bool = _f(True, "Carry the unsent remainder g + r - C(g + r) to the next step.")
+    error_feedback: bool = _f(True, "Carry the unsent remainder g + r - C(g + r) to the next step (error feedback, an "
+                                            "addition to Eq. 9; false: Eq. 9 alone).")
     warmup_steps: int = _f(0, "Dense steps before compression starts.", min=0, max=INT_MAX)
     sample_fraction: float = _f(0.01, "sampled: fraction of entries sampled to estimate the threshold "
                                       "(at least 1000 entries).", min=0, max=1, min_open=True)
@@ -254,9 +255,19 @@ class ScalingConfig:
                              "estimate is unavailable (one rank, FedAvg); must divide train.batch_size "
                              "there. 0: off (required > 0 for gain and teacher).", min=0, max=INT_MAX)
     noise_ema: float = _f(0.9, "Weight of the past in the bias-corrected EMAs of |G|^2 and tr(Sigma) "
-                               "(noise scale, gain).", min=0, max=1, max_open=True)
-    teacher_steps: int = _f(50, "teacher: training steps at the start and after each refresh.",
+                               "(noise scale, gain) and of the teacher's per-sample variance.",
+                          min=0, max=1, max_open=True)
+    teacher_steps: int = _f(50, "teacher: training steps at the start and after each refresh; the teacher "
+                                "is applied once it has taken this many, pretraining included.",
                             min=1, max=INT_MAX)
+    teacher_pretrain_steps: int = _f(0, "teacher: brief pretraining before the first step of a fresh run (not "
+                                        "on resume): each step computes, at the initial weights, the gradient "
+                                        "of a large batch (BSP: the global batch, averaged over ranks; FedAvg: "
+                                        "the local batch) and of an independent batch of scaling.small_batch "
+                                        "samples, drawn from a separately seeded stream of the client's "
+                                        "partition, and takes one teacher step on the pair. Model weights, "
+                                        "BatchNorm statistics, random state and training batches are left as "
+                                        "they were. 0: off.", min=0, max=INT_MAX)
     teacher_refresh: int = _f(0, "teacher: also retrain every N steps (0: only when a critical phase starts).",
                               min=0, max=INT_MAX)
     # the per-chunk MLP holds chunk x hidden weights: 65536 x 65536 is already 16 GiB

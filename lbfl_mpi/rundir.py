@@ -31,7 +31,8 @@ LOCK_NAME = ".lbfl.lock"
 RESUME_MAY_CHANGE = {"run.resume", "run.overwrite", "run.name", "run.checkpoint_every", "run.out_dir",
                      "run.preempt_signals", "run.preempt_check_every", "train.steps", "train.eval_every",
                      "train.eval_batch", "train.nonfinite", "telemetry.flush_every", "data.root",
-                     "data.workers", "dist.timeout_s", "sync.wait_poll_us"}
+                     "data.workers", "dist.timeout_s", "sync.wait_poll_us",
+                     "scaling.teacher_pretrain_steps"}  # pretraining runs on a fresh start only
 
 _lock_fd: int | None = None  # held by rank 0 until the process ends (the kernel releases it on exit)
 

@@ -28,7 +28,8 @@ from .optim import build_optimizer, lr_at, set_lr_
 from .precision import LossScaler, autocast
 from .rundir import commit_run_dir, prepare_run_dir, rank_file
 from .scaling.noise_scale import layer_sq_norms
-from .scaling.transform import GradTransform
+from .scaling.teacher_pretrain import pretrain_draw, pretrain_teacher
+from .scaling.transform import GradTransform, scaling_warnings
 from .stopping import NonFiniteStop, Preempted, StopAgreement, nonfinite_quantity
 from .sync import build_sync
 from .telemetry import RankLog, StepTimer
@@ -92,6 +93,8 @@ class Trainer:
         self.skips = 0  # updates dropped on a non-finite value (train.nonfinite='skip')
         self._last_checkpoint: int | None = None
         self.elapsed = 0.0  # wall seconds of earlier segments of a resumed run
+        for warning in scaling_warnings(cfg) if comm.rank == 0 else ():
+            print(f"lbfl: warning: {warning}", file=sys.stderr, flush=True)
 
     # ------------------------------------------------------------------------------ setup
     def _restore(self, step: int, ck: dict) -> None:
@@ -309,11 +312,29 @@ class Trainer:
             print(f"lbfl: {start} of {cfg.train.steps} in {cfg.run.out_dir}", file=sys.stderr, flush=True)
         return resume_step
 
+    def _pretrain_teacher(self) -> None:
+        """Collective under BSP: scaling.teacher_pretrain_steps teacher steps at the initial weights
+        (scaling/teacher_pretrain.py); model, buffers, RNG and training stream stay as they were."""
+        cfg, teacher, sync = self.cfg, self.transform.teacher, self.cfg.sync
+        if teacher is None or not cfg.scaling.teacher_pretrain_steps:
+            return
+        draw = pretrain_draw(self.loader, cfg.run.seed, self.comm.rank, self.device, self._to_device)
+        bsp_first = sync.mode == "bsp" or (sync.mode == "postlocal" and sync.switch_step > 0)  # step 0 synchronises
+        collective = self.comm.world_size > 1 and bsp_first
+        done = pretrain_teacher(teacher, self.model, self.sync.params, self._loss, draw,
+                                cfg.scaling.teacher_pretrain_steps, cfg.train.batch_size, self.comm, collective,
+                                self.transform._average, self.scaler.scale if self.scaler is not None else 1.0)
+        if self.comm.rank == 0:
+            print(f"lbfl: teacher pretrained for {done} of {cfg.scaling.teacher_pretrain_steps} steps",
+                  file=sys.stderr, flush=True)
+
     def run(self) -> dict | None:
         cfg, comm = self.cfg, self.comm
         if self.plan is not None and self.batcher is not None:
             self._apply_plan_limits()
         resume_step = self._resume_or_start()
+        if resume_step is None:  # a resumed run has its teacher in the checkpoint
+            self._pretrain_teacher()
         self._last_checkpoint = resume_step
         log = RankLog(rank_file(cfg.run.out_dir, comm.rank), rank=comm.rank, world_size=comm.world_size,
                       config_json=cfg.to_json(), device=str(self.device),
@@ -421,6 +442,7 @@ class Trainer:
             "wall_time_s": wall, "samples": samples, "samples_per_s": samples / wall if wall > 0 else 0.0,
             "batching": cfg.batching.mode, "final_batch_sizes": [int(b) for b in sizes],
             "batch_changes": self.batcher.changes if self.batcher is not None else 0,
+            "teacher_pretrain_steps": self.transform.teacher.pretrained_steps if self.transform.teacher else 0,
         }
         write_json_atomic(Path(cfg.run.out_dir) / "summary.json", summary, indent=2)
         return summary

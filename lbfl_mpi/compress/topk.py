@@ -1,7 +1,9 @@
 """Top-k sparsification with error feedback (Tyagi 2025, Eq. 9: G = C(G) + residual).
 
-Selection follows Deep Gradient Compression (Lin et al., ICLR 2018); the residual is error feedback
-(Stich et al., NeurIPS 2018; Karimireddy et al., ICML 2019). One step of :class:`TopKCompressor`:
+Selection follows Deep Gradient Compression (Lin et al., ICLR 2018). Eq. 9 only splits G into what
+is sent and a residual; carrying the residual into the next step (error feedback: Stich et al.,
+NeurIPS 2018; Karimireddy et al., ICML 2019) is an addition to the paper, on by default and off with
+``compress.error_feedback = false``. One step of :class:`TopKCompressor`:
 
 1. acc = x + r            (r = 0 without error feedback, and at the start)
 2. idx = select(acc)      k = round(density * n) largest |acc|, over the whole vector (scope "global")

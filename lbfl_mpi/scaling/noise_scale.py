@@ -23,8 +23,9 @@ Everything is kept per layer (parameter tensor), so that the gain of Eq. 7 can b
 
     r_l = sqrt(E|g_small,l|^2 / E|G_large,l|^2) = sqrt((|G_l|^2 + tr_l / b_s) / (|G_l|^2 + tr_l / B))
 
-the factor by which a gradient of a small batch b_s is longer than the large-batch one. It is the
-principled counterpart of the hand-tuned X of Eq. 7: 1 <= r_l <= sqrt(B / b_s) (pure noise).
+the factor by which a gradient of a small batch b_s is longer than the large-batch one,
+1 <= r_l <= sqrt(B / b_s) (pure noise). ``scaling.method = "gain"`` is this project's method, not the
+paper's: it replaces the hand-tuned X of Eq. 7 by this factor.
 """
 from __future__ import annotations
 

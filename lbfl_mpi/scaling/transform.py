@@ -7,7 +7,10 @@ applies the same G~) and in FedAvg each client's local gradient. Per step it
    BSP statistics summed with the gradients, or from micro-batches of the local batch;
 2. computes the gradient change of Eq. 8 (optionally EWMA-smoothed) and the phase (:mod:`.critical`);
 3. applies ``scaling.method``: none; step, U(X) of Eq. 6 (:mod:`.step`); gain, the per-layer r_l of
-   :mod:`.noise_scale` (the principled Eq. 7); teacher, the learned A of Eq. 5b (:mod:`.teacher`).
+   :mod:`.noise_scale` (the principled Eq. 7); teacher, the learned A of Eq. 5b (:mod:`.teacher`),
+   trained on nested pairs of the local batch (b_local = train.batch_size) and applied to the
+   gradient of B samples it transforms (BSP: the global batch; FedAvg: b_local), which sets the
+   variance it injects (:mod:`.teacher`, "Calibration").
 """
 from __future__ import annotations
 
@@ -32,10 +35,11 @@ class GradTransform:
         self.teacher_left = 0
         if self.sc.method == "teacher":
             self.teacher = Teacher([p.numel() for p in params], device, self.sc.teacher_chunk,
-                                   self.sc.teacher_hidden, self.sc.teacher_lr, seed=cfg.run.seed)
+                                   self.sc.teacher_hidden, self.sc.teacher_lr, seed=cfg.run.seed,
+                                   b_small=self.sc.small_batch, ema=self.sc.noise_ema)
             self.teacher_left = self.sc.teacher_steps
         self.was_critical = False
-        self._exchange = None  # teacher-gradient averaging under BSP
+        self._exchanges: dict = {}  # teacher averaging under BSP, one exchange per tensor-list shape
 
     # ------------------------------------------------------------------------------ inputs
     @staticmethod
@@ -102,13 +106,13 @@ class GradTransform:
         elif method == "teacher":
             if timer is not None:
                 timer.lap("compute")
-            self._teacher_step(step, grads, sq, micro, critical, collective, out)
+            self._teacher_step(step, b, grads, sq, micro, critical, collective, out)
             if timer is not None:
                 out["t_teacher"] = timer.lap("teacher")
         self.was_critical = critical
         return out
 
-    def _teacher_step(self, step, grads, sq, micro, critical, collective, out) -> None:
+    def _teacher_step(self, step, b, grads, sq, micro, critical, collective, out) -> None:
         sc, teacher = self.sc, self.teacher
         onset = critical and not self.was_critical and teacher.trained_steps >= sc.teacher_steps
         refresh = sc.teacher_refresh and step > 0 and step % sc.teacher_refresh == 0
@@ -119,22 +123,27 @@ class GradTransform:
         held_out = self._unflatten(micro[m - 1])  # never trained on: the cosine is out of sample
         if self.teacher_left > 0:
             smalls = [self._unflatten(micro[j]) for j in range(m - 1)]
-            out["teacher_nll"] = teacher.train_step(local_big, smalls, self._average if collective else None)
+            # nested pairs: micro-batches of b_s inside the local batch of m b_s samples
+            out["teacher_nll"] = teacher.train_step(local_big, smalls, m * sc.small_batch, nested=True,
+                                                    average_grads=self._average if collective else None)
             self.teacher_left -= 1
         if teacher.trained_steps < sc.teacher_steps:
-            return  # still in the initial training: the gradient is left as it is
-        ratios, new_sq = teacher.sample_(grads, step, sq)
+            return  # still in the initial training (pretraining included): the gradient is left as it is
+        # applied to the synchronised gradient of the global batch under BSP, to the local one otherwise
+        ratios, new_sq = teacher.sample_(grads, step, self.global_batch if collective else b, sq)
         out["scale_factor"] = float(ratios.mean())
         out["teacher_cos"] = cosine(grads, held_out, a_sq=float(new_sq.sum()))
 
     def _average(self, tensors: list[torch.Tensor]) -> None:
-        """tensors <- their mean over the ranks, through the job's dense exchange (one buffer, reused)."""
-        if self._exchange is None:
+        """tensors <- their mean over the ranks, through a dense exchange (one buffer per list shape:
+        the teacher's sigma^2 estimate and its gradients; reused every step)."""
+        key = tuple((t.numel(), t.dtype) for t in tensors)
+        if key not in self._exchanges:
             from ..exchange import DenseExchange
 
-            self._exchange = DenseExchange(self.comm, tensors)
-        self._exchange.reduce_(tensors, 1.0)
-        self._exchange.unpack_(tensors)
+            self._exchanges[key] = DenseExchange(self.comm, tensors)
+        self._exchanges[key].reduce_(tensors, 1.0)
+        self._exchanges[key].unpack_(tensors)
 
     # ------------------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -148,3 +157,18 @@ class GradTransform:
         if self.teacher is not None and d.get("teacher"):
             self.teacher.load_state_dict(d["teacher"])
         self.teacher_left, self.was_critical = int(d["teacher_left"]), bool(d["was_critical"])
+
+
+def scaling_warnings(cfg) -> list[str]:
+    """One-line start-up warnings about the scaling config (the trainer prints them on rank 0).
+
+    Adam divides each coordinate's first moment by the root of its second moment, so a gradient scaled
+    by a constant c (U(X) of Eq. 6/7 within a phase, or the per-layer gain r_l) gives the same update
+    once both moments have adapted: the scale acts only through their transients after it changes."""
+    sc, opt = cfg.scaling, cfg.train.optimizer
+    if sc.method in ("step", "gain") and opt in ("adam", "adamw"):
+        what = "U(X)" if sc.method == "step" else "gain"
+        return [f"scaling.method={sc.method!r} with train.optimizer={opt!r}: Adam is invariant to a constant "
+                f"gradient scale, so {what} scaling changes the update only through the moment estimates' "
+                "transients"]
+    return []

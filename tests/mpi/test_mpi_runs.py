@@ -88,9 +88,10 @@ def test_four_rank_run_writes_contract_files(tmp_path):
           "compress.method=topk", "compress.density=0.05", "compress.selection=sampled"]),
     # compressed BSP: the gradient residual and the sampler's generator are in the checkpoint
     (6, ["train.momentum=0.9", "compress.method=topk", "compress.density=0.05", "compress.selection=sampled"]),
-    # the teacher's weights, Adam state, schedule and the EWMA detector and noise-scale EMAs
+    # the teacher's weights, Adam state, sigma^2 EMA, schedule and the EWMA detector and noise-scale EMAs;
+    # pretraining runs on the fresh start only (the resumed segment takes the teacher from the checkpoint)
     (6, ["scaling.method=teacher", "scaling.small_batch=4", "scaling.teacher_steps=3", "scaling.ewma=0.5",
-         "scaling.teacher_refresh=8"]),
+         "scaling.teacher_refresh=8", "scaling.teacher_pretrain_steps=2"]),
 ])
 def test_two_rank_resume_continues_identically(tmp_path, cut, common):
     common = [*common, f"run.checkpoint_every={cut}"]

@@ -1,6 +1,8 @@
 """Gradient transforms (Eq. 5-8) in real multi-rank runs: references, agreement between ranks, errors."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -78,6 +80,33 @@ def test_bsp_ranks_hold_identical_parameters_after_scaled_steps(tmp_path, method
     if "scaling.method=teacher" in method:
         trained = np.isfinite(s[0]["teacher_nll"])
         assert trained[:3].all() and np.isfinite(s[0]["teacher_cos"][3:]).all() and (s[0]["t_teacher"] > 0).all()
+
+
+def test_teacher_pretraining_leaves_the_bsp_trajectory_unchanged(tmp_path):
+    """Tyagi 2025 Eq. 5b brief pretraining (scaling/teacher_pretrain.py) on 2 BSP ranks: while the teacher
+    is not applied (teacher_steps above the run), a run with pretraining is bit for bit the run without
+    (same batches, BatchNorm statistics, dropout draws and weights); the ranks hold the same teacher."""
+    common = ["model.name=bncnn", "scaling.method=teacher", "scaling.small_batch=4", "scaling.teacher_steps=100",
+              "run.checkpoint_every=12"]
+    plain, pre = tmp_path / "plain", tmp_path / "pre"
+    run_lbfl(tiny_run_args(plain, *common), n=2)
+    p = run_lbfl(tiny_run_args(pre, *common, "scaling.teacher_pretrain_steps=3"), n=2)
+    assert "lbfl: teacher pretrained for 3 of 3 steps" in p.stderr
+    assert json.loads((pre / "summary.json").read_text())["teacher_pretrain_steps"] == 3
+    assert json.loads((plain / "summary.json").read_text())["teacher_pretrain_steps"] == 0
+    np.testing.assert_array_equal(_steps(plain)["loss"], _steps(pre)["loss"])
+    ma, mb = torch.load(plain / "model.pt"), torch.load(pre / "model.pt")
+    for k in ma:  # weights and BatchNorm buffers
+        assert torch.equal(ma[k], mb[k]), k
+    cks = [torch.load(pre / "checkpoints" / f"step_{12:08d}" / f"rank{r:04d}.pt", weights_only=False)
+           for r in range(2)]
+    ref = torch.load(plain / "checkpoints" / f"step_{12:08d}" / "rank0000.pt", weights_only=False)
+    assert cks[0]["loader"] == ref["loader"]  # the training stream is where it would be without pretraining
+    t0, t1 = (ck["transform"]["teacher"] for ck in cks)
+    assert t0["trained_steps"] == 3 + 12 and t0["pretrained_steps"] == 3
+    assert torch.equal(t0["sigma2_sum"], t1["sigma2_sum"])
+    for k in t0["net"]:
+        assert torch.equal(t0["net"][k], t1["net"][k]), k
 
 
 def test_fedavg_noise_scale_comes_from_micro_batches(tmp_path):

@@ -93,31 +93,36 @@ def test_chunk_layout_round_trips():
 
 
 def test_teacher_learns_a_known_variance_per_layer():
+    # pairs g_s = G + s * noise, declared nested (b_s = 2 inside b_big = 8): the teacher reads
+    # sigma^2 = s^2 / (1/2 - 1/8) from them and, applied at the same batch, injects s^2 again
+    # (the calibration itself: tests/unit/test_teacher_calibration.py)
     torch.manual_seed(0)
     ns, sigma = [384, 250, 520], [0.5, 1.0, 2.0]
-    teacher = Teacher(ns, "cpu", chunk=32, hidden=32, lr=1e-2, seed=0)
+    teacher = Teacher(ns, "cpu", chunk=32, hidden=32, lr=1e-2, seed=0, b_small=2)
     gen = torch.Generator().manual_seed(1)
-    first = None
+    nlls = []
     for step in range(300):
         big = [torch.randn(n, generator=gen) for n in ns]
         smalls = [[g + s * torch.randn(g.shape, generator=gen) for g, s in zip(big, sigma)] for _ in range(4)]
-        nll = teacher.train_step(big, smalls)
-        first = nll if first is None else first
-    assert nll < first
+        nlls.append(teacher.train_step(big, smalls, b_big=8))
+    # the Gaussian NLL at the truth: 1/2 mean(log s^2 + 1) in units of each layer's RMS of G (~1)
+    truth = 0.5 * sum(n * (math.log(s**2) + 1) for n, s in zip(ns, sigma)) / sum(ns)
+    assert sum(nlls[-50:]) / 50 == pytest.approx(truth, abs=0.05)
     big = [torch.randn(n, generator=gen) for n in ns]
-    mu, std = teacher.predict(big)
+    mu, std = teacher.predict(big, b_apply=8)
     for l, s in enumerate(sigma):
         assert float(std[l].pow(2).mean()) == pytest.approx(s**2, rel=0.15), l
         assert cosine([mu[l]], [big[l]]) > 0.9  # the mean stays G_large (the truth is g_small = G + noise)
     # G~ = a G + s eps, computed in place layer by layer, agrees with the chunked prediction:
     # its mean over many draws is mu and its spread is std (layer sizes leave partial chunks)
-    draws = torch.stack([torch.cat([t.reshape(-1) for t in teacher.sample(big, step=k)]) for k in range(400)])
+    draws = torch.stack([torch.cat([t.reshape(-1) for t in teacher.sample(big, step=k, b_apply=8)])
+                         for k in range(400)])
     flat_mu = torch.cat([t.reshape(-1) for t in mu])
     flat_std = torch.cat([t.reshape(-1) for t in std])
     assert_close(draws.mean(0), flat_mu, atol=float(4 * flat_std.max() / 20), rtol=0)
     assert float(draws.std(0).pow(2).mean()) == pytest.approx(float(flat_std.pow(2).mean()), rel=0.1)
     # the same seed and step draw the same G~ (BSP ranks must agree)
-    a, b = teacher.sample(big, step=7), teacher.sample(big, step=7)
+    a, b = teacher.sample(big, step=7, b_apply=8), teacher.sample(big, step=7, b_apply=8)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
@@ -145,3 +150,34 @@ def test_teacher_retrains_on_a_critical_onset_without_extending_a_running_traini
         assert math.isnan(out["teacher_cos"]) == (step < 2)
     # 0-2: the initial training; 4-6: retraining after the onset at 4; the onset at 6 falls inside it
     assert trained == [0, 1, 2, 4, 5, 6]
+
+
+@pytest.mark.parametrize("method,optimizer,warned", [
+    ("step", "adam", True), ("gain", "adam", True), ("step", "sgd", False), ("gain", "sgd", False),
+    ("teacher", "adam", False), ("none", "adam", False)])
+def test_adam_with_scale_transforms_warns(method, optimizer, warned):
+    """Adam (Kingma & Ba 2015) divides m_t by sqrt(v_t), so a constant gradient factor (U(X) of Tyagi 2025
+    Eq. 6/7, or the gain r_l) cancels once the moments adapt: step/gain with Adam gets one warning line."""
+    from lbfl_mpi.config import load_config
+    from lbfl_mpi.scaling.transform import scaling_warnings
+
+    sets = [f"scaling.method={method}", f"train.optimizer={optimizer}"]
+    if method in ("gain", "teacher"):
+        sets.append("scaling.small_batch=2")
+    lines = scaling_warnings(load_config(None, sets))
+    assert len(lines) == int(warned)
+    if warned:
+        assert "\n" not in lines[0] and "invariant to a constant gradient scale" in lines[0]
+
+
+def test_adam_warning_is_printed_once_at_start_up(tmp_path):
+    """Tyagi 2025 Eq. 6 U(X) under Adam: the CLI prints the one-line warning on rank 0 (the house's
+    "lbfl: warning: ..." lines, rundir.py), and not with SGD."""
+    from ..conftest import run_lbfl, tiny_run_args
+
+    common = ["scaling.method=step", "train.steps=1", "train.eval_every=0"]
+    adam = run_lbfl(tiny_run_args(tmp_path / "adam", *common, "train.optimizer=adam"))
+    lines = [ln for ln in adam.stderr.splitlines() if ln.startswith("lbfl: warning:")]
+    assert len(lines) == 1 and "train.optimizer='adam'" in lines[0] and "transients" in lines[0], adam.stderr
+    sgd = run_lbfl(tiny_run_args(tmp_path / "sgd", *common))
+    assert "lbfl: warning:" not in sgd.stderr, sgd.stderr
