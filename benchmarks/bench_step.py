@@ -67,6 +67,9 @@ from lbfl_mpi.trainer import Trainer
 
 from lbfl_mpi.dist.torch_backend import BackendError, init_torch_dist
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_rows import append_row  # noqa: E402
+
 REFUSED = (ConfigError, ValueError, BackendError)  # raised identically on every rank: report, go on
 
 SHAPE = (3, 32, 32)
@@ -288,8 +291,8 @@ def part_a(args, comm: Comm, devices: list[str], emit) -> None:
     emit(f"Median ms over {args.steps} steps each (after {args.warmup} warm-up, rounds of {args.round}); "
          "lbfl = Trainer.train_step + RankLog.log_step.")
     emit("")
-    head = ["model", "params", "device", "batch", "precision", "plain ms", "lbfl ms", "lbfl/plain",
-            "telemetry+stats % of lbfl"]
+    head = ["model", "params", "device", "batch", "precision", "plain ms", "lbfl ms", "plain img/s", "lbfl img/s",
+            "lbfl/plain", "telemetry+stats % of lbfl"]
     tel_head = ["model", "device", "layer_sq_norms ms", "transform stats ms", "(local_stats ms)",
                 "timer laps ms", "row ms", "log_step ms", "total ms", "% of lbfl step (target <= 2 %)"]
     rows, tel_rows, notes = [], [], []
@@ -299,7 +302,7 @@ def part_a(args, comm: Comm, devices: list[str], emit) -> None:
                 try:
                     lb = LbflStep(lbfl_overrides(args, name), comm, kind, tmp)
                 except REFUSED as e:
-                    rows.append([name, "-", kind, str(args.batch), args.precision] + ["n/a"] * 4)
+                    rows.append([name, "-", kind, str(args.batch), args.precision] + ["n/a"] * 6)
                     notes.append(f"{name} on {kind}: lbfl config not accepted: {e}")
                     continue
                 device = lb.trainer.device
@@ -315,7 +318,14 @@ def part_a(args, comm: Comm, devices: list[str], emit) -> None:
                 n = sum(p.numel() for p in lb.trainer.sync.params)
                 rows.append([name, f"{n / 1e6:.2f}M", str(device), str(args.batch), args.precision,
                              f"{med['plain'] * 1e3:.2f}", f"{med['lbfl'] * 1e3:.2f}",
+                             f"{args.batch / med['plain']:,.0f}", f"{args.batch / med['lbfl']:,.0f}",
                              f"{med['lbfl'] / med['plain']:.3f}", f"{share:.2f} %"])
+                append_row(args.json, "bench_step", {
+                    "model": name, "params": n, "device": str(device), "batch": args.batch,
+                    "precision": args.precision, "overrides": list(args.set or []), "plain_s": med["plain"],
+                    "lbfl_s": med["lbfl"], "plain_img_s": args.batch / med["plain"],
+                    "lbfl_img_s": args.batch / med["lbfl"], "ratio": med["lbfl"] / med["plain"],
+                    "telemetry_share": share / 100, "steps": args.steps})
                 ms = lambda k: "n/a" if math.isnan(parts[k]) else f"{parts[k] * 1e3:.3f}"  # noqa: E731
                 local = ms("local_stats") if "local_stats" in counted else f"({ms('local_stats')})"
                 tel_rows.append([name, str(device), ms("layer_sq_norms"), ms("transform"), local,
@@ -478,6 +488,7 @@ def main() -> None:
     ap.add_argument("--ddp-backend", default="auto", choices=("auto", "gloo", "nccl"),
                     help="(b): DDP's backend; auto = gloo on CPU, nccl on CUDA")
     ap.add_argument("--markdown", metavar="FILE", help="also write the tables to this markdown file")
+    ap.add_argument("--json", metavar="FILE", help="(a): append one raw JSON row per model to this file")
     args = ap.parse_args()
     args.model = args.model or ["cnn", "resnet18", "resnet50"]
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])

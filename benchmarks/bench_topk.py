@@ -20,7 +20,9 @@ each timed call.
 """
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +32,9 @@ from lbfl_mpi.config import CompressConfig
 from lbfl_mpi.dist.comm import Comm, cpu_threads
 from lbfl_mpi.models import build_model
 from lbfl_mpi.exchange import sparse_average
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_rows import append_row  # noqa: E402
 
 # label -> (flat size, model whose fwd+bwd is the time unit). 11M/25M are the resnet18/resnet50
 # parameter counts at 10 classes; the 1M row's model (cnn) is smaller, its real count is printed.
@@ -109,6 +114,9 @@ def main():
     p.add_argument("--model-reps", type=int, default=3, help="timed repetitions of the model step")
     p.add_argument("--sizes", default=",".join(SIZES), help="comma-separated subset of " + ", ".join(SIZES))
     p.add_argument("--batch", type=int, default=32, help="per-rank batch of the fwd+bwd step")
+    p.add_argument("--device", action="append", choices=("cpu", "cuda"),
+                   help="repeatable; default cpu, and cuda when available")
+    p.add_argument("--json", metavar="FILE", help="append one raw JSON row per printed row to this file")
     args = p.parse_args()
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     for s in sizes:
@@ -119,7 +127,10 @@ def main():
     gpu = comm.pick_device()  # one place decides the device
     torch.set_num_threads(cpu_threads(comm.local_size))  # CPU rows: the cores shared by the ranks, also on GPU hosts
     threads = torch.get_num_threads()
-    devices = [torch.device("cpu")] + ([gpu] if gpu.type == "cuda" else [])
+    kinds = args.device or (["cpu", "cuda"] if gpu.type == "cuda" else ["cpu"])
+    if "cuda" in kinds and gpu.type != "cuda":
+        p.error("--device cuda: this rank has no CUDA device")
+    devices = [torch.device("cpu")] * ("cpu" in kinds) + [gpu] * ("cuda" in kinds)
     ccfg = CompressConfig()  # sampled selection at the config defaults
     exchange = comm.world_size > 1
 
@@ -184,6 +195,11 @@ def main():
                           f"{params:9d} {t_step * 1e3:8.1f} {t_exact * 1e3:9.2f} {t_sampled * 1e3:9.2f} "
                           f"{t_exact / t_step:10.3f} {t_sampled / t_step:10.3f} {t_sampled / t_exact:11.2f} "
                           f"{err_exact:+9.3f} {err_s:>22s} {ex}", flush=True)
+                    append_row(args.json, "bench_topk", {
+                        "device": device.type, "size": label, "numel": numel, "density": density, "k": k,
+                        "model": model_name, "step_s": t_step, "exact_s": t_exact, "sampled_s": t_sampled,
+                        "sampled_over_exact": t_sampled / t_exact, "sampled_err_median": statistics.median(errs),
+                        "ranks": comm.world_size})
             del x, dense_buf, sparse_out
 
 

@@ -1,0 +1,130 @@
+# Shared by benchmarks/gpu_check.sh and benchmarks/gpu_fidelity.sh (sourced, not run).
+#
+# A check is a list of parts, each with its own time limit. The caller declares them before
+# `gpu_begin`:
+#     PARTS=(key1 key2 ...)            # in run order, most valuable first
+#     declare -A LIMIT=([key1]=30 ...) # seconds each part may run
+#     declare -A TITLE=([key1]="..." ...)
+# `gpu_begin NAME` prints the sum of the limits (plus each part's kill grace) and refuses to start
+# when it exceeds MAX_TOTAL_S, so the whole check ends within that sum by construction. Every part
+# runs under `timeout`; after each one the report is written anew (through a temporary file and a
+# rename), so a run killed at any moment leaves a report with every part finished so far and the
+# others marked "not run". Raw JSON rows go to one file beside the report (REPORT with .jsonl).
+#
+# Environment read here:
+#   GPU_REPORT      report path [benchmarks/results/DATE-NAME.md]
+#   GPU_CHECK_DRY   1: run every part on CPU with tiny sizes (the plumbing check) [0]
+#   GPU_PARTS       comma-separated subset of the part keys to run [all]
+#   PYTHON          the interpreter [python3]
+#   GPU_CARRY       the folder gpu_prepare.sh filled (wheels/, fashion-mnist/) [benchmarks/gpu_carry]
+
+MAX_TOTAL_S=${MAX_TOTAL_S:-480}
+KILL_GRACE_S=2
+
+gpu_begin() {
+  GPU_NAME=$1
+  PY=${PYTHON:-python3}
+  DRY=${GPU_CHECK_DRY:-0}
+  [[ $DRY == 1 || $DRY == 0 ]] || { echo "$GPU_NAME: GPU_CHECK_DRY=$DRY: must be 0 or 1" >&2; exit 2; }
+  DAY=$(date +%F)
+  REPORT=${GPU_REPORT:-benchmarks/results/$DAY-$GPU_NAME.md}
+  [[ $REPORT == *.md ]] || { echo "$GPU_NAME: GPU_REPORT=$REPORT: must end in .md" >&2; exit 2; }
+  ROWS=${REPORT%.md}.jsonl
+  CARRY=${GPU_CARRY:-benchmarks/gpu_carry}
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 PYTHONUNBUFFERED=1
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # this checkout, without installing it
+  local total=0 k
+  for k in "${PARTS[@]}"; do
+    [[ -n ${LIMIT[$k]:-} && -n ${TITLE[$k]:-} ]] || { echo "$GPU_NAME: part $k has no limit or title" >&2; exit 2; }
+    total=$((total + LIMIT[$k] + KILL_GRACE_S))
+  done
+  SELECTED=("${PARTS[@]}")
+  if [[ -n ${GPU_PARTS:-} ]]; then
+    SELECTED=()
+    IFS=, read -r -a want <<< "$GPU_PARTS"
+    for k in "${want[@]}"; do
+      [[ -n ${LIMIT[$k]:-} ]] || { echo "$GPU_NAME: GPU_PARTS: unknown part '$k' (parts: ${PARTS[*]})" >&2; exit 2; }
+    done
+    for k in "${PARTS[@]}"; do [[ ",$GPU_PARTS," == *",$k,"* ]] && SELECTED+=("$k"); done
+  fi
+  echo "$GPU_NAME: ${#PARTS[@]} parts, sum of part timeouts $total s (limit $MAX_TOTAL_S s, each part killed at" \
+       "its limit + ${KILL_GRACE_S} s)$([[ $DRY == 1 ]] && echo '; dry run on CPU with tiny sizes')" >&2
+  if ((total > MAX_TOTAL_S)); then
+    echo "$GPU_NAME: the part timeouts add up to $total s, over $MAX_TOTAL_S s" >&2; exit 2
+  fi
+  TOTAL_S=$total
+  if [[ $DRY == 0 ]] && ! timeout 60 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    echo "$GPU_NAME: no CUDA device visible to $PY; run it on a GPU machine, or GPU_CHECK_DRY=1 for the CPU dry run" >&2
+    exit 1
+  fi
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/$GPU_NAME.XXXXXX")
+  mkdir -p "$(dirname "$REPORT")"
+  : > "$ROWS"
+  declare -gA RESULT=() SECS=()
+  FAILED=()
+  T_START=$SECONDS
+  COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  render_report
+}
+
+# part KEY CMD...: run CMD under the part's limit; its stdout+stderr go to $WORK/KEY.out. A part may
+# write markdown for the report to $WORK/KEY.md (tables); otherwise the output's tail is shown.
+part() {
+  local key=$1; shift
+  [[ " ${SELECTED[*]} " == *" $key "* ]] || return 0
+  local limit=${LIMIT[$key]} t0=$SECONDS rc
+  echo "== $GPU_NAME: ${TITLE[$key]} (limit $limit s)" >&2
+  RESULT[$key]=running; render_report
+  printf '%s\n' "$*" > "$WORK/$key.cmd"
+  timeout -k "$KILL_GRACE_S" "$limit" "$@" > "$WORK/$key.out" 2>&1
+  rc=$?
+  SECS[$key]=$((SECONDS - t0))
+  case $rc in
+    0) RESULT[$key]=pass ;;
+    124|137) RESULT[$key]="FAIL (timed out at $limit s)"; FAILED+=("$key") ;;
+    *) RESULT[$key]="FAIL (exit $rc)"; FAILED+=("$key") ;;
+  esac
+  tail -n 40 "$WORK/$key.out" >&2
+  printf '{"part": "%s", "result": "%s", "exit": %d, "seconds": %d, "limit_s": %d, "dry": %s}\n' \
+    "$key" "${RESULT[$key]}" "$rc" "${SECS[$key]}" "$limit" "$([[ $DRY == 1 ]] && echo true || echo false)" >> "$ROWS"
+  render_report
+  return 0
+}
+
+# The whole report from what is known now, written through a temporary file and a rename.
+render_report() {
+  local tmp="$REPORT.tmp.$$" k n=0
+  {
+    echo "# ${REPORT_TITLE:-$GPU_NAME} ($DAY)"
+    echo
+    [[ $DRY == 1 ]] && { echo "**Dry run** (GPU_CHECK_DRY=1): every part on CPU with tiny sizes; it checks the plumbing, its figures mean nothing."; echo; }
+    echo "Commit $COMMIT; sum of part timeouts $TOTAL_S s; elapsed $((SECONDS - T_START)) s; raw rows: \`$(basename "$ROWS")\`."
+    [[ -n ${REPORT_INTRO:-} && -s $REPORT_INTRO ]] && { echo; cat "$REPORT_INTRO"; }
+    echo
+    echo "| # | part | result | seconds | limit s |"
+    echo "|---|---|---|---|---|"
+    for k in "${PARTS[@]}"; do
+      n=$((n + 1))
+      echo "| $n | ${TITLE[$k]} | ${RESULT[$k]:-not run} | ${SECS[$k]:--} | ${LIMIT[$k]} |"
+    done
+    for k in "${PARTS[@]}"; do
+      [[ -n ${RESULT[$k]:-} && ${RESULT[$k]} != running ]] || continue
+      echo; echo "## ${TITLE[$k]}"; echo
+      echo "Command: \`$(cat "$WORK/$k.cmd")\` (${RESULT[$k]}, ${SECS[$k]} s)"
+      if [[ -s $WORK/$k.md ]]; then echo; cat "$WORK/$k.md"; fi
+      echo; echo "<details><summary>output (last 60 lines)</summary>"; echo; echo '```'
+      tail -n 60 "$WORK/$k.out"; echo '```'; echo; echo "</details>"
+    done
+  } > "$tmp" && mv -f "$tmp" "$REPORT"
+}
+
+gpu_end() {
+  { echo; echo "## Result"; echo
+    if [[ ${#FAILED[@]} -eq 0 ]]; then echo "Every part that ran passed."; else (IFS=,; echo "Failed: ${FAILED[*]}."); fi
+  } > "$WORK/result.md"
+  REPORT_INTRO=${REPORT_INTRO:-}
+  render_report
+  cat "$WORK/result.md" >> "$REPORT"
+  echo "$GPU_NAME: report written to $REPORT (rows: $ROWS) in $((SECONDS - T_START)) s" >&2
+  [[ ${#FAILED[@]} -eq 0 ]]
+}
