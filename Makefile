@@ -2,7 +2,10 @@
 #   make demo   create .venv, install, train 4 clients on the embedded digits set with BSP and with
 #               FedAvg (H=8), print the analysis and write plots
 #   make test   create .venv, install, run the whole test suite (unit + multi-rank MPI tests)
-#   make gpu-check  on a GPU machine: GPU tests, GPU-vs-CPU jobs and GPU benchmarks -> dated report
+#   make gpu-prepare  on a machine with network: wheels + Fashion-MNIST for a GPU machine without network
+#   make gpu-check    on a GPU machine: GPU tests, benchmarks, models, GPU-vs-CPU jobs, <= 480 s -> report
+#   make gpu-fidelity on a GPU machine: the paper's Fig. 7 at GPU scale, <= 480 s -> report
+#   (GPU_CHECK_DRY=1 runs either on CPU with tiny sizes; GPU_REPORT=FILE.md sets the report path)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -13,7 +16,7 @@ DEMO_DIR ?= runs/demo
 export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 
-.PHONY: demo test install clean gpu-check
+.PHONY: demo test install clean gpu-check gpu-fidelity gpu-prepare
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +38,15 @@ demo: install
 test: install
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest tests -q -ra --durations=15
 
-# on a GPU machine whose python already has torch, mpi4py, h5py and pytest (no venv, no internet)
+# on a GPU machine whose python already has torch, h5py and pytest (no venv, no install, no internet)
 gpu-check:
 	bash benchmarks/gpu_check.sh
+
+gpu-fidelity:
+	bash benchmarks/gpu_fidelity.sh
+
+gpu-prepare:
+	bash benchmarks/gpu_prepare.sh
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

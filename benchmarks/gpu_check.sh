@@ -47,16 +47,14 @@ if [[ $DRY == 1 ]]; then
   export CUDA_VISIBLE_DEVICES=
   dev=cpu; models=(--model cnn); step_args=(--model cnn --batch 8 --steps 2 --warmup 1 --round 1)
   mem_args=(--probes 1,2,4 --holdouts 3 --budget-gib 0.01); comp_args=(--probes 1,2,4 --holdouts 3 --rounds 1 --repeats 1)
-  jobs_args=(--dry --ranks 2 --steps 2 --parallel 2); topk_args=(--sizes 1M --reps 1 --model-reps 1 --batch 4)
+  jobs_args=(--dry --ranks 1 --steps 2 --parallel 2); topk_args=(--sizes 1M --reps 1 --model-reps 1 --batch 4)
 else
   dev=cuda; models=(); step_args=(--model resnet18 --batch 512 --steps 20)
   mem_args=(); comp_args=(); jobs_args=(--ranks 4 --steps 20 --parallel 5); topk_args=(--sizes 11M,25M --reps 5)
 fi
 export ROWS WORK
 
-part machine "$PY" benchmarks/gpu_env.py --carry "$CARRY" --prefix "$WORK/mpi" --env-out "$WORK/env.sh" \
-  --markdown "$WORK/machine.md" --json "$ROWS"
-[[ -s $WORK/env.sh ]] && source "$WORK/env.sh"
+machine_part
 
 part tests "$PY" -m pytest tests -m gpu -q -p no:cacheprovider -rs
 

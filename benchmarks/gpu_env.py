@@ -14,8 +14,9 @@ When ``mpi4py`` or ``mpiexec`` is missing (or with ``--force-wheels``), the ``op
 wheels that benchmarks/gpu_prepare.sh put in ``CARRY/wheels`` are installed with
 ``pip install --no-index --no-deps --prefix PREFIX``, the probe is repeated with that MPI, and the
 environment that selects it (PATH, PYTHONPATH, LD_LIBRARY_PATH) is written to ``--env-out`` as
-``export`` lines for the calling script to source. Exit status: 0 when an MPI works in the end
-(or none is needed: ``--allow-no-mpi``), 1 otherwise; the report says which.
+``export`` lines for the calling script to source. Exit status: 3 with ``--require-cuda`` when torch
+sees no CUDA device; else 0 when an MPI works in the end (or none is needed: ``--allow-no-mpi``), 1
+otherwise; the report says which.
 """
 from __future__ import annotations
 
@@ -160,6 +161,7 @@ def main() -> int:
     ap.add_argument("--json", help="append one JSON row here")
     ap.add_argument("--force-wheels", action="store_true", help="install the carried wheels even if an MPI works")
     ap.add_argument("--allow-no-mpi", action="store_true", help="exit 0 even when no MPI works")
+    ap.add_argument("--require-cuda", action="store_true", help="exit 3 when torch sees no CUDA device")
     args = ap.parse_args()
 
     facts = gpu_facts()
@@ -190,6 +192,9 @@ def main() -> int:
     if args.json:
         append_row(args.json, "machine", {**facts, "mpi": mpi, "mpiexec": mpiexec, "mpiexec_check": launch or "works",
                                           "wheels": wheels, "mpi_ok": ok})
+    if args.require_cuda and not facts["cuda_available"]:
+        print("gpu_env: torch sees no CUDA device (torch.cuda.is_available() is False)")
+        return 3
     return 0 if ok or args.allow_no_mpi else 1
 
 

@@ -21,11 +21,25 @@
 MAX_TOTAL_S=${MAX_TOTAL_S:-480}
 KILL_GRACE_S=2
 
+gpu_visible() {
+  [[ ${CUDA_VISIBLE_DEVICES-unset} == "" || ${CUDA_VISIBLE_DEVICES-unset} == -1 ]] && return 1
+  compgen -G "/dev/nvidia[0-9]*" >/dev/null && return 0
+  command -v nvidia-smi >/dev/null && timeout 5 nvidia-smi -L 2>/dev/null | grep -q "^GPU " && return 0
+  return 1
+}
+
 gpu_begin() {
   GPU_NAME=$1
   PY=${PYTHON:-python3}
   DRY=${GPU_CHECK_DRY:-0}
   [[ $DRY == 1 || $DRY == 0 ]] || { echo "$GPU_NAME: GPU_CHECK_DRY=$DRY: must be 0 or 1" >&2; exit 2; }
+  # Without a GPU, say so at once (importing torch on a cold disk can take longer than that); whether
+  # torch itself sees the device is the machine part's first question (gpu_env.py --require-cuda).
+  if [[ $DRY == 0 ]] && ! gpu_visible; then
+    echo "$GPU_NAME: no CUDA device visible here (no /dev/nvidia0.., nvidia-smi lists none, or CUDA_VISIBLE_DEVICES" \
+         "hides them); run it on a GPU machine, or GPU_CHECK_DRY=1 for the CPU dry run" >&2
+    exit 1
+  fi
   DAY=$(date +%F)
   REPORT=${GPU_REPORT:-benchmarks/results/$DAY-$GPU_NAME.md}
   [[ $REPORT == *.md ]] || { echo "$GPU_NAME: GPU_REPORT=$REPORT: must end in .md" >&2; exit 2; }
@@ -53,10 +67,6 @@ gpu_begin() {
     echo "$GPU_NAME: the part timeouts add up to $total s, over $MAX_TOTAL_S s" >&2; exit 2
   fi
   TOTAL_S=$total
-  if [[ $DRY == 0 ]] && ! timeout 60 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-    echo "$GPU_NAME: no CUDA device visible to $PY; run it on a GPU machine, or GPU_CHECK_DRY=1 for the CPU dry run" >&2
-    exit 1
-  fi
   WORK=$(mktemp -d "${TMPDIR:-/tmp}/$GPU_NAME.XXXXXX")
   mkdir -p "$(dirname "$REPORT")"
   : > "$ROWS"
@@ -67,8 +77,9 @@ gpu_begin() {
   render_report
 }
 
-# part KEY CMD...: run CMD under the part's limit; its stdout+stderr go to $WORK/KEY.out. A part may
-# write markdown for the report to $WORK/KEY.md (tables); otherwise the output's tail is shown.
+# part KEY CMD...: run CMD under the part's limit; its stdout+stderr go to $WORK/KEY.out, its exit
+# status to LAST_RC. A part may write markdown for the report to $WORK/KEY.md (tables), shown above
+# the tail of its output.
 part() {
   local key=$1; shift
   [[ " ${SELECTED[*]} " == *" $key "* ]] || return 0
@@ -78,6 +89,7 @@ part() {
   printf '%s\n' "$*" > "$WORK/$key.cmd"
   timeout -k "$KILL_GRACE_S" "$limit" "$@" > "$WORK/$key.out" 2>&1
   rc=$?
+  LAST_RC=$rc
   SECS[$key]=$((SECONDS - t0))
   case $rc in
     0) RESULT[$key]=pass ;;
@@ -116,6 +128,20 @@ render_report() {
       tail -n 60 "$WORK/$k.out"; echo '```'; echo; echo "</details>"
     done
   } > "$tmp" && mv -f "$tmp" "$REPORT"
+}
+
+# The machine part both scripts start with: probe, carried MPI wheels when needed, and the exports
+# that select that MPI for every later part. Without CUDA in torch (and no dry run) the check ends here.
+machine_part() {
+  local need=(--require-cuda)
+  [[ $DRY == 1 ]] && need=()
+  part machine "$PY" benchmarks/gpu_env.py --carry "$CARRY" --prefix "$WORK/mpi" --env-out "$WORK/env.sh" \
+    --markdown "$WORK/machine.md" --json "$ROWS" "${need[@]}"
+  [[ -s $WORK/env.sh ]] && source "$WORK/env.sh"
+  if [[ ${LAST_RC:-0} == 3 ]]; then
+    echo "$GPU_NAME: torch sees no CUDA device (see the machine part); the other parts were not run" >&2
+    gpu_end; exit 1
+  fi
 }
 
 gpu_end() {

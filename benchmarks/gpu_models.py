@@ -74,7 +74,7 @@ def runs_under_fraction(model, b: int, device, budget: float) -> str:
         opt.step()
         torch.cuda.synchronize(device)
         return "fits"
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:
         return "OOM"
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, device)

