@@ -17,6 +17,9 @@
 #   GPU_PARTS       comma-separated subset of the part keys to run [all]
 #   PYTHON          the interpreter [python3]
 #   GPU_CARRY       the folder gpu_prepare.sh filled (wheels/, fashion-mnist/) [benchmarks/gpu_carry]
+#   GPU_KEEP_WORK   1: keep the temporary folder (part outputs, installed MPI) after the run [0]
+# An earlier report at GPU_REPORT is renamed NAME.earlier-HHMMSS.md (rows likewise), never overwritten.
+# The time outside the parts (the start-up check, writing the report) is a few seconds, not counted.
 
 MAX_TOTAL_S=${MAX_TOTAL_S:-480}
 KILL_GRACE_S=2
@@ -68,7 +71,12 @@ gpu_begin() {
   fi
   TOTAL_S=$total
   WORK=$(mktemp -d "${TMPDIR:-/tmp}/$GPU_NAME.XXXXXX")
+  trap 'on_signal TERM 143' TERM
+  trap 'on_signal INT 130' INT
+  trap 'on_signal HUP 129' HUP
+  trap '[[ ${GPU_KEEP_WORK:-0} == 1 ]] || rm -rf "$WORK"' EXIT
   mkdir -p "$(dirname "$REPORT")"
+  keep_earlier "$REPORT" "$ROWS"
   : > "$ROWS"
   declare -gA RESULT=() SECS=()
   FAILED=()
@@ -87,8 +95,13 @@ part() {
   echo "== $GPU_NAME: ${TITLE[$key]} (limit $limit s)" >&2
   RESULT[$key]=running; render_report
   printf '%s\n' "$*" > "$WORK/$key.cmd"
-  timeout -k "$KILL_GRACE_S" "$limit" "$@" > "$WORK/$key.out" 2>&1
+  # timeout leads a process group of its own (the part and everything it starts): in the background,
+  # so that a signal to this script can end that group too (on_signal)
+  timeout -k "$KILL_GRACE_S" "$limit" "$@" > "$WORK/$key.out" 2>&1 &
+  PART_PID=$! PART_KEY=$key PART_T0=$t0
+  wait "$PART_PID"
   rc=$?
+  PART_PID=
   LAST_RC=$rc
   SECS[$key]=$((SECONDS - t0))
   case $rc in
@@ -101,6 +114,30 @@ part() {
     "$key" "${RESULT[$key]}" "$rc" "${SECS[$key]}" "$limit" "$([[ $DRY == 1 ]] && echo true || echo false)" >> "$ROWS"
   render_report
   return 0
+}
+
+# A signal to the script (a slot's limit, Ctrl-C): end the running part's process group, record it as
+# killed, write the report and stop.
+on_signal() {
+  if [[ -n ${PART_PID:-} ]]; then
+    kill -TERM -- "-$PART_PID" 2>/dev/null; sleep 1; kill -KILL -- "-$PART_PID" 2>/dev/null
+    RESULT[$PART_KEY]="FAIL (killed by SIG$1)"; SECS[$PART_KEY]=$((SECONDS - PART_T0)); FAILED+=("$PART_KEY")
+  fi
+  render_report
+  echo "$GPU_NAME: stopped by SIG$1; report written to $REPORT" >&2
+  exit "$2"
+}
+
+# An earlier report (and its rows) at the same path is kept under a new name, never overwritten.
+keep_earlier() {
+  local f stamp
+  stamp=$(date +%H%M%S)
+  for f in "$@"; do
+    if [[ -e $f ]]; then
+      mv -f "$f" "${f%.*}.earlier-$stamp.${f##*.}"
+      echo "$GPU_NAME: kept the earlier $(basename "$f") as $(basename "${f%.*}.earlier-$stamp.${f##*.}")" >&2
+    fi
+  done
 }
 
 # The whole report from what is known now, written through a temporary file and a rename.

@@ -121,30 +121,62 @@ def test_bad_settings_are_refused_before_anything_runs(tmp_path, env, needle):
     assert not (tmp_path / "report.md").exists()
 
 
-def test_a_run_killed_mid_part_keeps_every_finished_part(tmp_path):
+def _processes_with_tmpdir(tmp: Path) -> list[int]:
+    """pids whose environment holds TMPDIR=tmp: everything the check started, wherever reparented."""
+    needle = f"TMPDIR={tmp}".encode() + b"\0"
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "environ").read_bytes() + b"\0":
+                    out.append(int(entry.name))
+            except OSError:
+                pass
+    return out
+
+
+def test_a_run_killed_mid_part_keeps_every_finished_part_and_ends_the_running_one(tmp_path):
     env = _env_for(tmp_path, GPU_CHECK_DRY="1", GPU_PARTS="machine,tests")
     proc = subprocess.Popen(["bash", str(SCRIPT)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     report = tmp_path / "report.md"
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline:
-            if report.exists() and "| 1 | Machine and MPI | pass |" in report.read_text():
+            if report.exists() and "| 2 | Tests marked gpu (+ 1-rank nccl run) | running |" in report.read_text():
                 break
             time.sleep(0.2)
         else:
-            pytest.fail("the machine part did not finish within 120 s")
-        os.killpg(proc.pid, signal.SIGKILL)  # as a GPU slot's limit would
+            pytest.fail("the tests part did not start within 120 s")
+        proc.send_signal(signal.SIGTERM)  # as a slot's limit would, to the script only
+        assert proc.wait(timeout=30) == 143
     finally:
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(0.5)
+    assert _processes_with_tmpdir(tmp_path) == []  # the running part's whole process group ended with it
     text = report.read_text()
     results = _table(text)
     assert results["Machine and MPI"] == "pass"
-    assert results["Tests marked gpu (+ 1-rank nccl run)"] in ("running", "not run")
+    assert results["Tests marked gpu (+ 1-rank nccl run)"] == "FAIL (killed by SIGTERM)"
     assert all(results[t] == "not run" for t in list(results)[2:])
     assert "## Machine and MPI" in text and "| MPI library |" in text
     rows = [json.loads(ln) for ln in (tmp_path / "report.jsonl").read_text().splitlines()]
     assert [r["part"] for r in rows if "result" in r] == ["machine"]
+    assert "stopped by SIGTERM" in proc.stderr.read()
+
+
+def test_an_earlier_report_at_the_same_path_is_kept(tmp_path):
+    (tmp_path / "report.md").write_text("earlier report\n")
+    (tmp_path / "report.jsonl").write_text('{"earlier": true}\n')
+    p = subprocess.run(["bash", str(SCRIPT)], env=_env_for(tmp_path, GPU_CHECK_DRY="1", GPU_PARTS="topk"), cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    kept = sorted(tmp_path.glob("report.earlier-*"))
+    assert [k.suffix for k in kept] == [".jsonl", ".md"]
+    assert kept[1].read_text() == "earlier report\n" and kept[0].read_text() == '{"earlier": true}\n'
+    assert _table((tmp_path / "report.md").read_text())["bench_topk: exact vs sampled selection"] == "pass"
+    assert not list(tmp_path.glob("gpu_check.*"))  # the temporary folder is removed at the end
 
 
 def _tiny_idx(folder: Path) -> None:
