@@ -126,7 +126,6 @@ def memory_rows(name: str, device, probes, holdouts, budget: float, emit_row) ->
     else:
         fit = f"| {name} | {budget / 2**30:.2f} GiB | {max_b} | not measurable on CPU | {nxt} | - | - |"
         emit_row({"model": name, "budget_bytes": budget, "max_batch": max_b, "next_pow2": nxt})
-    del model
     _free()
     return lines + ["FIT " + fit], ok
 

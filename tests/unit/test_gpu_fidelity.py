@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit._gpu_scripts import run_dry, script_limits
 from tests.conftest import ROOT, _env, descendants
 
 SCRIPT = ROOT / "benchmarks" / "gpu_fidelity.sh"
@@ -48,18 +49,11 @@ def _bench(module: str):
     return importlib.import_module(module)
 
 
-def _script_limits() -> dict[str, int]:
-    line = next(ln for ln in SCRIPT.read_text().splitlines() if ln.startswith("declare -A LIMIT="))
-    return {k: int(v) for k, v in re.findall(r"\[(\w+)\]=(\d+)", line)}
-
-
 @pytest.fixture(scope="module")
 def dry(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpu_fidelity_dry")
-    t0 = time.monotonic()
-    p = subprocess.run(["bash", str(SCRIPT)], env=_env_for(tmp, GPU_CHECK_DRY="1"), cwd=ROOT, capture_output=True,
-                       text=True, timeout=420)
-    return p, time.monotonic() - t0, tmp
+    p, wall = run_dry(SCRIPT, _env_for(tmp), timeout=420)
+    return p, wall, tmp
 
 
 def _summaries(runs: Path) -> dict[str, dict]:
@@ -118,7 +112,7 @@ def test_dry_run_passes_every_part(dry):
 
 def test_printed_sum_of_timeouts_is_the_scripts_and_at_most_480(dry):
     p, _, _ = dry
-    limits = _script_limits()
+    limits = script_limits(SCRIPT)
     assert list(limits) == PARTS
     m = re.search(r"sum of part timeouts (\d+) s", p.stderr)
     assert m, p.stderr[:2000]
