@@ -18,19 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-# the names lbfl_mpi.data.datasets.FASHION_FILES reads (not imported: that module imports torch)
-FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+from lbfl_mpi.data.datasets import FASHION_FILES, read_idx  # the trainer's own names and reader
+
 IMAGES, LABELS = 0x803, 0x801
-
-
-def read_idx(path: Path, magic: int) -> np.ndarray:
-    """An IDX file of unsigned bytes (gzip-compressed when its name ends in .gz)."""
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    if len(raw) < 4 or int.from_bytes(raw[:4], "big") != magic:
-        raise ValueError(f"{path}: not an IDX file with magic 0x{magic:08x}")
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(raw[3])]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * len(dims)).reshape(dims)
 
 
 def source_files(folder: Path) -> list[Path] | None:
