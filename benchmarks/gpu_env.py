@@ -176,7 +176,7 @@ def main() -> int:
         wheels = f"needed ({why}); {msg}"
         if extra:
             env = with_prepended(env, extra)
-            mpi, launch = probe_mpi(env), ""
+            mpi = probe_mpi(env)
             launch = mpiexec_works(env) if "error" not in mpi else "not tried (mpi4py does not work)"
     mpiexec = shutil.which("mpiexec", path=env.get("PATH")) or ""
     text = markdown(facts, mpi, mpiexec, launch, wheels)

@@ -182,12 +182,10 @@ machine_part() {
 }
 
 gpu_end() {
+  render_report
   { echo; echo "## Result"; echo
     if [[ ${#FAILED[@]} -eq 0 ]]; then echo "Every part that ran passed."; else (IFS=,; echo "Failed: ${FAILED[*]}."); fi
-  } > "$WORK/result.md"
-  REPORT_INTRO=${REPORT_INTRO:-}
-  render_report
-  cat "$WORK/result.md" >> "$REPORT"
+  } >> "$REPORT"
   echo "$GPU_NAME: report written to $REPORT (rows: $ROWS) in $((SECONDS - T_START)) s" >&2
   [[ ${#FAILED[@]} -eq 0 ]]
 }

@@ -82,7 +82,8 @@ def runs_under_fraction(model, b: int, device, budget: float) -> str:
         _free()
 
 
-def memory_rows(name: str, device, probes, holdouts, budget: float, emit_row) -> tuple[list[str], bool]:
+def memory_rows(name: str, device, probes, holdouts, budget: float, emit_row) -> tuple[list[str], str, bool]:
+    """(held-out table rows, the planned-batch row, whether both checks passed) for one model."""
     torch.manual_seed(0)
     model = build_model(name, SHAPE, CLASSES)  # stays on the host: each measurement moves its own copy
     mem = fit_memory(copy.deepcopy(model), SHAPE, CLASSES, "sgd", 0.9, device, probes)
@@ -127,16 +128,16 @@ def memory_rows(name: str, device, probes, holdouts, budget: float, emit_row) ->
         fit = f"| {name} | {budget / 2**30:.2f} GiB | {max_b} | not measurable on CPU | {nxt} | - | - |"
         emit_row({"model": name, "budget_bytes": budget, "max_batch": max_b, "next_pow2": nxt})
     _free()
-    return lines + ["FIT " + fit], ok
+    return lines, fit, ok
 
 
 def part_memory(args, device, emit_row) -> tuple[list[str], bool]:
     budget = args.budget_gib * 2**30
     rows, fits, ok = [], [], True
     for name in args.model:
-        lines, good = memory_rows(name, device, args.probes, args.holdouts, budget, emit_row)
-        rows += [ln for ln in lines if not ln.startswith("FIT ")]
-        fits += [ln[4:] for ln in lines if ln.startswith("FIT ")]
+        lines, fit, good = memory_rows(name, device, args.probes, args.holdouts, budget, emit_row)
+        rows += lines
+        fits.append(fit)
         ok &= good
         print(f"memory {name}: {'ok' if good else 'FAIL'}", flush=True)
     peak_head = "cuda peak MiB" if device.type == "cuda" else "measured MiB"
