@@ -93,15 +93,18 @@ part() {
   [[ " ${SELECTED[*]} " == *" $key "* ]] || return 0
   local limit=${LIMIT[$key]} t0=$SECONDS rc
   echo "== $GPU_NAME: ${TITLE[$key]} (limit $limit s)" >&2
-  RESULT[$key]=running; render_report
+  # the part counts as running from here: a signal from now on marks it killed (on_signal), even in
+  # the moment before its pid is known
+  PART_KEY=$key PART_T0=$t0
   printf '%s\n' "$*" > "$WORK/$key.cmd"
+  RESULT[$key]=running; render_report
   # timeout leads a process group of its own (the part and everything it starts): in the background,
   # so that a signal to this script can end that group too (on_signal)
   timeout -k "$KILL_GRACE_S" "$limit" "$@" > "$WORK/$key.out" 2>&1 &
-  PART_PID=$! PART_KEY=$key PART_T0=$t0
+  PART_PID=$!
   wait "$PART_PID"
   rc=$?
-  PART_PID=
+  PART_PID= PART_KEY=
   LAST_RC=$rc
   SECS[$key]=$((SECONDS - t0))
   case $rc in
@@ -119,8 +122,13 @@ part() {
 # A signal to the script (a slot's limit, Ctrl-C): end the running part's process group, record it as
 # killed, write the report and stop.
 on_signal() {
-  if [[ -n ${PART_PID:-} ]]; then
-    kill -TERM -- "-$PART_PID" 2>/dev/null; sleep 1; kill -KILL -- "-$PART_PID" 2>/dev/null
+  if [[ -n ${PART_KEY:-} ]]; then
+    # the part's timeout (its own process group) by its pid, or, in the moment before that pid was
+    # recorded, every background job of this script
+    local p pids=(${PART_PID:-} $(jobs -p))
+    for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null; done
+    sleep 1
+    for p in "${pids[@]}"; do kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null; done
     RESULT[$PART_KEY]="FAIL (killed by SIG$1)"; SECS[$PART_KEY]=$((SECONDS - PART_T0)); FAILED+=("$PART_KEY")
   fi
   render_report
@@ -162,7 +170,7 @@ render_report() {
       echo "Command: \`$(cat "$WORK/$k.cmd")\` (${RESULT[$k]}, ${SECS[$k]} s)"
       if [[ -s $WORK/$k.md ]]; then echo; cat "$WORK/$k.md"; fi
       echo; echo "<details><summary>output (last 60 lines)</summary>"; echo; echo '```'
-      tail -n 60 "$WORK/$k.out"; echo '```'; echo; echo "</details>"
+      [[ -e $WORK/$k.out ]] && tail -n 60 "$WORK/$k.out"; echo '```'; echo; echo "</details>"
     done
   } > "$tmp" && mv -f "$tmp" "$REPORT"
 }
