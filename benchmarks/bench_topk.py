@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lbfl_mpi.comm.world import Comm, cpu_threads
 from lbfl_mpi.compress.topk import k_for, topk_exact, topk_sampled
 from lbfl_mpi.config import CompressConfig
-from lbfl_mpi.dist.comm import Comm, cpu_threads
-from lbfl_mpi.models import build_model
 from lbfl_mpi.exchange import sparse_average
+from lbfl_mpi.models import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_rows import append_row  # noqa: E402

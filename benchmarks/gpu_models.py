@@ -5,7 +5,7 @@ Run: python benchmarks/gpu_models.py --part memory|compute [--model resnet18 --m
          [--markdown FILE] [--json FILE]
 
 memory: Eq. 3, M_total(b) = M_model + M_grad + M_opt + M_act(b) + M_batch(b), fitted as ``lbfl plan``
-    fits it (batching/memory.py: analytic static terms, saved-for-backward bytes counted at the probe
+    fits it (plan/memory.py: analytic static terms, saved-for-backward bytes counted at the probe
     batches, lines in b), then compared at held-out batches with ``torch.cuda.max_memory_allocated``
     over one real SGD step (momentum 0.9). Beside it, the same line fitted to the allocator's peaks
     at the probes ("allocator fit"), which shows how much of the gap is the counted terms' omission
@@ -15,7 +15,7 @@ memory: Eq. 3, M_total(b) = M_model + M_grad + M_opt + M_act(b) + M_batch(b), fi
     the budget, and so is the next power of two: the first must fit, the second must not.
     Pass: held-out Eq. 3 error <= 25 % at every batch, the planned batch fits, the next power of two
     does not.
-compute: t_c(b) = alpha + beta b (batching/compute.py), timed in interleaved rounds at the probe and
+compute: t_c(b) = alpha + beta b (plan/compute.py), timed in interleaved rounds at the probe and
     held-out batches together (so drift cannot favour either), fitted on the probes, compared at the
     held-out batches. The paper's Fig. 5 reports 0.6-15.7 %. Pass: every held-out error <= 20 %.
 
@@ -37,9 +37,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_rows import append_row  # noqa: E402
 
-from lbfl_mpi.batching.compute import fit_from_probes, fit_line, time_interleaved  # noqa: E402
-from lbfl_mpi.batching.memory import activation_bytes, fit_memory, measure_peak_bytes  # noqa: E402
 from lbfl_mpi.models import build_model  # noqa: E402
+from lbfl_mpi.plan.compute import fit_from_probes, fit_line, time_interleaved  # noqa: E402
+from lbfl_mpi.plan.memory import activation_bytes, fit_memory, measure_peak_bytes  # noqa: E402
 
 SHAPE, CLASSES, MIB = (3, 32, 32), 10, 2**20
 MEM_TOL, TC_TOL = 0.25, 0.20

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from lbfl_mpi.jsonio import dumps_strict
+from lbfl_mpi.files import dumps_strict
 
 
 def append_row(path, part: str, row: dict) -> None:

@@ -18,8 +18,8 @@ BAD_INPUT = 2
 
 
 def _bad_input_types() -> tuple[type, ...]:
+    from .comm.torch_plane import BackendError
     from .data import DataError, PartitionError
-    from .dist.torch_backend import BackendError
     from .models import ModelError
 
     return ConfigError, DataError, PartitionError, ModelError, BackendError
@@ -61,14 +61,14 @@ def _on_every_rank(args, setup, finish, check_args=None, before_mpi=None) -> int
         cfg = load_config(args.config, args.set or [])
         if check_args is not None:
             check_args(args)
-        from .dist.mpi_plane import chunk_bytes_from_env
+        from .comm.mpi_plane import chunk_bytes_from_env
 
         chunk_bytes_from_env()  # checked here so that a bad value is one line, not a traceback
         if before_mpi is not None:
             before_mpi(cfg)
     except (ConfigError, ValueError) as e:
         error = str(e)
-    from .dist.comm import Comm, abort_on_error
+    from .comm.world import Comm, abort_on_error
 
     comm = Comm()
     with abort_on_error(comm):
@@ -84,7 +84,7 @@ def _on_every_rank(args, setup, finish, check_args=None, before_mpi=None) -> int
 
 
 def cmd_train(args) -> int:
-    from .stopping import NONFINITE_EXIT, REQUEUE_EXIT, NonFiniteStop, Preempted, SignalWatch
+    from .run.stopping import NONFINITE_EXIT, REQUEUE_EXIT, NonFiniteStop, Preempted, SignalWatch
 
     watch = {}
 
@@ -98,7 +98,7 @@ def cmd_train(args) -> int:
         return Trainer(cfg, comm, watch.get("signals"))  # dataset, partition, model: no file is written yet
 
     def finish(cfg, comm, trainer):
-        from .dist.torch_backend import shutdown_torch_dist
+        from .comm.torch_plane import shutdown_torch_dist
 
         try:
             summary = trainer.run()
@@ -151,7 +151,7 @@ def cmd_plan(args) -> int:
                 raise ConfigError(f"--{name.replace('_', '-')}={getattr(a, name)}: must be >= 1")
 
     def setup(cfg, comm):
-        from .batching.plan import plan_rank
+        from .plan.recommend import plan_rank
 
         comm.pick_device()
         # the trainer's data plane, so that t_sync is measured on it (collective; as in Trainer)
@@ -161,17 +161,17 @@ def cmd_plan(args) -> int:
                          sync_repeats=args.sync_repeats)
 
     def finish(cfg, comm, result):
-        from .dist.torch_backend import shutdown_torch_dist
+        from .comm.torch_plane import shutdown_torch_dist
 
         shutdown_torch_dist()
         results = comm.allgather_obj(result)
         if comm.rank == 0:
             if args.json:
-                from .jsonio import dumps_strict
+                from .files import dumps_strict
 
                 print(dumps_strict(results, indent=2))
             else:
-                from .batching.plan import format_plan
+                from .plan.recommend import format_plan
 
                 print("\n\n".join(format_plan(r) for r in results))
         return 0

@@ -17,20 +17,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import latest_checkpoint, load_latest_valid, save_checkpoint, set_rng_state
 from .batching.dynamic import DynamicBatcher
 from .config import Config, ConfigError, global_batch, uses_micro_batches
-from .fsutil import atomic_path
-from .jsonio import write_json_atomic
 from .data import ClientLoader, eval_batches, load_dataset, partition_indices
+from .files import atomic_path, write_json_atomic
 from .models import ModelError, build_model
 from .optim import build_optimizer, lr_at, set_lr_
 from .precision import LossScaler, autocast
-from .rundir import commit_run_dir, prepare_run_dir, rank_file
+from .run.checkpoint import latest_checkpoint, load_latest_valid, save_checkpoint, set_rng_state
+from .run.rundir import commit_run_dir, prepare_run_dir, rank_file
+from .run.stopping import NonFiniteStop, Preempted, StopAgreement, nonfinite_quantity
 from .scaling.noise_scale import layer_sq_norms
 from .scaling.teacher_pretrain import pretrain_draw, pretrain_teacher
 from .scaling.transform import GradTransform, scaling_warnings
-from .stopping import NonFiniteStop, Preempted, StopAgreement, nonfinite_quantity
 from .sync import build_sync
 from .telemetry import RankLog, StepTimer
 
@@ -41,7 +40,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, comm, signals=None):
         self.cfg, self.comm = cfg, comm
-        self.stops = StopAgreement(comm, signals)  # preemption signals and non-finite values (stopping.py)
+        self.stops = StopAgreement(comm, signals)  # preemption signals and non-finite values (run/stopping.py)
         self.nonfinite = cfg.train.nonfinite
         # nothing to agree on without signals to catch and without the guard
         self.agreeing = bool(cfg.run.preempt_signals) or self.nonfinite != "ignore"
@@ -53,7 +52,7 @@ class Trainer:
         seed = cfg.run.seed
         self.plan = None
         if cfg.batching.plan_at_start:  # before any seeding below: probes draw random batches
-            from .batching.plan import plan_rank
+            from .plan.recommend import plan_rank
 
             budget = cfg.batching.memory_budget_gb * 1e9 or None
             self.plan = plan_rank(cfg, comm, budget, list(cfg.batching.plan_probes), [],
@@ -250,7 +249,7 @@ class Trainer:
         }
 
     def _agree(self, step: int, step_bad: bool = False, force: bool = False) -> None:
-        """Agree on pending stops once per step, or again with ``force`` (collective; stopping.py)."""
+        """Agree on pending stops once per step, or again with ``force`` (collective; run/stopping.py)."""
         if not self.agreeing:
             return
         if force or self._agreed_at != step:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..jsonio import dumps_strict
+from ..files import dumps_strict
 from .batch import batch_series, batches, format_batch_table
 from .load import AnalysisError, RunData, load_run
 from .seeds import format_seed_groups, group_seeds, summarise

@@ -28,8 +28,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .load import RunData
-from .seeds import (BOOKKEEPING, SeedGroup, config_key, differing, disambiguate, flat, group_seeds, mean_std,
-                    per_seed, seed_of)
+from .seeds import (
+    BOOKKEEPING,
+    SeedGroup,
+    config_key,
+    differing,
+    disambiguate,
+    flat,
+    group_seeds,
+    mean_std,
+    per_seed,
+    seed_of,
+)
 from .tables import scaling_label
 
 LENGTH_KEYS = frozenset({"train.steps", "train.eval_every", "train.warmup_steps"})

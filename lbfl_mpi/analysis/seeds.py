@@ -141,7 +141,7 @@ def summarise(groups: list[SeedGroup], runs: list[RunData], records: list[dict])
         recs = [records[i] for i in g.members]
         seeds = [seed_of(runs[i]) for i in g.members]
 
-        def stat(values):
+        def stat(values, seeds=seeds):
             return mean_std(per_seed(values, seeds)[1])
 
         final = stat([r["final_test_acc"] for r in recs])

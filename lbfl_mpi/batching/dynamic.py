@@ -11,9 +11,9 @@ that fast clients stop waiting for slow ones:
 """
 from __future__ import annotations
 
-import numpy as np
-
 import math
+
+import numpy as np
 
 
 def allocate(throughputs: list[float], global_batch: int, min_batch: int | list[int],

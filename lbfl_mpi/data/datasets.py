@@ -237,7 +237,8 @@ def _torchvision(cfg: DataConfig) -> DatasetBundle:
     if not (Path(root) / _LAYOUT[name][2]).exists():
         raise _not_found(name, root)
     try:
-        from torchvision import datasets, transforms as T
+        from torchvision import datasets
+        from torchvision import transforms as T
     except ImportError:
         raise DataError(f"data.name={name!r} needs torchvision (pip install torchvision)") from None
     try:

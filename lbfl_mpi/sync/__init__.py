@@ -3,7 +3,7 @@ import sys
 
 from ..config import uses_micro_batches
 from ..exchange import BucketedExchange, DenseExchange, Exchange, TopKExchange
-from .base import SyncResult, Synchronizer
+from .base import Synchronizer, SyncResult
 from .bsp import BSPSync
 from .fedavg import FedAvgSync, PostLocalSync
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..exchange import DenseExchange, Exchange
-from .base import SyncResult, Synchronizer
+from .base import Synchronizer, SyncResult
 
 
 class BSPSync(Synchronizer):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..exchange import Exchange
-from .base import NO_SYNC, SyncResult, Synchronizer
+from .base import NO_SYNC, Synchronizer, SyncResult
 from .bsp import BSPSync
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..fsutil import temp_path
+from ..files import temp_path
 from .open_checked import open_rank_bounded
 from .validate import check_rank_file
 

@@ -1,4 +1,4 @@
-"""Preemption under mpiexec (stopping.py, rundir.py, checkpoint.py).
+"""Preemption under mpiexec (run/stopping.py, run/rundir.py, run/checkpoint.py).
 
 A SIGUSR1 to one rank, or to mpiexec (which forwards it to every rank), must end every rank with exit
 code 3 within 2 steps, all checkpointed at the same step; ``run.resume=auto`` then finishes the run

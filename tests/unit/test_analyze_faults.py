@@ -16,9 +16,9 @@ import pytest
 
 from lbfl_mpi.analysis import load_run, run_record
 from lbfl_mpi.analysis.load import AnalysisError, read_rank
-from lbfl_mpi.telemetry.open_checked import _hdf5_function
 from lbfl_mpi.analysis.tables import format_comparison, format_run
 from lbfl_mpi.telemetry import validate
+from lbfl_mpi.telemetry.open_checked import _hdf5_function
 from lbfl_mpi.telemetry.validate import check_rank_file, lookup3, read_superblock
 
 from ..conftest import ROOT, _env, run_lbfl, tiny_run_args

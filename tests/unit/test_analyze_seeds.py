@@ -74,7 +74,7 @@ def test_only_seed_and_bookkeeping_keys_group(tmp_path):
 
 def test_cli_prints_the_seed_table_and_strict_json(seed_grid, capsys):
     """Reference: the per-run final accuracies and numpy's mean/std(ddof=1) of them; strict JSON
-    (jsonio.py) writes the undefined std of a one-seed group as null; the table needs 2 distinct seeds."""
+    (files.py) writes the undefined std of a one-seed group as null; the table needs 2 distinct seeds."""
     dirs, finals, _ = seed_grid
     assert analyze_main([str(d) for d in dirs]) == 0
     text = capsys.readouterr().out

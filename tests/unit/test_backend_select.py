@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lbfl_mpi.dist.torch_backend import BackendError, select_backend
+from lbfl_mpi.comm.torch_plane import BackendError, select_backend
 
 
 def fake_comm(ranks_per_node: int, nodes: int = 1):
@@ -25,14 +25,14 @@ def test_auto_is_mpi_without_cuda(monkeypatch):
 
 def test_auto_is_nccl_with_one_gpu_per_rank_and_mpi_when_ranks_share(monkeypatch):
     gpus(monkeypatch, 4)
-    monkeypatch.setattr("lbfl_mpi.dist.torch_backend._available", lambda name: True)
+    monkeypatch.setattr("lbfl_mpi.comm.torch_plane._available", lambda name: True)
     assert select_backend("auto", fake_comm(4, nodes=2)) == "nccl"
     gpus(monkeypatch, 1)
     assert select_backend("auto", fake_comm(4, nodes=2)) == "mpi"  # 4 ranks on one GPU
 
 
 def test_nccl_refusals_name_the_cause(monkeypatch):
-    monkeypatch.setattr("lbfl_mpi.dist.torch_backend._available", lambda name: True)
+    monkeypatch.setattr("lbfl_mpi.comm.torch_plane._available", lambda name: True)
     gpus(monkeypatch, 0)
     with pytest.raises(BackendError, match="no CUDA device on rank"):
         select_backend("nccl", fake_comm(2))

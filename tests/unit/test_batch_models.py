@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from lbfl_mpi.batching.compute import (
+from lbfl_mpi.models import build_model
+from lbfl_mpi.plan.compute import (
     ComputeModel,
     ComputeProbe,
     fit_compute,
@@ -16,7 +17,7 @@ from lbfl_mpi.batching.compute import (
     fit_line,
     ring_allreduce_time,
 )
-from lbfl_mpi.batching.memory import (
+from lbfl_mpi.plan.memory import (
     MemoryModel,
     MemoryProbe,
     activation_bytes,
@@ -24,7 +25,6 @@ from lbfl_mpi.batching.memory import (
     measure_peak_bytes,
     static_bytes,
 )
-from lbfl_mpi.models import build_model
 
 
 def _batch(shape, classes, b):

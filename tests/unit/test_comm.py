@@ -2,7 +2,7 @@ import os
 
 import torch
 
-from lbfl_mpi.dist.comm import Comm, cpu_threads, detect_cuda_aware
+from lbfl_mpi.comm.world import Comm, cpu_threads, detect_cuda_aware
 
 
 def test_cpu_threads_divides_cores_between_local_ranks(monkeypatch):

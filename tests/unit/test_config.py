@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from lbfl_mpi.cli import main as cli_main
-from lbfl_mpi.config import (SEED_MAX, Config, ConfigError, dump_toml, load_config, reference, sections,
-                             validate)
+from lbfl_mpi.config import SEED_MAX, Config, ConfigError, dump_toml, load_config, reference, sections, validate
 
 
 def test_defaults_are_valid_and_round_trip_through_toml(tmp_path):

@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from lbfl_mpi.config import reference
-from lbfl_mpi.rundir import RESUME_MAY_CHANGE
+from lbfl_mpi.run.rundir import RESUME_MAY_CHANGE
 from lbfl_mpi.telemetry import EVAL_COLUMNS, STEP_COLUMNS
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()

@@ -1,5 +1,5 @@
-"""Eq. 2 batch choice (batching/eq2.py) against closed forms, and t_mov measured through the loader
-(batching/loader_feed.py) with a dataset whose samples take a known time to load."""
+"""Eq. 2 batch choice (plan/eq2.py) against closed forms, and t_mov measured through the loader
+(plan/loader_feed.py) with a dataset whose samples take a known time to load."""
 from __future__ import annotations
 
 import math
@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from torch.testing import assert_close
 
-from lbfl_mpi.batching.compute import ComputeProbe, fit_from_probes, time_steps
-from lbfl_mpi.batching.eq2 import epoch_time, epoch_times, eq2_optimum, sync_period
-from lbfl_mpi.batching.loader_feed import LoaderFeed
 from lbfl_mpi.data import DatasetBundle
 from lbfl_mpi.models import build_model
+from lbfl_mpi.plan.compute import ComputeProbe, fit_from_probes, time_steps
+from lbfl_mpi.plan.eq2 import epoch_time, epoch_times, eq2_optimum, sync_period
+from lbfl_mpi.plan.loader_feed import LoaderFeed
 
 # measured per-probe tables: t_c per sample is lowest at b = 8 (1.0, 0.8, 0.9, 1.0 ms), so the
 # throughput knee is 8; t_mov is a fixed 0.1 ms per sample
@@ -118,8 +118,8 @@ def test_plan_rank_measures_t_mov_through_the_configured_loader(monkeypatch):
     sleep each sample costs in __getitem__), and on 1 rank t_sync = 0 and each row's epoch_time equals
     the closed form D / b * (t_c + t_mov) from that row's own measured values."""
     from lbfl_mpi.batching import plan as plan_mod
+    from lbfl_mpi.comm.world import Comm
     from lbfl_mpi.config import load_config
-    from lbfl_mpi.dist.comm import Comm
 
     delay, shape, n = 0.003, (1, 8, 8), 64
     data = _SlowSamples(n=n, delay=delay, shape=shape)

@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from lbfl_mpi.comm.mpi_plane import MPIPlane
+from lbfl_mpi.comm.world import Comm
 from lbfl_mpi.config import load_config
-from lbfl_mpi.dist.comm import Comm
-from lbfl_mpi.dist.mpi_plane import MPIPlane
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -87,9 +87,9 @@ def test_bf16_and_channels_last_on_cuda_match_fp32(tmp_path):
 
 
 def test_memory_model_against_cuda_peak_and_planned_batch_fits(comm):
-    from lbfl_mpi.batching.memory import measure_peak_bytes
-    from lbfl_mpi.batching.plan import plan_rank
     from lbfl_mpi.models import build_model
+    from lbfl_mpi.plan.memory import measure_peak_bytes
+    from lbfl_mpi.plan.recommend import plan_rank
 
     cfg = load_config(None, ["model.name=resnet18", "data.name=synthetic", "train.momentum=0.9"])
     budget = 2e9

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit._gpu_scripts import run_dry, script_limits
 from tests.conftest import ROOT, _env
+from tests.unit._gpu_scripts import run_dry, script_limits
 
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 PARTS = ["machine", "tests", "bench_step", "memory", "compute", "jobs", "topk"]

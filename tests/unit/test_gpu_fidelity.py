@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit._gpu_scripts import run_dry, script_limits
 from tests.conftest import ROOT, _env, descendants
+from tests.unit._gpu_scripts import run_dry, script_limits
 
 SCRIPT = ROOT / "benchmarks" / "gpu_fidelity.sh"
 RUNNER = ROOT / "benchmarks" / "gpu_fidelity_runs.py"
@@ -127,7 +127,7 @@ def test_table_accuracies_are_the_summaries(dry):
                       report, flags=re.M)
     assert sorted(r[0] for r in rows) == NAMES, rows
     summaries = _summaries(tmp / "runs")
-    for name, x, t, lr, b, final, best, _ in rows:
+    for name, _x, _t, _lr, b, final, best, _ in rows:
         s = summaries[name]
         assert float(final) == pytest.approx(s["final_test_acc"], abs=5e-5), name
         assert float(best) == pytest.approx(s["best_test_acc"], abs=5e-5), name

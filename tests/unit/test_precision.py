@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from lbfl_mpi.comm.world import Comm
 from lbfl_mpi.config import load_config
-from lbfl_mpi.dist.comm import Comm
 from lbfl_mpi.precision import LossScaler
 from lbfl_mpi.trainer import Trainer
 

@@ -1,4 +1,4 @@
-"""Run-directory safety, single process (rundir.py, checkpoint.py, fsutil.py, stopping.py).
+"""Run-directory safety, single process (run/rundir.py, run/checkpoint.py, files.py, run/stopping.py).
 
 Each test states the failure it guards against: code execution from a checkpoint, deleting files
 lbfl did not write, writing through planted links, two jobs in one directory, resuming a damaged or

@@ -49,9 +49,9 @@ def _synthetic_steps(ns, G, sigma, b, W, steps, seed=0):
     their mean (batch W b), as BSP would see them."""
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        local = [[G[l] + sigma[l] / math.sqrt(b) * torch.randn(ns[l], generator=gen, dtype=torch.float64)
-                  for l in range(len(ns))] for _ in range(W)]
-        big = [sum(loc[l] for loc in local) / W for l in range(len(ns))]
+        local = [[G[i] + sigma[i] / math.sqrt(b) * torch.randn(ns[i], generator=gen, dtype=torch.float64)
+                  for i in range(len(ns))] for _ in range(W)]
+        big = [sum(loc[i] for loc in local) / W for i in range(len(ns))]
         small_sq = torch.stack([layer_sq_norms(loc) for loc in local]).mean(0)
         yield small_sq, layer_sq_norms(big)
 
@@ -101,7 +101,7 @@ def test_teacher_learns_a_known_variance_per_layer():
     teacher = Teacher(ns, "cpu", chunk=32, hidden=32, lr=1e-2, seed=0, b_small=2)
     gen = torch.Generator().manual_seed(1)
     nlls = []
-    for step in range(300):
+    for _ in range(300):
         big = [torch.randn(n, generator=gen) for n in ns]
         smalls = [[g + s * torch.randn(g.shape, generator=gen) for g, s in zip(big, sigma)] for _ in range(4)]
         nlls.append(teacher.train_step(big, smalls, b_big=8))
@@ -110,9 +110,9 @@ def test_teacher_learns_a_known_variance_per_layer():
     assert sum(nlls[-50:]) / 50 == pytest.approx(truth, abs=0.05)
     big = [torch.randn(n, generator=gen) for n in ns]
     mu, std = teacher.predict(big, b_apply=8)
-    for l, s in enumerate(sigma):
-        assert float(std[l].pow(2).mean()) == pytest.approx(s**2, rel=0.15), l
-        assert cosine([mu[l]], [big[l]]) > 0.9  # the mean stays G_large (the truth is g_small = G + noise)
+    for i, s in enumerate(sigma):
+        assert float(std[i].pow(2).mean()) == pytest.approx(s**2, rel=0.15), i
+        assert cosine([mu[i]], [big[i]]) > 0.9  # the mean stays G_large (the truth is g_small = G + noise)
     # G~ = a G + s eps, computed in place layer by layer, agrees with the chunked prediction:
     # its mean over many draws is mu and its spread is std (layer sizes leave partial chunks)
     draws = torch.stack([torch.cat([t.reshape(-1) for t in teacher.sample(big, step=k, b_apply=8)])
@@ -172,7 +172,7 @@ def test_adam_with_scale_transforms_warns(method, optimizer, warned):
 
 def test_adam_warning_is_printed_once_at_start_up(tmp_path):
     """Tyagi 2025 Eq. 6 U(X) under Adam: the CLI prints the one-line warning on rank 0 (the house's
-    "lbfl: warning: ..." lines, rundir.py), and not with SGD."""
+    "lbfl: warning: ..." lines, run/rundir.py), and not with SGD."""
     from ..conftest import run_lbfl, tiny_run_args
 
     common = ["scaling.method=step", "train.steps=1", "train.eval_every=0"]

@@ -1,5 +1,5 @@
 """Signal handling, the one-rank agreement and the run-directory file rules, in-process
-(stopping.py, fsutil.py). The multi-rank agreement is tested under mpiexec in tests/mpi/test_preemption.py."""
+(run/stopping.py, files.py). The multi-rank agreement is tested under mpiexec in tests/mpi/test_preemption.py."""
 from __future__ import annotations
 
 import math
@@ -8,8 +8,8 @@ import signal
 import subprocess
 import sys
 
-from lbfl_mpi.fsutil import owned, remove_owned
-from lbfl_mpi.stopping import SignalWatch, StopAgreement, nonfinite_quantity
+from lbfl_mpi.files import owned, remove_owned
+from lbfl_mpi.run.stopping import SignalWatch, StopAgreement, nonfinite_quantity
 
 
 class _OneRank:
@@ -32,7 +32,7 @@ def test_first_signal_is_recorded_with_its_step_and_handlers_are_restored():
 
 def test_second_delivery_of_the_same_signal_gets_the_default_action():
     code = ("import os, signal, time\n"
-            "from lbfl_mpi.stopping import SignalWatch\n"
+            "from lbfl_mpi.run.stopping import SignalWatch\n"
             "w = SignalWatch(['SIGUSR1'])\n"
             "os.kill(os.getpid(), signal.SIGUSR1)\n"
             "print('survived first', flush=True)\n"

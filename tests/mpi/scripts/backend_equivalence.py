@@ -15,8 +15,8 @@ import torch
 from torch.testing import assert_close
 
 from lbfl_mpi.batching.dynamic import DynamicBatcher
+from lbfl_mpi.comm.world import Comm, abort_on_error
 from lbfl_mpi.config import load_config
-from lbfl_mpi.dist.comm import Comm, abort_on_error
 from lbfl_mpi.trainer import Trainer
 
 p = argparse.ArgumentParser()
@@ -59,7 +59,7 @@ with abort_on_error(comm):
         (a, sa), (b, sb) = results[case, "mpi"], results[case, "gloo"]
         assert sa == sb, (case, sa, sb)
         for k in a:
-            assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=lambda m: f"{case} {k}: {m}")
+            assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=lambda m, case=case, k=k: f"{case} {k}: {m}")
     sizes = comm.allgather_obj(results["dynamic", "mpi"][1])
     assert len(set(sizes)) > 1, f"dynamic batching never re-allocated: {sizes}"
     if comm.rank == 0:

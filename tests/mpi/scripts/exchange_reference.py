@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from lbfl_mpi.dist.comm import Comm, abort_on_error
+from lbfl_mpi.comm.world import Comm, abort_on_error
 from lbfl_mpi.exchange import BucketedExchange, DenseExchange
 from lbfl_mpi.sync import BSPSync
 

@@ -14,8 +14,8 @@ import argparse
 import torch
 from torch.testing import assert_close
 
+from lbfl_mpi.comm.world import Comm, abort_on_error
 from lbfl_mpi.config import load_config
-from lbfl_mpi.dist.comm import Comm, abort_on_error
 from lbfl_mpi.telemetry import open_rank_file, read_group
 from lbfl_mpi.trainer import Trainer
 

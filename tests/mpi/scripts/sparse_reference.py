@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
+from lbfl_mpi.comm.world import Comm, abort_on_error
 from lbfl_mpi.compress.topk import TopKCompressor
 from lbfl_mpi.config import load_config
-from lbfl_mpi.dist.comm import Comm, abort_on_error
-from lbfl_mpi.models import build_model
 from lbfl_mpi.exchange import TopKExchange, sparse_average
+from lbfl_mpi.models import build_model
 from lbfl_mpi.sync import BSPSync, FedAvgSync
 
 comm = Comm()

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from lbfl_mpi.dist.comm import Comm, abort_on_error
+from lbfl_mpi.comm.world import Comm, abort_on_error
 from lbfl_mpi.models import build_model
 from lbfl_mpi.sync import BSPSync, FedAvgSync
 

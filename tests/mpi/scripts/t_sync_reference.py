@@ -1,4 +1,4 @@
-"""Under mpiexec -n N: t_sync of ``lbfl plan`` (batching/sync_time.py) on every rank together.
+"""Under mpiexec -n N: t_sync of ``lbfl plan`` (plan/sync_time.py) on every rank together.
 
 For each synchronisation scheme (BSP with one buffer, BSP bucketed, FedAvg, post-local SGD) on the
 data plane ``--backend`` names: t_sync must be positive and bit-identical on every rank (the max over
@@ -12,10 +12,10 @@ import argparse
 import torch
 import torch.nn as nn
 
-from lbfl_mpi.batching.sync_time import measure_t_sync
+from lbfl_mpi.comm.torch_plane import shutdown_torch_dist
+from lbfl_mpi.comm.world import Comm, abort_on_error
 from lbfl_mpi.config import load_config
-from lbfl_mpi.dist.comm import Comm, abort_on_error
-from lbfl_mpi.dist.torch_backend import shutdown_torch_dist
+from lbfl_mpi.plan.sync_time import measure_t_sync
 
 p = argparse.ArgumentParser()
 p.add_argument("--backend", default="mpi")

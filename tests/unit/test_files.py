@@ -1,4 +1,4 @@
-"""Strict JSON (lbfl_mpi/jsonio.py): no NaN/Infinity ever, numpy values made plain, atomic writes that
+"""Strict JSON (lbfl_mpi/files.py): no NaN/Infinity ever, numpy values made plain, atomic writes that
 never follow a planted link."""
 import json
 import math
@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from lbfl_mpi.jsonio import dumps_strict, to_jsonable, write_json_atomic
+from lbfl_mpi.files import dumps_strict, to_jsonable, write_json_atomic
 
 
 def _reject(name):

@@ -5,14 +5,14 @@ What is measured and what is modelled:
 - ``t_c`` (forward + backward + optimizer step) and ``t_mov`` are *measured* at a few probe batch
   sizes by :func:`time_steps` (medians after warm-up). ``t_mov`` is the time a ``fetch(b)`` callable
   takes to hand over a batch on the device: ``lbfl plan`` passes the trainer's own loader and
-  host-to-device copy (batching/loader_feed.py); without one, a random host tensor's copy (a
+  host-to-device copy (plan/loader_feed.py); without one, a random host tensor's copy (a
   ``clone()`` on CPU) stands in, which sees no data pipeline at all;
 - both are *modelled* as lines, ``t_c = alpha + beta * b`` and ``t_mov = gamma + delta * b``,
   fitted by least squares (:func:`fit_compute`);
 - ``t_sync`` is *modelled* analytically for a ring allreduce (:func:`ring_allreduce_time`) or
-  supplied by the caller (``lbfl plan`` measures it, batching/sync_time.py);
+  supplied by the caller (``lbfl plan`` measures it, plan/sync_time.py);
   :meth:`ComputeModel.epoch_time` applies Eq. 2 over the ``D / B`` iterations of an epoch
-  (batching/eq2.py, which also picks the batch minimising it from measured tables).
+  (plan/eq2.py, which also picks the batch minimising it from measured tables).
 
 The batch where throughput saturates (the knee, :meth:`ComputeModel.recommended_batch`) is chosen
 from the measured probes, not the fitted line: a line's throughput ``b / (alpha + beta * b)`` only

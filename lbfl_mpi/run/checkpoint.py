@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .fsutil import atomic_path, write_text_atomic
+from ..files import atomic_path, write_text_atomic
 
 KEEP = 2
 _STEP_DIR = re.compile(r"step_(\d{8})")

@@ -4,7 +4,7 @@ and keep a second job out while this one writes.
 Layout: config.toml, rank0000.h5 ..., summary.json, model.pt, checkpoints/, .lbfl.lock. Rank 0 decides
 and broadcasts the decision, so every rank raises the same ConfigError (no rank is left waiting in a
 collective). Nothing is written before the decision; overwriting deletes only files lbfl writes
-(lbfl_mpi/fsutil.py), and only in a directory whose config.toml lbfl wrote.
+(lbfl_mpi/files.py), and only in a directory whose config.toml lbfl wrote.
 """
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import Config, ConfigError
+from ..files import remove_owned, write_text_atomic
+from ..telemetry.validate import check_rank_file
 from .checkpoint import checkpoint_metas
-from .config import Config, ConfigError
-from .fsutil import remove_owned, write_text_atomic
-from .telemetry.validate import check_rank_file
 
 ARTIFACTS = ("config.toml", "summary.json", "model.pt")
 CONFIG_HEADER = "# lbfl_mpi run configuration, written by `lbfl train` (resolved values)\n"

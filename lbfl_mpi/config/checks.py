@@ -1,5 +1,5 @@
-"""Validation of a loaded :class:`~lbfl_mpi.config.Config`: every field generically against the bounds
-and choices declared in its metadata, then the rules that tie keys together. Runs once, before MPI
+"""Validation of a loaded :class:`~lbfl_mpi.config.schema.Config`: every field generically against the
+bounds and choices declared in its metadata, then the rules that tie keys together. Runs once, before MPI
 collectives, training or any file write; every problem raises ConfigError naming the key."""
 from __future__ import annotations
 
@@ -8,18 +8,23 @@ import math
 import signal
 from typing import Any
 
-from .config import (_TYPE_OK, _TYPE_WORDS, NUM_CLASSES, UNCATCHABLE_SIGNALS, Config, ConfigError, _choice_text,
-                     _field_type, _num_text, _range_text, _shown, sections)
+from .fields import (
+    TYPE_OK,
+    TYPE_WORDS,
+    UNCATCHABLE_SIGNALS,
+    ConfigError,
+    choice_text,
+    field_type,
+    num_text,
+    range_text,
+    shown,
+)
+from .schema import Config, global_batch, num_classes, sections, uses_micro_batches
+
 
 def _check(cond: bool, key: str, value: Any, want: str) -> None:
     if not cond:
-        raise ConfigError(f"{key}={_shown(value)}: {want}")
-
-
-def num_classes(cfg: Config) -> int:
-    if cfg.data.name == "synthetic":
-        return cfg.data.synthetic_classes
-    return NUM_CLASSES[cfg.data.name]
+        raise ConfigError(f"{key}={shown(value)}: {want}")
 
 
 def _in_range(v: float, meta) -> bool:
@@ -34,9 +39,9 @@ def _check_number(v: Any, typ: str, meta) -> str | None:
 
     A float bounded on both sides is reported as its interval ("in (0, 1]"); otherwise the message
     names the side ``v`` is on ("> 0"), so that an int's sanity cap does not crowd the message."""
-    if not _TYPE_OK[typ](v):
+    if not TYPE_OK[typ](v):
         return f"expected {typ}"
-    rng = _range_text(meta, typ).removesuffix(", finite")
+    rng = range_text(meta, typ).removesuffix(", finite")
     if typ == "float" and not math.isfinite(v):
         return "must be finite" + (f" and {'in ' if rng[:1] in ('[', '(') else ''}{rng}" if rng else "")
     if _in_range(v, meta):
@@ -45,26 +50,26 @@ def _check_number(v: Any, typ: str, meta) -> str | None:
     if typ == "float" and lo is not None and hi is not None:
         return f"must be in {rng}"
     if lo is not None and not _in_range(v, {"min": lo, "min_open": meta.get("min_open")}):
-        return ("must be > " if meta.get("min_open") else "must be >= ") + _num_text(lo)
-    return ("must be < " if meta.get("max_open") else "must be <= ") + _num_text(hi)
+        return ("must be > " if meta.get("min_open") else "must be >= ") + num_text(lo)
+    return ("must be < " if meta.get("max_open") else "must be <= ") + num_text(hi)
 
 
 def _check_field(key: str, v: Any, f: dataclasses.Field) -> None:
     """The checks every key's metadata declares: type, choices, bounds (and finiteness) of numbers and
     of list elements."""
-    typ, meta = _field_type(f), f.metadata
-    if not _TYPE_OK[typ](v):
-        raise ConfigError(f"{key}: expected {_TYPE_WORDS.get(typ, typ)}, got {_shown(v)}")
+    typ, meta = field_type(f), f.metadata
+    if not TYPE_OK[typ](v):
+        raise ConfigError(f"{key}: expected {TYPE_WORDS.get(typ, typ)}, got {shown(v)}")
     if "choices" in meta:  # by type and value: 1 is not True, True is not "true"
         _check(any(type(v) is type(c) and v == c for c in meta["choices"]), key, v,
-               "must be one of " + ", ".join(_choice_text(c) for c in meta["choices"]))
+               "must be one of " + ", ".join(choice_text(c) for c in meta["choices"]))
     if typ in ("int", "float"):
         why = _check_number(v, typ, meta)
         _check(why is None, key, v, why or "")
     elif typ == "list" and meta.get("item") in ("int", "float"):
         for x in v:
             why = _check_number(x, meta["item"], meta)
-            _check(why is None, key, v, f"element {_shown(x)}: {why}")
+            _check(why is None, key, v, f"element {shown(x)}: {why}")
     elif typ == "list" and meta.get("item") == "str":
         bad = [x for x in v if not isinstance(x, str)]
         _check(not bad, key, v, f"element {bad[0]!r}: expected str" if bad else "")
@@ -124,21 +129,3 @@ def validate_for_world(cfg: Config, world_size: int) -> None:
                f"is below {world_size} ranks x batching.min_batch={bt.min_batch}")
         _check(not bt.max_batch or g <= world_size * bt.max_batch, "batching.global_batch", g,
                f"is above {world_size} ranks x batching.max_batch={bt.max_batch}")
-
-
-def uses_micro_batches(cfg: Config, world_size: int) -> bool:
-    """Whether the local batch is split into micro-batches of scaling.small_batch: always for the
-    teacher's training pairs; for the noise scale (and gain) where the free BSP estimate is missing."""
-    sc = cfg.scaling
-    if sc.small_batch < 1:
-        return False
-    return sc.method == "teacher" or cfg.sync.mode != "bsp" or world_size == 1
-
-
-def global_batch(cfg: Config, world_size: int) -> int:
-    """sum_c b_c: batching.global_batch in dynamic mode when set, else train.batch_size x ranks."""
-    if cfg.batching.mode == "dynamic" and cfg.batching.global_batch:
-        return cfg.batching.global_batch
-    return cfg.train.batch_size * world_size
-
-

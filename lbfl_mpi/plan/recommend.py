@@ -5,7 +5,7 @@ and recommend two batches side by side:
 - the throughput knee: the smallest probe reaching 95 % of the best measured ``b / (t_c + t_mov)``;
   it ignores synchronisation;
 - the Eq. 2 optimum: the probe minimising the modelled epoch time ``D / B * (t_c + t_mov + t_sync / H)``
-  (batching/eq2.py) with the measured t_c and t_mov of that probe and the measured t_sync;
+  (plan/eq2.py) with the measured t_c and t_mov of that probe and the measured t_sync;
 
 both capped by the largest batch that fits the memory budget.
 
@@ -13,12 +13,12 @@ What is measured where:
 
 - t_c: training steps on a copy of the model, on the batches the data path returns;
 - t_mov: the trainer's data path, ``ClientLoader`` over this rank's partition (``data.workers``) plus
-  the host-to-device copy (batching/loader_feed.py), timed in the same steps;
+  the host-to-device copy (plan/loader_feed.py), timed in the same steps;
 - t_sync: the trainer's synchroniser and exchange on the job's data plane, max over ranks of each
-  rank's median (batching/sync_time.py); 0 on one rank;
+  rank's median (plan/sync_time.py); 0 on one rank;
 - memory: the "measured" column is *counted*, not read from an allocator: static (analytic
   M_model + M_grad + M_opt) + the bytes of the storages autograd saves for backward (a
-  saved-tensors pack hook, batching/memory.py: ``activation_bytes``) + the input and label bytes.
+  saved-tensors pack hook, plan/memory.py: ``activation_bytes``) + the input and label bytes.
   It omits backward temporaries, allocator rounding and caching, and any intermediate autograd does
   not save, so on CPU the held-out memory error checks only that these counted bytes are linear in b.
   On GPU ``torch.cuda.max_memory_allocated`` of a real step is reported beside it.

@@ -1,56 +1,15 @@
-"""Experiment configuration: nested dataclasses, TOML loading, ``--set`` overrides and validation.
-
-Every field carries its documentation in ``metadata["help"]`` so that the README reference and
-``lbfl config`` come from one place. Validation runs once, before MPI collectives,
-training or any file write; every problem raises :class:`ConfigError` whose message names the key.
-"""
+"""The configuration schema: one dataclass per section, every field documented in its metadata (so
+``lbfl config``, docs/config.md and the checks come from one place), and the values derived from a
+Config (class count, global batch sum_c b_c, whether micro-batches are used)."""
 from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A bad configuration value; the CLI prints it on one line and exits with code 2."""
-
-
-def _f(default: Any, help: str, choices: tuple | None = None, *, min: float | None = None,
-       max: float | None = None, min_open: bool = False, max_open: bool = False, item: str | None = None,
-       type_name: str | None = None):
-    """A config field. ``min``/``max`` bound an int or float key (``min_open``/``max_open``: the bound
-    itself is excluded); every float key must also be finite. For a list key, ``item`` ("int" or
-    "float") is the element type and the bounds apply to each element. ``type_name`` overrides the type
-    name shown and checked (``bool|auto``)."""
-    meta: dict[str, Any] = {"help": help}
-    if choices is not None:
-        meta["choices"] = choices
-    for name, value in (("min", min), ("max", max), ("item", item), ("type", type_name)):
-        if value is not None:
-            meta[name] = value
-    if min_open:
-        meta["min_open"] = True
-    if max_open:
-        meta["max_open"] = True
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-# Counts (steps, batch sizes, intervals) stay within a signed 32-bit int: the batch_size telemetry
-# column is int32, and nothing here needs more.
-INT_MAX = 2**31 - 1
-# run.seed: derived seeds (seed * 1_000_003 + rank + 7919, seed * 1_000_003 + step in the teacher) must
-# stay below torch.manual_seed's 2**64 limit; numpy's default_rng takes any non-negative int. 2**31 - 1
-# keeps every derived seed below 2**52 and fits any API that takes a 32-bit seed.
-SEED_MAX = 2**31 - 1
-# Signals a process cannot catch, so they cannot request a checkpoint.
-UNCATCHABLE_SIGNALS = ("SIGKILL", "SIGSTOP")
-RESUME_CHOICES = (False, True, "auto")
-
+from .fields import INT_MAX, RESUME_CHOICES, SEED_MAX, choice_text, dump_toml, field_type, range_text
+from .fields import config_field as _f
 
 DATASETS = ("digits", "fashion_mnist", "synthetic", "cifar10", "cifar100", "caltech101", "caltech256", "food101")
 NUM_CLASSES = {"digits": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100,
@@ -325,156 +284,32 @@ def reference() -> list[tuple[str, str, Any, str]]:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             help_ = f.metadata["help"]
             if "choices" in f.metadata:
-                help_ += " One of: " + ", ".join(_choice_text(c) for c in f.metadata["choices"]) + "."
-            rng = _range_text(f.metadata, f.metadata.get("item") or _field_type(f))
+                help_ += " One of: " + ", ".join(choice_text(c) for c in f.metadata["choices"]) + "."
+            rng = range_text(f.metadata, f.metadata.get("item") or field_type(f))
             if rng:
                 each = ("each element in " if rng[0] in "[(" else "each element ") if "item" in f.metadata else ""
                 help_ += f" Range: {each}{rng}."
-            rows.append((f"{sec}.{f.name}", _field_type(f), default, help_))
+            rows.append((f"{sec}.{f.name}", field_type(f), default, help_))
     return rows
 
 
-def _type_name(t) -> str:
-    return t if isinstance(t, str) else t.__name__
+def num_classes(cfg: Config) -> int:
+    if cfg.data.name == "synthetic":
+        return cfg.data.synthetic_classes
+    return NUM_CLASSES[cfg.data.name]
 
 
-def _field_type(f: dataclasses.Field) -> str:
-    return f.metadata.get("type") or _type_name(f.type)
+def uses_micro_batches(cfg: Config, world_size: int) -> bool:
+    """Whether the local batch is split into micro-batches of scaling.small_batch: always for the
+    teacher's training pairs; for the noise scale (and gain) where the free BSP estimate is missing."""
+    sc = cfg.scaling
+    if sc.small_batch < 1:
+        return False
+    return sc.method == "teacher" or cfg.sync.mode != "bsp" or world_size == 1
 
 
-def _choice_text(c: Any) -> str:
-    return ("true" if c else "false") if isinstance(c, bool) else str(c)
-
-
-def _num_text(x: float) -> str:
-    return str(int(x)) if isinstance(x, float) and x.is_integer() else str(x)
-
-
-def _range_text(meta, typ: str) -> str:
-    """The declared bounds as text: "[0, 1)", "> 0", ">= 0, finite"; "" when there are none."""
-    lo, hi = meta.get("min"), meta.get("max")
-    if lo is not None and hi is not None:
-        return (("(" if meta.get("min_open") else "[") + f"{_num_text(lo)}, {_num_text(hi)}"
-                + (")" if meta.get("max_open") else "]"))
-    parts = []
-    if lo is not None:
-        parts.append((">" if meta.get("min_open") else ">=") + f" {_num_text(lo)}")
-    if hi is not None:
-        parts.append(("<" if meta.get("max_open") else "<=") + f" {_num_text(hi)}")
-    if typ == "float" and parts:
-        parts.append("finite")
-    return ", ".join(parts)
-
-
-def _shown(value: Any) -> str:
-    """``repr(value)`` for a message, shortened when it is very long (a 400-digit number)."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int too long for str()
-        return "<a very long integer>"
-    return text if len(text) <= 80 else f"{text[:40]}... ({len(text)} characters)"
-
-
-
-# ---------------------------------------------------------------------------------------------- loading
-_TYPE_OK = {
-    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-    "bool": lambda v: isinstance(v, bool),
-    "bool|auto": lambda v: isinstance(v, (bool, str)),  # which strings: the choices check
-    "str": lambda v: isinstance(v, str),
-    "list": lambda v: isinstance(v, list),
-}
-_TYPE_WORDS = {"bool|auto": 'bool or "auto"'}
-
-
-def _coerce(key: str, value: Any, typ: str) -> Any:
-    if not _TYPE_OK[typ](value):
-        raise ConfigError(f"{key}: expected {_TYPE_WORDS.get(typ, typ)}, got {_shown(value)}")
-    if typ == "float":
-        try:
-            return float(value)
-        except OverflowError:  # an int beyond the float range
-            raise ConfigError(f"{key}={_shown(value)}: must be finite") from None
-    return value
-
-
-def _apply(cfg: Config, section: str, key: str, value: Any) -> None:
-    secs = sections()
-    if section not in secs:
-        raise ConfigError(f"unknown config section [{section}] (known: {', '.join(secs)})")
-    sub = getattr(cfg, section)
-    names = {f.name: f for f in dataclasses.fields(sub)}
-    if key not in names:
-        raise ConfigError(f"unknown config key {section}.{key} (known in [{section}]: {', '.join(names)})")
-    setattr(sub, key, _coerce(f"{section}.{key}", value, _field_type(names[key])))
-
-
-def parse_value(text: str) -> Any:
-    """Parse a ``--set`` value as a TOML value (1, 0.5, true, [1, 2], "s"); bare words stay strings."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except ValueError:  # TOMLDecodeError, or an integer too long for int()
-        return text
-
-
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Read ``path`` (TOML), apply ``section.key=value`` overrides, validate, return the Config."""
-    cfg = Config()
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"--config {str(path)!r}: no such file")
-        try:
-            text = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"--config {str(path)!r}: not a UTF-8 text file "
-                              f"(byte {e.start}: {e.reason})") from None
-        except OSError as e:
-            raise ConfigError(f"--config {str(path)!r}: cannot read: {e.strerror or e}") from None
-        try:
-            data = tomllib.loads(text)
-        except ValueError as e:  # TOMLDecodeError, or an integer too long for int()
-            msg = " ".join(str(e).split())
-            raise ConfigError(f"--config {str(path)!r}: invalid TOML: {msg}") from None
-        for section, table in data.items():
-            if not isinstance(table, dict):
-                raise ConfigError(f"config key {section!r} must be inside a [section]")
-            for key, value in table.items():
-                _apply(cfg, section, key, value)
-    for item in overrides:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ConfigError(f"--set {item!r}: expected section.key=value")
-        dotted, text = item.split("=", 1)
-        section, key = dotted.strip().split(".", 1)
-        _apply(cfg, section, key, parse_value(text.strip()))
-    validate(cfg)
-    return cfg
-
-
-# ------------------------------------------------------------------------------------------------ TOML
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)  # JSON string escapes are valid TOML basic-string escapes
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {v!r} as TOML")
-
-
-def dump_toml(data: dict) -> str:
-    """Write a two-level dict (sections of scalars/lists) as TOML; round-trips through tomllib."""
-    out = []
-    for section, table in data.items():
-        out.append(f"[{section}]")
-        out.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
-        out.append("")
-    return "\n".join(out)
-
-
-# validation lives in its own module; imported here so ``from lbfl_mpi.config import validate`` works
-from .config_checks import (_check, global_batch, num_classes, uses_micro_batches, validate,  # noqa: E402,F401
-                            validate_for_world)
+def global_batch(cfg: Config, world_size: int) -> int:
+    """sum_c b_c: batching.global_batch in dynamic mode when set, else train.batch_size x ranks."""
+    if cfg.batching.mode == "dynamic" and cfg.batching.global_batch:
+        return cfg.batching.global_batch
+    return cfg.train.batch_size * world_size

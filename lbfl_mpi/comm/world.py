@@ -4,7 +4,7 @@
 it: object collectives, barriers and abort. Tensor collectives take one flat, contiguous tensor and go
 through the data plane chosen by ``dist.backend``: :class:`~.mpi_plane.MPIPlane` (mpi4py buffer
 calls, pinned host staging for CUDA tensors unless the MPI is CUDA-aware) or a torch.distributed
-process group bootstrapped over MPI (:mod:`.torch_backend`).
+process group bootstrapped over MPI (:mod:`.torch_plane`).
 """
 from __future__ import annotations
 
@@ -104,10 +104,10 @@ class Comm:
 
     # ------------------------------------------------------------------------------ data plane
     def start_backend(self, requested: str = "mpi", timeout_s: float = 300.0) -> str:
-        """Choose the data plane (``dist.backend``; see torch_backend.select_backend) and start it.
+        """Choose the data plane (``dist.backend``; see torch_plane.select_backend) and start it.
         Collective. Every data-plane collective below goes through it from then on; object
         collectives, barriers and aborts stay on MPI."""
-        from .torch_backend import TorchPlane, init_torch_dist, select_backend
+        from .torch_plane import TorchPlane, init_torch_dist, select_backend
 
         name = select_backend(requested, self)
         if name != "mpi":

@@ -1,18 +1,26 @@
-"""Files in a run directory: written atomically, never through a link planted at a fixed name, and
-deleted only when lbfl wrote them.
+"""Files lbfl writes: atomically, never through a planted link, as strict JSON, and deleted only when
+lbfl wrote them.
 
 A fixed temporary name (``model.pt.tmp``) can be pre-created as a symlink by anyone who can write the
 run directory; opening it would overwrite the link's target. ``mkstemp`` creates a fresh file with
 ``O_CREAT | O_EXCL`` (so it never follows a link) under a random name in the same directory, and
 ``os.replace`` then swaps it in atomically: a reader sees the old file or the new one, never a part.
+
+Strict JSON: Python's ``json`` writes ``NaN`` and ``Infinity`` by default, which is not JSON (RFC 8259)
+and breaks ``jq``, JavaScript and strict parsers. Non-finite numbers become ``null`` instead, and numpy
+scalars and arrays become plain Python values.
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 # what lbfl writes into a run directory (relative paths); nothing else is ever deleted by it
 OWNED_FILES = (re.compile(r"config\.toml"), re.compile(r"summary\.json"), re.compile(r"model\.pt"),
@@ -87,3 +95,33 @@ def remove_owned(out: Path) -> list[str]:
         except OSError:  # holds files lbfl did not write: they stay, and so does the directory
             continue
     return removed
+
+def to_jsonable(obj):
+    """``obj`` with non-finite floats replaced by None and numpy values made plain (recursively)."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def dumps_strict(obj, **kw) -> str:
+    """``json.dumps`` of :func:`to_jsonable` ``(obj)``; ``allow_nan=False`` makes any non-finite number
+    that slipped through an error instead of invalid JSON."""
+    return json.dumps(to_jsonable(obj), allow_nan=False, **kw)
+
+
+def write_json_atomic(path, obj, **kw) -> None:
+    """Strict JSON to ``path`` through a fresh temporary file in the same directory and a rename.
+
+    The temporary file comes from ``tempfile.mkstemp(dir=path's directory, prefix="." + name + ".",
+    suffix=".tmp")`` (:func:`temp_path`): created with O_EXCL under a random name, so a link planted at
+    a fixed name such as ``path + ".tmp"`` is never followed; readers see the old file or the new one.
+    The text is built before the temporary file exists, so an unserialisable object leaves nothing."""
+    write_text_atomic(Path(path), dumps_strict(obj, **kw) + "\n")
