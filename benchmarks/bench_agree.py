@@ -7,7 +7,7 @@ Under BSP the ranks agree once per step, right after the gradient exchange, with
 of five int64 per rank. Two measurements, side by side in one run:
 (1) the agreement alone: ``StopAgreement.agree()`` called ``--calls`` times back to back after a
     barrier (ranks in step, as they are after the gradient exchange); median microseconds per call;
-(2) the whole lbfl step (``Trainer.train_step`` + HDF5 row, bench_step.py's LbflStep) with the
+(2) the whole lbfl step (``lbfl_mpi.train.run_step`` + HDF5 row, _lbfl_step.py's LbflStep) with the
     default ``train.nonfinite='stop'`` and ``run.preempt_signals`` (agreement every step) against
     ``train.nonfinite='ignore'``, ``run.preempt_signals=[]`` (no agreement), interleaved in rounds;
     median of the slowest rank. Ratio with / without, and (1) as a share of the step.
@@ -17,27 +17,22 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_step import LbflStep, interleave, lbfl_overrides, slowest_median  # noqa: E402
+from _harness import interleave, slowest_median, timed
+from _lbfl_step import LbflStep, lbfl_overrides
 
-from lbfl_mpi.comm.world import Comm  # noqa: E402
-from lbfl_mpi.run.stopping import StopAgreement  # noqa: E402
+from lbfl_mpi.comm.world import Comm
+from lbfl_mpi.run.stopping import StopAgreement
 
 
 def agreement_us(comm: Comm, calls: int) -> float:
     agree = StopAgreement(comm, None)
     for _ in range(50):
         agree.agree()
-    times = []
-    for _ in range(calls):
-        comm.barrier()
-        t0 = time.perf_counter()
-        agree.agree()
-        times.append(time.perf_counter() - t0)
+    times = [timed(agree.agree, None, comm) for _ in range(calls)]  # each call after a barrier
     return slowest_median(times, comm) * 1e6
 
 
@@ -62,8 +57,8 @@ def main() -> None:
             base = lbfl_overrides(args, model)
             off = LbflStep(base + ["train.nonfinite=ignore", "run.preempt_signals=[]"], comm, "cpu", d1)
             on = LbflStep(base, comm, "cpu", d2)
-            assert on.trainer.agreeing and not off.trainer.agreeing
-            times = interleave({"off": off, "on": on}, args.steps, 3, 5, off.trainer.device, comm)
+            assert on.agreeing and not off.agreeing
+            times = interleave({"off": off, "on": on}, args.steps, 3, 5, off.device, comm)
             t_off, t_on = slowest_median(times["off"], comm), slowest_median(times["on"], comm)
             lines.append(f"| {model} | {t_off * 1e3:.2f} | {t_on * 1e3:.2f} | {t_on / t_off:.3f} | "
                          f"{100 * us * 1e-6 / t_on:.3f} % |")

@@ -22,12 +22,15 @@ machine affects every column alike; CUDA is synchronised inside each timed call.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import interleave, medians
 
 from lbfl_mpi.config import DataConfig
 from lbfl_mpi.data import ClientLoader, load_dataset
@@ -35,27 +38,9 @@ from lbfl_mpi.models import build_model
 from lbfl_mpi.scaling.noise_scale import layer_sq_norms
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t0
-
-
 def round_robin(fns: dict, reps: int, device) -> dict:
-    for fn in fns.values():
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            times[k].append(timed(fn, device))
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Median seconds of each of ``fns``: one warm-up call each, then ``reps`` rounds of one call each."""
+    return medians(interleave(fns, reps, 1, 1, device))
 
 
 def f64_copy(ts):

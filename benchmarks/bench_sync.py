@@ -15,12 +15,14 @@ Per model, medians (the slowest rank's time of each repetition) of:
 Ratios are against raw MPI (above 1: slower than the bare collective). Needs >= 2 ranks.
 """
 import argparse
-import statistics
 import sys
-import time
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import median_time  # noqa: E402  (the slowest rank defines a collective's time)
 
 from lbfl_mpi.comm.world import Comm
 from lbfl_mpi.exchange import BucketedExchange, DenseExchange
@@ -30,26 +32,39 @@ from lbfl_mpi.sync import BSPSync
 SHAPES = {"cnn": (1, 8, 8), "mlp": (1, 8, 8)}
 
 
-def median_time(fn, comm, reps, device):
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        comm.barrier()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    # the slowest rank defines a collective's time
-    return statistics.median(max(ts) for ts in zip(*comm.allgather_obj(times)))
-
-
 def exchanges(comm, model, bucket_mb):
     params = [q for q in model.parameters() if q.requires_grad]
     one = BSPSync(comm, model, DenseExchange(comm, params))
     bucketed = BucketedExchange(comm, params, 0, bucket_mb)
     buck = BSPSync(comm, model, bucketed)
     return one, buck, bucketed
+
+
+def raw_allreduce(comm, buf: np.ndarray):
+    """One in-place MPI_Allreduce of ``buf``, no packing."""
+    MPI = comm.MPI
+
+    def run():
+        comm.comm.Allreduce(MPI.IN_PLACE, buf)
+    return run
+
+
+def per_tensor(comm, params):
+    """One allreduce per gradient tensor, then the division."""
+    def run():
+        for q in params:
+            flat = q.grad.reshape(-1)
+            comm.allreduce_(flat)
+            flat.div_(comm.world_size)
+    return run
+
+
+def sync(s):
+    """One BSP gradient exchange of synchroniser ``s`` (batch 1)."""
+    def run():
+        s.begin_step(1)
+        s.sync_grads(0, 1)
+    return run
 
 
 def main():
@@ -85,26 +100,13 @@ def main():
         one, buck, bucketed = exchanges(comm, model, args.bucket_mb)
         n = one.exchange.flat.numel
         raw = np.random.default_rng(0).standard_normal(n).astype(np.float32)
-        MPI = comm.MPI
-
-        def per_tensor():
-            for q in one.params:
-                flat = q.grad.reshape(-1)
-                comm.allreduce_(flat)
-                flat.div_(comm.world_size)
-
-        def sync(s):
-            def run():
-                s.begin_step(1)
-                s.sync_grads(0, 1)
-            return run
-
-        t_raw = median_time(lambda: comm.comm.Allreduce(MPI.IN_PLACE, raw), comm, args.reps, device)
+        t_raw = median_time(raw_allreduce(comm, raw), comm, args.reps, device)
         times = [median_time(sync(one), comm, args.reps, device), median_time(sync(buck), comm, args.reps, device),
-                 median_time(per_tensor, comm, args.reps, device)]
+                 median_time(per_tensor(comm, one.params), comm, args.reps, device)]
         for name in backends:
             comm.plane = planes[name]
-            times += [median_time(sync(one), comm, args.reps, device), median_time(sync(buck), comm, args.reps, device)]
+            times += [median_time(sync(one), comm, args.reps, device),
+                      median_time(sync(buck), comm, args.reps, device)]
             comm.plane = mpi_plane
         rows.append([model_name, f"{4 * n / 1e6:.1f}", f"{t_raw * 1e3:.2f}"]
                     + [f"{t * 1e3:.2f} ({t / t_raw:.2f}x)" for t in times])

@@ -24,11 +24,14 @@ machine affects every column alike; CUDA is synchronised inside each timed call.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import SelfTimed, interleave, medians, timed
 
 from lbfl_mpi.config import ScalingConfig
 from lbfl_mpi.models import build_model
@@ -40,21 +43,6 @@ WORKLOADS = [  # name, model, input shape, b, b_s
     ("cnn CIFAR-shaped", "cnn", (3, 32, 32), 64, 16),
     ("resnet18 CIFAR-shaped", "resnet18", (3, 32, 32), 32, 8),
 ]
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device) -> float:
-    """Seconds of ``fn()``; a ``fn`` that times itself (to leave out its set-up) returns
-    ``("self-timed", seconds)``."""
-    _sync(device)
-    t0 = time.perf_counter()
-    inner = fn()
-    _sync(device)
-    return inner[1] if isinstance(inner, tuple) and inner[0] == "self-timed" else time.perf_counter() - t0
 
 
 def bench(name, model_name, shape, b, b_s, hiddens, reps, device):
@@ -86,7 +74,7 @@ def bench(name, model_name, shape, b, b_s, hiddens, reps, device):
 
     micro_step()
     grads = [p.grad.detach().clone() for p in params]
-    as_list = lambda j: [v.view_as(p) for v, p in zip(micro[j].split(sizes), params)]  # noqa: E731
+    as_list = lambda j: [v.view_as(p) for v, p in zip(micro[j].split(sizes), params)]
     smalls = [as_list(j) for j in range(m - 1)]
     teachers = {h: Teacher(sizes, device, chunk=64, hidden=h, seed=0, b_small=b_s) for h in hiddens}
 
@@ -94,28 +82,21 @@ def bench(name, model_name, shape, b, b_s, hiddens, reps, device):
     sq = torch.stack([g.float().pow(2).sum() for g in grads])  # the trainer has these from Eq. 8
 
     def apply(h):
-        def run():  # what GradTransform does per step: G <- G~ in place, ratios, held-out cosine
-            for w, g in zip(work, grads):  # restore G (not timed)
-                w.copy_(g)
-            _sync(device)
-            t0 = time.perf_counter()
+        def sample():  # what GradTransform does per step: G <- G~ in place, ratios, held-out cosine
             ratios, new_sq = teachers[h].sample_(work, 3, b, sq)
             float(ratios.mean())
             cosine(work, as_list(m - 1), a_sq=float(new_sq.sum()))
-            _sync(device)
-            return "self-timed", time.perf_counter() - t0
+
+        def run():
+            for w, g in zip(work, grads):  # restore G (not timed)
+                w.copy_(g)
+            return SelfTimed(timed(sample, device))
         return run
 
     train_h = DEFAULT_HIDDEN if DEFAULT_HIDDEN in hiddens else hiddens[0]
     calls = {"step": step, "micro": micro_step, "train": lambda: teachers[train_h].train_step(grads, smalls, b)}
     calls.update({f"apply_h{h}": apply(h) for h in hiddens})
-    for fn in calls.values():
-        fn()
-    times = {k: [] for k in calls}
-    for _ in range(reps):
-        for k, fn in calls.items():
-            times[k].append(timed(fn, device))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = medians(interleave(calls, reps, 1, 1, device))  # one warm-up each, then rounds of one call each
     n = sum(sizes)
     cells = [f"{name} ({n / 1e6:.2f}M params, b={b}, b_s={b_s})", f"{med['step'] * 1e3:.1f}",
              f"{med['micro'] * 1e3:.1f} ({med['micro'] / med['step']:.2f}x)"]

@@ -32,7 +32,7 @@ import sysconfig
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_rows import append_row  # noqa: E402
+from gpu_rows import append_row
 
 MPI_PROBE = r"""
 import json, shutil
@@ -186,8 +186,8 @@ def main() -> int:
     if args.markdown:
         Path(args.markdown).write_text(text)
     if args.env_out:
-        lines = [f"export {k}={json.dumps(v + os.pathsep + '$' + k)}" if os.environ.get(k) else f"export {k}={json.dumps(v)}"
-                 for k, v in extra.items()]
+        lines = [f"export {k}={json.dumps(v + os.pathsep + '$' + k)}" if os.environ.get(k)
+                 else f"export {k}={json.dumps(v)}" for k, v in extra.items()]
         Path(args.env_out).write_text("\n".join(lines) + ("\n" if lines else ""))
     if args.json:
         append_row(args.json, "machine", {**facts, "mpi": mpi, "mpiexec": mpiexec, "mpiexec_check": launch or "works",

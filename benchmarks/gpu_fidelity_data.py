@@ -6,7 +6,8 @@ The first ``--from`` folder that holds the four IDX files (``.gz`` or not) gives
 training and ``--test`` test images and their labels; without one, random uint8 images and labels are
 written instead (and said so). Images are shrunk to ``--side`` pixels a side by averaging blocks (after
 cropping the 28-pixel side to a multiple of ``--side``), so that a ResNet-18 step on CPU is cheap; the
-model is unchanged. The four ``.gz`` files are written under the names the trainer reads. An OUT_DIR already holding the same copy is left as it is.
+model is unchanged. The four ``.gz`` files are written under the names the trainer reads. An OUT_DIR
+already holding the same copy is left as it is.
 """
 from __future__ import annotations
 

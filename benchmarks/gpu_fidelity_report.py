@@ -38,8 +38,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]
-from gpu_fidelity_runs import add_grid_args, expected_config, finished_summary, run_overrides  # noqa: E402
-from gpu_rows import append_row  # noqa: E402
+from gpu_fidelity_runs import add_grid_args, expected_config, finished_summary, run_overrides
+from gpu_rows import append_row
 
 # charts of `lbfl analyze --plots`, most relevant first
 PLOT_ORDER = ("convergence.png", "grad_change.png", "scale_factors.png", "accuracy_vs_batch.png",
@@ -279,7 +279,8 @@ def main() -> int:
     done = [args.out / r.name for r in runs if r.summary is not None]
     steps = sorted({int(r.config["train"]["steps"]) for r in runs})
     out = [setup_text(runs, machine_row(args.json)), "",
-           f"### Final test accuracy after {' / '.join(map(str, steps))} steps ({len(done)} of {len(runs)} runs finished)",
+           f"### Final test accuracy after {' / '.join(map(str, steps))} steps "
+           f"({len(done)} of {len(runs)} runs finished)",
            "", table(runs), "", "### Which of the paper's orderings held", ""]
     for key, v in verdicts:
         out.append(f"- ({key}) {v['claim']}: **{v['verdict']}**; {v['detail']}.")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]
-from gpu_rows import append_row  # noqa: E402
+from gpu_rows import append_row
 
 FINISHED = ("completed", "nonfinite_stop")
 NONFINITE_EXIT = 4

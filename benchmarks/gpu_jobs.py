@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_rows import append_row  # noqa: E402
+from gpu_rows import append_row
 
 COMMON = ["train.steps={steps}", "train.eval_every=0", "train.batch_size=16", "train.lr=0.05", "data.name=digits",
           "model.name=cnn"]
@@ -98,11 +98,12 @@ def main():
     if args.dry:
         results.update({(mode, "gpu"): results[(mode, "cpu")] for mode in MODES})
     rows, ok = [], True
-    for mode, (extra, check) in modes.items():
+    for mode, (_extra, check) in modes.items():
         g, c = results[(mode, "gpu")], results[(mode, "cpu")]
         if "error" in g or "error" in c:
             ok = False
-            rows.append(f"| {mode} | - | - | - | - | - | - | FAIL: gpu {g.get('error', 'ok')}, cpu {c.get('error', 'ok')} |")
+            rows.append(f"| {mode} | - | - | - | - | - | - | "
+                        f"FAIL: gpu {g.get('error', 'ok')}, cpu {c.get('error', 'ok')} |")
             print(rows[-1], flush=True)
             append_row(args.json, "gpu_jobs", {"mode": mode, "ok": False, "gpu_error": g.get("error"),
                                                "cpu_error": c.get("error")})
@@ -117,7 +118,8 @@ def main():
                                            "gpu_acc": g["acc"], "cpu_acc": c["acc"], "gpu_t_step": g["t_step"],
                                            "cpu_t_step": c["t_step"], "check": check, "ok": bool(good),
                                            "ranks": args.ranks, "steps": args.steps, "dry": args.dry})
-    head = [("DRY RUN, each job once on CPU, compared with itself: " if args.dry else "") + f"{args.ranks} ranks sharing one GPU vs the same job on CPU; {args.steps} steps, cnn on digits, "
+    head = [("DRY RUN, each job once on CPU, compared with itself: " if args.dry else "")
+            + f"{args.ranks} ranks sharing one GPU vs the same job on CPU; {args.steps} steps, cnn on digits, "
             f"batch 16 per rank; tolerance {args.tol:g} on the relative L2 difference of the final models "
             f"(check 'model'), {args.acc_tol:g} on the final accuracy (check 'acc')", "",
             "| mode | gpu device | model rel. diff | gpu acc | cpu acc | gpu t_step ms | cpu t_step ms | check |",

@@ -35,11 +35,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_rows import append_row  # noqa: E402
+from gpu_rows import append_row
 
-from lbfl_mpi.models import build_model  # noqa: E402
-from lbfl_mpi.plan.compute import fit_from_probes, fit_line, time_interleaved  # noqa: E402
-from lbfl_mpi.plan.memory import activation_bytes, fit_memory, measure_peak_bytes  # noqa: E402
+from lbfl_mpi.models import build_model
+from lbfl_mpi.plan.compute import fit_from_probes, fit_line, time_interleaved
+from lbfl_mpi.plan.memory import activation_bytes, fit_memory, measure_peak_bytes
 
 SHAPE, CLASSES, MIB = (3, 32, 32), 10, 2**20
 MEM_TOL, TC_TOL = 0.25, 0.20
@@ -117,7 +117,8 @@ def memory_rows(name: str, device, probes, holdouts, budget: float, emit_row) ->
     nxt = 1 << max(1, max_b).bit_length()  # the next power of two above max_b
     if cuda:
         p_max, p_next = peak(max_b), peak(nxt)
-        r_max, r_next = runs_under_fraction(model, max_b, device, budget), runs_under_fraction(model, nxt, device, budget)
+        r_max = runs_under_fraction(model, max_b, device, budget)
+        r_next = runs_under_fraction(model, nxt, device, budget)
         good = p_max <= budget and p_next > budget and r_max == "fits" and r_next == "OOM"
         ok &= good
         fit = (f"| {name} | {budget / 2**30:.2f} GiB | {max_b} | {p_max / MIB:.0f} MiB, {r_max} | {nxt} | "
@@ -148,7 +149,8 @@ def part_memory(args, device, emit_row) -> tuple[list[str], bool]:
           "|---|---|---|---|---|---|---|", *rows, "",
           "Largest batch Eq. 3 permits under the budget, allocated for real (peak; and one step with "
           "`set_per_process_memory_fraction` at the budget), and the next power of two:", "",
-          "| model | budget | planned b | at planned b | next 2^k | at 2^k | check |", "|---|---|---|---|---|---|---|", *fits]
+          "| model | budget | planned b | at planned b | next 2^k | at 2^k | check |",
+          "|---|---|---|---|---|---|---|", *fits]
     return md, ok
 
 
@@ -188,8 +190,10 @@ def main() -> int:
     ap.add_argument("--part", required=True, choices=("memory", "compute"))
     ap.add_argument("--model", action="append", help="registry model (repeatable); default resnet18, resnet50, vgg11")
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    ap.add_argument("--probes", type=_ints, help="fit batches (default: memory 8,16,32,64,128; compute 32,64,128,256,512)")
-    ap.add_argument("--holdouts", type=_ints, help="held-out batches (default: memory 48,96,192,256; compute 96,192,384)")
+    ap.add_argument("--probes", type=_ints,
+                    help="fit batches (default: memory 8,16,32,64,128; compute 32,64,128,256,512)")
+    ap.add_argument("--holdouts", type=_ints,
+                    help="held-out batches (default: memory 48,96,192,256; compute 96,192,384)")
     ap.add_argument("--budget-gib", type=float, default=8.0, help="memory: the stated budget for the planned batch")
     ap.add_argument("--rounds", type=int, default=3, help="compute: interleaved timing rounds")
     ap.add_argument("--repeats", type=int, default=3, help="compute: timed steps per size and round")
@@ -206,7 +210,7 @@ def main() -> int:
     args.holdouts = args.holdouts or ([48, 96, 192, 256] if mem else [96, 192, 384])
     device = torch.device("cuda:0" if args.device == "cuda" else "cpu")
     torch.backends.cudnn.benchmark = False
-    emit = lambda row: append_row(args.json, args.part + "_model", row)  # noqa: E731
+    emit = lambda row: append_row(args.json, args.part + "_model", row)
     md, ok = (part_memory if mem else part_compute)(args, device, emit)
     text = "\n".join(md) + "\n"
     print(text, end="")

@@ -93,15 +93,17 @@ def cmd_train(args) -> int:
 
     def setup(cfg, comm):
         validate_for_world(cfg, comm.world_size)
-        from .trainer import Trainer
+        from .train import build_worker
 
-        return Trainer(cfg, comm, watch.get("signals"))  # dataset, partition, model: no file is written yet
+        # dataset, partition, model: no file is written yet
+        return build_worker(cfg, comm, batches=getattr(args, "batches", None), signals=watch.get("signals"))
 
-    def finish(cfg, comm, trainer):
+    def finish(cfg, comm, worker):
         from .comm.torch_plane import shutdown_torch_dist
+        from .train import train
 
         try:
-            summary = trainer.run()
+            summary = train(worker)
         except ConfigError as e:  # run directory refused: raised identically on every rank
             _agree_on_error(comm, str(e))
             return BAD_INPUT
@@ -154,7 +156,7 @@ def cmd_plan(args) -> int:
         from .plan.recommend import plan_rank
 
         comm.pick_device()
-        # the trainer's data plane, so that t_sync is measured on it (collective; as in Trainer)
+        # the trainer's data plane, so that t_sync is measured on it (collective; as in the trainer)
         comm.start_backend(cfg.dist.backend, cfg.dist.timeout_s)
         budget = args.memory_budget * 1e9 if args.memory_budget else None
         return plan_rank(cfg, comm, budget, args.probes, args.holdout, rounds=args.rounds, repeats=args.repeats,
@@ -229,8 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, batches=None) -> int:
+    """``batches``: a ``(step, client) -> (x, y)`` batch source for ``lbfl train`` in place of the
+    client's loader (train/build.py), for tests that need the real command with injected data."""
     args = build_parser().parse_args(argv)
+    args.batches = batches
     return args.func(args)
 
 

@@ -182,8 +182,8 @@ def format_run(rec: dict) -> str:
     cols = ("rank", "rows") + tuple(f"mean_{c}" for c in TIME_COLUMNS) + ("idle_wait_share", "final_batch",
                                                                            "batch_changes")
     names = {"idle_wait_share": "idle wait %", "final_batch": "final b", "batch_changes": "b changes"}
-    lines = [head, "   " + "  ".join(f"{names.get(c, c.replace('mean_', '') + (' ms' if c.startswith('mean') else '')):>12s}"
-                                    for c in cols)]
+    lines = [head, "   " + "  ".join(
+        f"{names.get(c, c.replace('mean_', '') + (' ms' if c.startswith('mean') else '')):>12s}" for c in cols)]
     for r in rec["ranks"]:
         cells = [f"{100 * r[c]:.1f}" if c == "idle_wait_share" and not math.isnan(r[c]) else _fmt(r[c])
                  for c in cols]

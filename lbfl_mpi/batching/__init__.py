@@ -1,1 +1,2 @@
-"""Batch-size models (Eq. 2-3) and heterogeneity-aware dynamic batching."""
+"""What runs during training to choose batch sizes: heterogeneity-aware dynamic batching (dynamic.py).
+The offline models (Eq. 2, Eq. 3, the compute model) are in lbfl_mpi/plan/."""

@@ -90,8 +90,9 @@ class DynamicBatcher:
         self.samples += samples
         self.busy += busy_seconds
 
-    def step_end(self, step: int, comm) -> list[int] | None:
-        """Collective every ``interval`` steps; returns the new sizes when they change."""
+    def maybe_reallocate(self, step: int, comm) -> list[int] | None:
+        """At the end of step ``step``: every ``interval`` steps, collectively, re-allocate; returns the
+        new sizes when they change (None otherwise, and on the steps in between)."""
         if (step + 1) % self.interval:
             return None
         rate = self.samples / max(self.busy, 1e-9)

@@ -59,11 +59,13 @@ def detect_cuda_aware() -> bool:
 class Comm:
     """The client's view of the job. ``rank``/``world_size``/``local_rank`` mean the same everywhere."""
 
-    def __init__(self):
+    def __init__(self, comm=None):
+        """``comm``: the mpi4py communicator the job runs on (default MPI.COMM_WORLD); a test or a
+        driver may pass a duplicate or a sub-communicator to run several jobs side by side."""
         from mpi4py import MPI  # initialises MPI; a singleton without a launcher
 
         self.MPI = MPI
-        self.comm = MPI.COMM_WORLD
+        self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank = self.comm.Get_rank()
         self.world_size = self.comm.Get_size()
         self.local_comm = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)

@@ -27,6 +27,7 @@ class Exchanged:
     bytes_sent: int                 # payload bytes this rank handed to the data plane
     density: float = 1.0            # fraction of the vector's entries sent
     residual_norm_sq: float = 0.0   # |error-feedback residual|^2 after the exchange (0 without compression)
+    t_compress: float = 0.0         # seconds of it spent compressing (selection, scatter); the rest is sync
 
 
 class Exchange:
@@ -44,6 +45,29 @@ class Exchange:
     def nbytes(self) -> int:
         """Payload of one dense exchange of this buffer."""
         return self.flat.nbytes
+
+    # the buffer's parts, for schemes that work on the reduced vector (sync/)
+    @property
+    def body(self) -> torch.Tensor:
+        """The vector part of the buffer (after a reduce: sum_c w_c x_c)."""
+        return self.flat.body
+
+    @property
+    def numel(self) -> int:
+        """Entries of the vector part."""
+        return self.flat.numel
+
+    @property
+    def extra_slots(self) -> int:
+        return self.flat.extras.numel()
+
+    def total_weight(self) -> float:
+        """sum_c w_c after a reduce (the buffer's last slot)."""
+        return float(self.flat.buf[-1])
+
+    def broadcast_(self, root: int = 0) -> None:
+        """The whole packed buffer from ``root`` to every rank (collective)."""
+        self.comm.bcast_(self.flat.buf, root=root)
 
     def begin_(self, weight: float) -> None:
         """Called before the backward pass of a step whose vector this exchange will reduce."""
@@ -64,8 +88,8 @@ class Exchange:
             return flat.buf
         return flat.pack_(sources, weight=weight, extras=extras)
 
-    def reduce_(self, sources, weight: float, *, step: int = 0, extras: torch.Tensor | None = None,
-                timer=None) -> Exchanged:
+    def reduce_(self, sources, weight: float, *, step: int = 0, extras: torch.Tensor | None = None) -> Exchanged:
+        """buf <- sum over ranks of [w_c x_c, extras_c, w_c]; reports its own compression time."""
         raise NotImplementedError
 
     def unpack_(self, targets: list[torch.Tensor], average: bool = True) -> float:
@@ -88,8 +112,7 @@ class DenseExchange(Exchange):
 
     name = "dense"
 
-    def reduce_(self, sources, weight: float, *, step: int = 0, extras: torch.Tensor | None = None,
-                timer=None) -> Exchanged:
+    def reduce_(self, sources, weight: float, *, step: int = 0, extras: torch.Tensor | None = None) -> Exchanged:
         self.pack_(sources, weight, extras)
         self.comm.allreduce_(self.flat.buf)
         return Exchanged(bytes_sent=self.nbytes if self.comm.world_size > 1 else 0)

@@ -116,8 +116,7 @@ class BucketedExchange(Exchange):
             if w is not None:
                 w.test()
 
-    def reduce_(self, sources, weight: float, *, step: int = 0, extras: torch.Tensor | None = None,
-                timer=None) -> Exchanged:
+    def reduce_(self, sources, weight: float, *, step: int = 0, extras: torch.Tensor | None = None) -> Exchanged:
         if not self._active:  # called without begin_ (e.g. a direct call): nothing was packed yet
             self.begin_(weight)
         for i, t in enumerate(sources):

@@ -19,32 +19,33 @@ import numpy as np
 import torch
 
 from ..compress.topk import TopKCompressor
+from ..telemetry.timers import StepTimer
 from .base import Exchange, Exchanged
 
 HEADER_BYTES = 16  # per-rank [k, weight] as two float64, gathered before the payload
 
 
-def _lap(timer, name: str) -> None:
-    if timer is not None:
-        timer.lap(name)
-
-
 def sparse_sum_(comm, values: torch.Tensor, idx: torch.Tensor, weight: float, out: torch.Tensor,
-                timer=None) -> tuple[float, int]:
+                clock: StepTimer | None = None) -> tuple[float, int]:
     """out <- sum_c w_c C_c from every rank's (values, indices); returns (sum_c w_c, bytes sent).
+    ``clock`` (the calling exchange's own) gets the packing and scatter lapped as "compress" and the
+    gathers as "sync".
 
     ``out`` is overwritten (a reused buffer: allocating a fresh dense vector per call cost more than the
     whole exchange on CPU, page faults; benchmarks/results/*bench_topk.md)."""
+    if clock is None:
+        clock = StepTimer(values.device)
+        clock.start()
     k = int(idx.numel())
     payload = torch.empty(2 * k, dtype=torch.float32, device=values.device)
     torch.mul(values, weight, out=payload[:k])
     payload[k:] = idx.to(torch.int32).view(torch.float32)  # indices travel bit-exact in the same buffer
-    _lap(timer, "compress")
+    clock.lap("compress")
     comm.arrive()
     heads = comm.allgather_array(np.array([k, weight], dtype=np.float64))  # [p, 2]
     counts = [2 * int(h[0]) for h in heads]
     recv = comm.allgatherv(payload, counts)
-    _lap(timer, "sync")
+    clock.lap("sync")
     total = float(heads[:, 1].sum())
     out.zero_()
     off = 0
@@ -52,15 +53,15 @@ def sparse_sum_(comm, values: torch.Tensor, idx: torch.Tensor, weight: float, ou
         kr = c // 2
         out.index_add_(0, recv[off + kr:off + c].view(torch.int32).long(), recv[off:off + kr])
         off += c
-    _lap(timer, "compress")
+    clock.lap("compress")
     return total, (HEADER_BYTES + payload.numel() * payload.element_size()) if comm.world_size > 1 else 0
 
 
 def sparse_average(comm, values: torch.Tensor, idx: torch.Tensor, weight: float, numel: int,
-                   timer=None, out: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+                   out: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Dense sum_c w_c C_c / sum_c w_c; returns (dense, bytes sent)."""
     out = torch.empty(numel, dtype=torch.float32, device=values.device) if out is None else out
-    total, nbytes = sparse_sum_(comm, values, idx, weight, out, timer)
+    total, nbytes = sparse_sum_(comm, values, idx, weight, out)
     if total <= 0:
         raise RuntimeError(f"sparse average with total weight {total}: no rank contributed samples")
     return out.div_(total), nbytes
@@ -87,30 +88,30 @@ class TopKExchange(Exchange):
                   f"the {what} would exceed a dense allreduce; sending the compressed {what} densely",
                   file=sys.stderr, flush=True)
 
-    def reduce_(self, sources, weight: float, *, step: int = 0, extras: torch.Tensor | None = None,
-                timer=None) -> Exchanged:
+    def reduce_(self, sources, weight: float, *, step: int = 0, extras: torch.Tensor | None = None) -> Exchanged:
         flat, comm = self.flat, self.comm
         if step < self.warmup:
             self.pack_(sources, weight, extras)
             comm.allreduce_(flat.buf)
             return Exchanged(bytes_sent=self.nbytes if comm.world_size > 1 else 0)
+        clock = StepTimer(flat.buf.device)  # this exchange's own: compression vs communication
+        clock.start()
         x = self.pack_(sources, 1.0, extras).narrow(0, 0, flat.numel)
         values, idx = self.compressor.compress(x)  # copies: the buffer may receive the result
         if self.dense_crossover:
             flat.body.zero_()
             flat.body[idx] = values * weight
             flat.buf[-1] = weight
-            _lap(timer, "compress")
+            clock.lap("compress")
             comm.allreduce_(flat.buf)
             nbytes = self.nbytes if comm.world_size > 1 else 0
         else:
-            total, nbytes = sparse_sum_(comm, values, idx, weight, flat.body, timer)
+            total, nbytes = sparse_sum_(comm, values, idx, weight, flat.body, clock)
             flat.buf[-1] = total
             if flat.extras.numel():  # the sparse payload has no spare slots: one small allreduce
                 comm.allreduce_(flat.extras)
-        _lap(timer, "sync")
         return Exchanged(bytes_sent=nbytes, density=idx.numel() / flat.numel,
-                         residual_norm_sq=self.compressor.residual_norm_sq())
+                         residual_norm_sq=self.compressor.residual_norm_sq(), t_compress=clock.get("compress"))
 
     def state_dict(self) -> dict:
         return {"compressor": self.compressor.state_dict()}

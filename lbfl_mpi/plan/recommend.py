@@ -157,7 +157,8 @@ def format_plan(p: dict) -> str:
         peak = f"{r['mem_peak_cuda'] / mib:9.1f}" if r["mem_peak_cuda"] else f"{'-':>9s}"
         lines.append(f"   {r['batch']:5d} {'yes' if r['held_out'] else '':>8s} {r['mem_measured'] / mib:9.1f} "
                      f"{r['mem_predicted'] / mib:9.1f} {100 * r['mem_err']:6.2f} {peak} {r['t_compute'] * 1e3:8.2f} "
-                     f"{r['t_compute_predicted'] * 1e3:8.2f} {100 * r['t_compute_err']:6.2f} {r['samples_per_s']:10.1f}")
+                     f"{r['t_compute_predicted'] * 1e3:8.2f} {100 * r['t_compute_err']:6.2f} "
+                     f"{r['samples_per_s']:10.1f}")
     lines.append("   count MiB = static + bytes autograd saves for backward (saved-tensors hook) + input/label bytes, "
                  "counted, not an allocator reading" + ("; cuda peak = torch.cuda.max_memory_allocated of one step"
                                                         if cuda else "; on CPU no allocator is read"))

@@ -44,13 +44,12 @@ class SyncTiming:
     note: str = ""
 
 
-def _one_sync(sync, mode: str, step: int, b: int, timer) -> None:
-    """One synchronisation as the trainer runs it at a sync step of ``mode``."""
+def _one_sync(sync, mode: str, step: int, b: int):
+    """One synchronisation as the trainer runs it at a sync step of ``mode``; its SyncResult."""
     if mode == "bsp":
         sync.begin_step(b)
-        sync.sync_grads(step, b, timer)
-    else:  # fedavg, postlocal: a step at which the local phase averages the models
-        sync.sync_params(step, b, timer)
+        return sync.sync_grads(step, b)
+    return sync.sync_params(step, b)  # fedavg, postlocal: a step at which the local phase averages the models
 
 
 def measure_t_sync(cfg, comm, model: torch.nn.Module, device, batch: int = 1, warmup: int = 2,
@@ -83,8 +82,8 @@ def measure_t_sync(cfg, comm, model: torch.nn.Module, device, batch: int = 1, wa
     for i in range(warmup + repeats):
         comm.barrier()
         timer.start()
-        _one_sync(sync, mode, step, batch, timer)
-        timer.lap("sync")
+        res = _one_sync(sync, mode, step, batch)
+        timer.lap_split("sync", compress=res.t_compress)  # the exchange reports its compression time
         if i >= warmup:
             t_sync.append(timer.get("sync"))
             t_comp.append(timer.get("compress"))

@@ -45,7 +45,8 @@ class NonFiniteStop(Exception):
     """Every rank stopped after a non-finite value; exit NONFINITE_EXIT."""
 
     def __init__(self, step: int, quantity: str, rank: int, checkpoint: int | None):
-        kept = f"the last good checkpoint is step {checkpoint}" if checkpoint is not None else "no checkpoint was written"
+        kept = (f"the last good checkpoint is step {checkpoint}" if checkpoint is not None
+                else "no checkpoint was written")
         super().__init__(f"non-finite {quantity} at step {step} on rank {rank} (train.nonfinite='stop'); "
                          f"stopped every rank, {kept}")
         self.step, self.quantity, self.rank = step, quantity, rank
@@ -98,8 +99,11 @@ class StopAgreement:
     After ``agree``: ``preempt`` is the name of a signal some rank received (or None) and
     ``nonfinite`` is (step, quantity, rank) of the earliest non-finite value any rank saw (or None)."""
 
-    def __init__(self, comm, signals: SignalWatch | None):
+    def __init__(self, comm, signals: SignalWatch | None, enabled: bool = True):
         self.comm, self.signals = comm, signals
+        # nothing to agree on without signals to catch and without the non-finite guard: check() is free
+        self.enabled = enabled
+        self._checked_at = -1
         self.local_nonfinite: tuple[int, str] | None = None
         self.preempt: tuple[str, int, int] | None = None  # (signal, rank, step in progress when received)
         self.nonfinite: tuple[int, str, int] | None = None
@@ -109,6 +113,15 @@ class StopAgreement:
     def note_nonfinite(self, step: int, quantity: str) -> None:
         if self.local_nonfinite is None:
             self.local_nonfinite = (step, quantity)
+
+    def check(self, step: int, step_bad: bool = False, force: bool = False) -> None:
+        """Agree on pending stops at most once per step (or again with ``force``); nothing when not
+        ``enabled``. Collective where ``world_size > 1``: every rank calls it at the same points."""
+        if not self.enabled:
+            return
+        if force or self._checked_at != step:
+            self.agree(step_bad)
+            self._checked_at = step
 
     def _local_vector(self, step_bad: bool) -> np.ndarray:
         w = self.signals

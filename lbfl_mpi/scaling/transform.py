@@ -18,8 +18,10 @@ import math
 
 import torch
 
+from ..telemetry.timers import StepTimer
 from .critical import GradChange, is_critical
 from .noise_scale import NoiseScale, layer_sq_norms
+from .stats import GradStats
 from .step import scale_grads_, step_factor
 from .teacher import Teacher, cosine
 
@@ -28,6 +30,7 @@ class GradTransform:
     def __init__(self, cfg, comm, params: list[torch.Tensor], global_batch: int, device):
         self.sc, self.comm, self.params = cfg.scaling, comm, params
         self.global_batch = global_batch
+        self.device = torch.device(device)
         self.sizes = [p.numel() for p in params]
         self.detector = GradChange(self.sc.ewma)
         self.noise = NoiseScale(len(params), self.sc.noise_ema)
@@ -42,13 +45,6 @@ class GradTransform:
         self._exchanges: dict = {}  # teacher averaging under BSP, one exchange per tensor-list shape
 
     # ------------------------------------------------------------------------------ inputs
-    @staticmethod
-    def local_stats(layer_sq: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """[|g_l|^2 for each layer] ++ [1 / b] of this rank's local gradient (``layer_sq``: its
-        per-layer squared norms), summed over the ranks by the BSP exchange (free noise-scale estimate)."""
-        sq = layer_sq.to(torch.float32)
-        return torch.cat([sq, torch.tensor([1.0 / batch_size], dtype=torch.float32, device=sq.device)])
-
     def _update_noise(self, summed: torch.Tensor | None, micro: torch.Tensor | None, b: int,
                       big_sq: torch.Tensor) -> float:
         """One noise-scale update; returns the batch of the gradient the transform sees."""
@@ -75,19 +71,20 @@ class GradTransform:
         return {"grad_change": math.nan, "phase": int(self.was_critical), "noise_scale": self.noise.b_simple(),
                 "scale_factor": 0.0, "t_teacher": 0.0, "teacher_nll": math.nan, "teacher_cos": math.nan}
 
-    def apply(self, step: int, b: int, summed: torch.Tensor | None, micro: torch.Tensor | None,
-              collective: bool, timer=None, layer_sq: torch.Tensor | None = None) -> dict:
-        """Transform the gradients in ``self.params[i].grad`` in place; returns the logged values.
+    def apply(self, stats: GradStats) -> dict:
+        """Transform the gradients in ``self.params[i].grad`` in place; returns the logged values,
+        ``t_teacher`` (the teacher's share of the call, timed here) among them.
 
-        ``summed``: the BSP statistics summed over ranks (None when none were exchanged);
-        ``micro``: [m, n] micro-batch gradients of the local batch (or None); ``collective``: all
-        ranks see the same gradient this step (BSP), so teacher training averages over ranks;
-        ``layer_sq``: the per-layer squared norms of the current gradients, if already known.
+        From ``stats`` (scaling/stats.py): ``summed``, the BSP statistics summed over ranks (None when
+        none were exchanged); ``micro``, the [m, n] micro-batch gradients of the local batch (or None);
+        ``collective``, all ranks see the same gradient this step (BSP), so teacher training averages
+        over ranks; ``layer_sq``, the per-layer squared norms of the current gradients when known.
         """
+        step, b, summed, micro, collective = stats.step, stats.batch, stats.summed, stats.micro, stats.collective
         grads = [p.grad for p in self.params]
         # one pass, shared by the noise scale, Eq. 8 and the teacher; ``layer_sq`` when the caller
         # already has the per-layer squared norms of exactly these gradients (not synchronised since)
-        sq = layer_sq if layer_sq is not None else layer_sq_norms(grads)
+        sq = stats.layer_sq if stats.layer_sq is not None else layer_sq_norms(grads)
         b_large = self._update_noise(summed, micro, b, sq)
         delta = self.detector.update(float(sq.sum()))
         critical = is_critical(delta, self.sc.threshold)
@@ -104,11 +101,11 @@ class GradTransform:
                     g.mul_(rl)
             out["scale_factor"] = float(r.mean())
         elif method == "teacher":
-            if timer is not None:
-                timer.lap("compute")
+            clock = StepTimer(self.device)
+            clock.start()
+            clock.lap("before")  # the work queued so far is not the teacher's
             self._teacher_step(step, b, grads, sq, micro, critical, collective, out)
-            if timer is not None:
-                out["t_teacher"] = timer.lap("teacher")
+            out["t_teacher"] = clock.lap("teacher")
         self.was_critical = critical
         return out
 
@@ -125,7 +122,7 @@ class GradTransform:
             smalls = [self._unflatten(micro[j]) for j in range(m - 1)]
             # nested pairs: micro-batches of b_s inside the local batch of m b_s samples
             out["teacher_nll"] = teacher.train_step(local_big, smalls, m * sc.small_batch, nested=True,
-                                                    average_grads=self._average if collective else None)
+                                                    average_grads=self.average if collective else None)
             self.teacher_left -= 1
         if teacher.trained_steps < sc.teacher_steps:
             return  # still in the initial training (pretraining included): the gradient is left as it is
@@ -134,7 +131,7 @@ class GradTransform:
         out["scale_factor"] = float(ratios.mean())
         out["teacher_cos"] = cosine(grads, held_out, a_sq=float(new_sq.sum()))
 
-    def _average(self, tensors: list[torch.Tensor]) -> None:
+    def average(self, tensors: list[torch.Tensor]) -> None:
         """tensors <- their mean over the ranks, through a dense exchange (one buffer per list shape:
         the teacher's sigma^2 estimate and its gradients; reused every step)."""
         key = tuple((t.numel(), t.dtype) for t in tensors)

@@ -73,5 +73,5 @@ def build_sync(cfg, comm, model) -> Synchronizer:
     raise ValueError(f"sync.mode={mode!r}")
 
 
-__all__ = ["stats_slots", "overlap_off_reason", "grad_exchange", "model_exchange", "SyncResult", "Synchronizer", "BSPSync", "FedAvgSync",
-           "PostLocalSync", "build_sync"]
+__all__ = ["stats_slots", "overlap_off_reason", "grad_exchange", "model_exchange", "SyncResult", "Synchronizer",
+           "BSPSync", "FedAvgSync", "PostLocalSync", "build_sync"]

@@ -21,6 +21,7 @@ class SyncResult:
     density: float = math.nan       # fraction of the vector's entries sent (1 for dense, nan: nothing sent)
     residual_norm_sq: float = 0.0   # |error-feedback residual|^2 after the step (0 without compression)
     stats: torch.Tensor | None = None  # the ranks' ``stats`` summed, when the scheme exchanged them
+    t_compress: float = 0.0         # seconds of the call spent compressing; the rest of it is t_sync
 
 
 NO_SYNC = SyncResult(synced=False, bytes_sent=0)
@@ -56,7 +57,7 @@ class Synchronizer:
         ex = self.state_exchange
         with torch.no_grad():
             ex.pack_(self.state, 1.0, None)
-            self.comm.bcast_(ex.flat.buf, root=0)
+            ex.broadcast_(root=0)
             ex.unpack_(self.state, average=False)
 
     @torch.no_grad()
@@ -72,13 +73,13 @@ class Synchronizer:
     def begin_step(self, batch_size: int) -> None:
         """Before the step's backward pass (an overlapping exchange starts its buckets during it)."""
 
-    def sync_grads(self, step: int, batch_size: int, timer=None, stats: torch.Tensor | None = None) -> SyncResult:
-        """Before the optimizer step. ``timer`` (a StepTimer) gets compression time lapped as
-        "compress" and communication as "sync". ``stats`` (a small float vector) is summed over the
-        ranks together with the gradients where the scheme exchanges gradients (``SyncResult.stats``)."""
+    def sync_grads(self, step: int, batch_size: int, stats: torch.Tensor | None = None) -> SyncResult:
+        """Before the optimizer step. ``stats`` (a small float vector) is summed over the ranks together
+        with the gradients where the scheme exchanges gradients (``SyncResult.stats``). The result says
+        how much of the call was compression (``t_compress``); the caller times the whole call."""
         return NO_SYNC
 
-    def sync_params(self, step: int, samples: int, timer=None) -> SyncResult:
+    def sync_params(self, step: int, samples: int) -> SyncResult:
         """After the optimizer step; ``samples`` is this rank's batch of the step."""
         return NO_SYNC
 

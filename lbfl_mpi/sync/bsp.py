@@ -22,7 +22,7 @@ class BSPSync(Synchronizer):
     def __init__(self, comm, model: torch.nn.Module, exchange: Exchange | None = None, stats_slots: int = 0):
         super().__init__(comm, model)
         self.exchange = exchange if exchange is not None else DenseExchange(comm, self.params, stats_slots)
-        self.slots = self.exchange.flat.extras.numel()
+        self.slots = self.exchange.extra_slots
 
     @property
     def dense_bytes(self) -> int:
@@ -43,16 +43,15 @@ class BSPSync(Synchronizer):
         if self.comm.world_size > 1:
             self.exchange.begin_(float(batch_size))
 
-    def sync_grads(self, step: int, batch_size: int, timer=None, stats: torch.Tensor | None = None) -> SyncResult:
+    def sync_grads(self, step: int, batch_size: int, stats: torch.Tensor | None = None) -> SyncResult:
         if self.comm.world_size == 1:
             return SyncResult(synced=True, bytes_sent=0, density=1.0, stats=stats)
         if stats is not None and stats.numel() != self.slots:
             raise ValueError(f"{stats.numel()} stats for {self.slots} slots")
-        sent = self.exchange.reduce_([p.grad for p in self.params], float(batch_size), step=step, extras=stats,
-                                     timer=timer)
+        sent = self.exchange.reduce_([p.grad for p in self.params], float(batch_size), step=step, extras=stats)
         self.exchange.unpack_(self.grads_())
         return SyncResult(synced=True, bytes_sent=sent.bytes_sent, density=sent.density,
-                          residual_norm_sq=sent.residual_norm_sq,
+                          residual_norm_sq=sent.residual_norm_sq, t_compress=sent.t_compress,
                           stats=self.exchange.summed_extras() if stats is not None else None)
 
     def state_dict(self) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..exchange import Exchange
+from ..telemetry.timers import StepTimer
 from .base import NO_SYNC, Synchronizer, SyncResult
 from .bsp import BSPSync
 
@@ -38,17 +39,17 @@ class FedAvgSync(Synchronizer):
     @torch.no_grad()
     def _current(self) -> torch.Tensor:
         """The model (parameters and float buffers) as one flat vector (a view into the buffer)."""
-        return self.exchange.pack_(self.state, 1.0, None)[:self.exchange.flat.numel]
+        return self.exchange.pack_(self.state, 1.0, None)[:self.exchange.numel]
 
     def is_sync_step(self, step: int) -> bool:
         """Average after local steps start_step+H-1, start_step+2H-1, ... (0-based step indices)."""
         return step >= self.start_step and (step - self.start_step + 1) % self.period == 0
 
-    def sync_params(self, step: int, samples: int, timer=None) -> SyncResult:
+    def sync_params(self, step: int, samples: int) -> SyncResult:
         self.samples_since_sync += samples
         if not self.is_sync_step(step):
             return NO_SYNC
-        res = self.average_(step, timer)
+        res = self.average_(step)
         self.samples_since_sync = 0
         return res
 
@@ -63,24 +64,24 @@ class FedAvgSync(Synchronizer):
             self.anchor = self._current().clone()
 
     @torch.no_grad()
-    def average_(self, step: int, timer) -> SyncResult:
+    def average_(self, step: int) -> SyncResult:
         """The model average of a sync step (Eq. 1b), weighted by samples since the last one."""
         if self.anchor is None:
             nbytes = self.average_state_(self.samples_since_sync)
             return SyncResult(synced=True, bytes_sent=nbytes, density=1.0)
         ex = self.exchange
         delta = self._current() - self.anchor
-        sent = ex.reduce_(delta, float(self.samples_since_sync), step=step, timer=timer)
-        total = float(ex.flat.buf[-1])
+        sent = ex.reduce_(delta, float(self.samples_since_sync), step=step)
+        clock = StepTimer(delta.device)  # applying the averaged delta counts as compression
+        clock.start()
+        total = ex.total_weight()
         if total <= 0:
             raise RuntimeError(f"model average with total weight {total}: no rank contributed samples")
-        self.anchor += ex.flat.body.div_(total)
-        ex.flat.body.copy_(self.anchor)
+        self.anchor += ex.body.div_(total)
+        ex.body.copy_(self.anchor)
         ex.unpack_(self.state, average=False)
-        if timer is not None:
-            timer.lap("compress")
         return SyncResult(synced=True, bytes_sent=sent.bytes_sent, density=sent.density,
-                          residual_norm_sq=sent.residual_norm_sq)
+                          residual_norm_sq=sent.residual_norm_sq, t_compress=sent.t_compress + clock.lap("compress"))
 
     def eval_weight(self, batch_size: int) -> float:
         return float(self.samples_since_sync)
@@ -130,11 +131,11 @@ class PostLocalSync(Synchronizer):
     def dense_bytes(self) -> int:
         return self.bsp.dense_bytes
 
-    def sync_grads(self, step: int, batch_size: int, timer=None, stats: torch.Tensor | None = None) -> SyncResult:
-        return self._active(step).sync_grads(step, batch_size, timer, stats)
+    def sync_grads(self, step: int, batch_size: int, stats: torch.Tensor | None = None) -> SyncResult:
+        return self._active(step).sync_grads(step, batch_size, stats)
 
-    def sync_params(self, step: int, samples: int, timer=None) -> SyncResult:
-        res = self._active(step).sync_params(step, samples, timer)
+    def sync_params(self, step: int, samples: int) -> SyncResult:
+        res = self._active(step).sync_params(step, samples)
         if step == self.switch_step - 1:
             self.local.reset_anchor()  # BSP kept the models identical: local deltas start here
         return res

@@ -16,16 +16,9 @@ import numpy as np
 
 from ..files import temp_path
 from .open_checked import open_rank_bounded
+from .step_row import STEP_COLUMNS, StepRow
 from .validate import check_rank_file
 
-STEP_COLUMNS: dict[str, str] = {
-    "step": "i8", "epoch": "f8", "batch_size": "i4", "lr": "f8", "loss": "f8",
-    "t_data": "f8", "t_compute": "f8", "t_compress": "f8", "t_sync": "f8", "t_step": "f8",
-    "grad_norm_sq": "f8", "grad_change": "f8", "scale_factor": "f8", "synced": "i1", "bytes_sent": "i8",
-    "density_actual": "f8", "residual_norm_sq": "f8", "t_straggle": "f8", "throughput": "f8",
-    "phase": "i1", "noise_scale": "f8", "t_teacher": "f8", "teacher_nll": "f8", "teacher_cos": "f8",
-    "nonfinite_skip": "i1",
-}
 EVAL_COLUMNS: dict[str, str] = {"step": "i8", "test_loss": "f8", "test_acc": "f8"}
 
 
@@ -134,6 +127,12 @@ class RankLog:
         missing = set(self.columns["steps"]) - set(row)
         if missing:
             raise KeyError(f"step row lacks columns {sorted(missing)}")
+        self.pending["steps"].append(row)
+        if len(self.pending["steps"]) >= self.flush_every:
+            self.flush()
+
+    def log_row(self, row: StepRow) -> None:
+        """Append one step's row (train/step.py builds it; every column is a field of it)."""
         self.pending["steps"].append(row)
         if len(self.pending["steps"]) >= self.flush_every:
             self.flush()

@@ -30,5 +30,18 @@ class StepTimer:
         self._t = now
         return dt
 
+    def lap_split(self, name: str, **parts: float) -> float:
+        """Lap the time since the previous lap, of which ``parts`` (seconds a component measured
+        itself, e.g. ``compress=`` of an exchange, ``teacher=`` of the transform) go to their own
+        names and the rest to ``name``; returns the whole lap. The parts never exceed the lap."""
+        dt = self.lap(name)
+        left = dt
+        for part, seconds in parts.items():
+            seconds = min(max(seconds, 0.0), left)
+            left -= seconds
+            self.times[part] = self.times.get(part, 0.0) + seconds
+            self.times[name] -= seconds
+        return dt
+
     def get(self, name: str) -> float:
         return self.times.get(name, 0.0)

@@ -334,7 +334,7 @@ def test_lbfl_config_shows_every_bound(capsys):
 
 def test_readme_table_shows_the_reference_help():
     from pathlib import Path
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "config.md").read_text()
     rows = {line.split("|")[1].strip(" `"): line for line in readme.splitlines() if line.startswith("| `")}
     for key, typ, _, help_ in reference():
         assert help_.replace("|", "\\|") in rows[key], key

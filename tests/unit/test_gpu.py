@@ -1,14 +1,11 @@
 """CUDA paths (marked ``gpu``; skipped without a CUDA device). ``make gpu-check`` runs them.
 
 Each compares the CUDA result with a host reference: pinned staging against the tensor it stages, the
-CUDA sparse exchange against the same exchange on CPU, bf16 and channels_last against fp32, the
-Eq. 3 memory model against ``torch.cuda.max_memory_allocated``, and a 1-rank ``dist.backend=nccl``
-run (process group formed over the MPI bootstrap) against the same run on the MPI data plane.
+CUDA sparse exchange against the same exchange on CPU, bf16 and channels_last against fp32, and the
+Eq. 3 memory model against ``torch.cuda.max_memory_allocated``. The 1-rank
+``dist.backend=nccl`` CLI run: tests/integration/test_gpu_nccl.py.
 """
 import copy
-import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -64,16 +61,16 @@ def test_cuda_sparse_exchange_equals_cpu(comm):
 
 
 def _train(tmp_path, *overrides):
-    from lbfl_mpi.trainer import Trainer
+    from lbfl_mpi.train import build_worker, train
 
     name = "_".join(o.split("=")[1] for o in overrides) or "ref"
     cfg = load_config(None, [f"run.out_dir={tmp_path / name}", "train.steps=20", "train.eval_every=0",
                              "train.batch_size=16", "model.name=resnet18", "data.name=synthetic",
                              "data.synthetic_train=512", *overrides])
-    trainer = Trainer(cfg, Comm())
-    assert trainer.device.type == "cuda" and trainer.loader.device_resident
-    trainer.run()
-    return torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()]).cpu()
+    worker = build_worker(cfg, Comm())
+    assert worker.device.type == "cuda" and worker.client.loader.device_resident
+    train(worker)
+    return torch.cat([p.detach().reshape(-1) for p in worker.client.model.parameters()]).cpu()
 
 
 def test_bf16_and_channels_last_on_cuda_match_fp32(tmp_path):
@@ -104,28 +101,3 @@ def test_memory_model_against_cuda_peak_and_planned_batch_fits(comm):
     model = build_model("resnet18", (3, 32, 32), 10)
     peak = measure_peak_bytes(copy.deepcopy(model), (3, 32, 32), 10, max_b, torch.device("cuda"))
     assert peak <= budget, (max_b, peak, budget)
-
-
-def test_nccl_one_rank_run_forms_its_group_over_mpi_and_matches_the_mpi_plane(tmp_path):
-    # With one GPU NCCL cannot be tried on more ranks; on one rank the group still forms through the
-    # MPI-broadcast rendezvous, and the allreduce of one rank is the identity, so the final model must
-    # equal the dist.backend=mpi run's up to cuDNN's run-to-run rounding.
-    from tests.conftest import _env
-
-    models = {}
-    for backend in ("mpi", "nccl"):
-        out = tmp_path / backend
-        args = ["train", "--set", f"run.out_dir={out}", "--set", "train.steps=10", "--set", "train.eval_every=0",
-                "--set", "train.batch_size=32", "--set", f"dist.backend={backend}", "--set", "dist.timeout_s=60"]
-        p = subprocess.run([sys.executable, "-m", "lbfl_mpi", *args], env=_env(), capture_output=True, text=True,
-                           timeout=240)
-        assert p.returncode == 0, f"dist.backend={backend} exited {p.returncode}:\n{p.stderr[-3000:]}"
-        import h5py
-
-        with h5py.File(out / "rank0000.h5", "r") as h:
-            assert h.attrs["backend"] == backend and h.attrs["device"].startswith("cuda")
-        assert json.loads((out / "summary.json").read_text())["outcome"] == "completed"
-        models[backend] = torch.load(out / "model.pt", map_location="cpu")
-    for k, ref in models["mpi"].items():
-        if ref.is_floating_point():
-            assert_close(models["nccl"][k], ref, rtol=1e-4, atol=1e-5, msg=k)

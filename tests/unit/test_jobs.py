@@ -1,7 +1,7 @@
 """The committed experiment configs under jobs/ load, and each paper grid varies only what it claims to.
 
 Reference: the config loader (lbfl_mpi.config.load_config, which rejects unknown keys and bad values)
-and the grid descriptions in README "Reproducing the paper"."""
+and the grid descriptions in docs/results.md "Reproducing the paper"."""
 from __future__ import annotations
 
 import glob

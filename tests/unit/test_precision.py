@@ -6,16 +6,16 @@ from torch.testing import assert_close
 from lbfl_mpi.comm.world import Comm
 from lbfl_mpi.config import load_config
 from lbfl_mpi.precision import LossScaler
-from lbfl_mpi.trainer import Trainer
+from lbfl_mpi.train import build_worker, train
 
 
 def _train(tmp_path, *overrides: str) -> torch.Tensor:
     name = "_".join(o.split("=")[1] for o in overrides) or "ref"
     cfg = load_config(None, [f"run.out_dir={tmp_path / name}", "train.steps=20", "train.eval_every=0",
                              "train.batch_size=16", *overrides])
-    trainer = Trainer(cfg, Comm())
-    trainer.run()
-    return torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])
+    worker = build_worker(cfg, Comm())
+    train(worker)
+    return torch.cat([p.detach().reshape(-1) for p in worker.client.model.parameters()])
 
 
 @pytest.fixture(scope="module")

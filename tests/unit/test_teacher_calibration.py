@@ -126,7 +126,7 @@ def test_independent_pretraining_pairs_calibrate_to_the_applied_batch():
 
 
 def test_teacher_state_round_trips_with_its_variance():
-    """Checkpoint contract (README, "Checkpoint and resume"): a loaded teacher injects the same G~ (Eq. 5b)."""
+    """Checkpoint contract (docs/run-dir.md, "Checkpoint and resume"): a loaded teacher injects the same G~ (Eq. 5b)."""
     data = Samples(3)
     a = Teacher(NS, "cpu", chunk=32, hidden=16, seed=0, b_small=B_S)
     train_nested(a, data, steps=5)

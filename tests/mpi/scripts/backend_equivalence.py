@@ -1,6 +1,6 @@
 """Under mpiexec -n N: the same training run over each data plane gives the same final model.
 
-For each case (BSP, FedAvg, top-k compressed BSP, dynamic batching) the real Trainer runs once with
+For each case (BSP, FedAvg, top-k compressed BSP, dynamic batching) the real trainer runs once with
 ``dist.backend = mpi`` and once with ``dist.backend = gloo`` (a torch.distributed process group
 bootstrapped over MPI) in this process, from the same seed; the final parameters and buffers must
 match (torch.testing.assert_close). Dynamic batching re-allocates from measured throughput, so the
@@ -17,7 +17,8 @@ from torch.testing import assert_close
 from lbfl_mpi.batching.dynamic import DynamicBatcher
 from lbfl_mpi.comm.world import Comm, abort_on_error
 from lbfl_mpi.config import load_config
-from lbfl_mpi.trainer import Trainer
+from lbfl_mpi.train import build_worker
+from lbfl_mpi.train import train as train_worker
 
 p = argparse.ArgumentParser()
 p.add_argument("out_dir")
@@ -40,11 +41,11 @@ def deterministic_observe(self, samples, busy_seconds):
 def train(case: str, backend: str) -> dict:
     cfg = load_config(None, [f"run.out_dir={args.out_dir}/{case}_{backend}", "train.steps=9", "train.eval_every=0",
                              "train.batch_size=8", "train.lr=0.1", f"dist.backend={backend}", *CASES[case]])
-    trainer = Trainer(cfg, comm)
-    assert trainer.backend == backend
-    trainer.run()
-    sizes = trainer.loader.batch_size
-    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, sizes
+    worker = build_worker(cfg, comm)
+    assert worker.backend == backend
+    train_worker(worker)
+    sizes = worker.client.loader.batch_size
+    return {k: v.detach().clone() for k, v in worker.client.model.state_dict().items()}, sizes
 
 
 comm = Comm()

@@ -1,6 +1,6 @@
 """Under mpiexec -n 4: a whole training run with dynamic batching equals single-process SGD.
 
-The real Trainer runs BSP with ``batching.mode = dynamic`` and one emulated 3x slower rank, so batch
+The real trainer runs BSP with ``batching.mode = dynamic`` and one emulated 3x slower rank, so batch
 sizes change mid-run. Every rank records the batches its loader handed out; rank 0 gathers them and
 replays plain SGD on the concatenation of all ranks' batches of each step, which is what the
 b_i / sum(b) weighted gradient average must equal. Any mismatch raises -> non-zero exit.
@@ -16,7 +16,7 @@ from torch.testing import assert_close
 
 from lbfl_mpi.comm.world import Comm, abort_on_error
 from lbfl_mpi.config import load_config
-from lbfl_mpi.trainer import Trainer
+from lbfl_mpi.train import build_worker, train
 
 STEPS = 12
 comm = Comm()
@@ -28,23 +28,21 @@ cfg = load_config(None, [
 torch.use_deterministic_algorithms(True)
 
 with abort_on_error(comm):
-    trainer = Trainer(cfg, comm)
-    init = copy.deepcopy(trainer.model)  # rank 0's initial model is the one broadcast to every rank
     seen = []
-    fetch = trainer.loader.next_batch
 
-    def recording_next_batch():
-        x, y = fetch()
+    def recording_batches(step, client):  # the loader's real batches, recorded
+        x, y = client.loader.next_batch()
         seen.append((x.clone(), y.clone()))
         return x, y
 
-    trainer.loader.next_batch = recording_next_batch
-    trainer.run()
+    worker = build_worker(cfg, comm, batches=recording_batches)
+    init = copy.deepcopy(worker.client.model)  # rank 0's initial model is the one broadcast to every rank
+    train(worker)
     batches = comm.allgather_obj(seen)  # [rank][step] -> (x, y)
     sizes = [[len(batches[r][s][1]) for r in range(comm.world_size)] for s in range(STEPS)]
     assert all(sum(row) == 64 for row in sizes), sizes
     assert len({tuple(row) for row in sizes}) > 1, f"batch sizes never changed: {sizes}"
-    final = torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])
+    final = torch.cat([p.detach().reshape(-1) for p in worker.client.model.parameters()])
     everyone = comm.allgather_array(final.numpy())
     if comm.rank == 0:
         ref = init

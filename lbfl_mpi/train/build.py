@@ -1,0 +1,97 @@
+"""Building a worker and its client from a config, before anything is written.
+
+Everything that can fail on bad input (backend, dataset, partition, model, input shape) fails here;
+nothing is written until the loop runs (loop.py), so a bad config or a missing dataset leaves no file
+behind. The order of the random draws is part of the contract: same config and seed, same run.
+
+Tests and benchmarks inject instead of patching: ``comm`` (any object with Comm's interface, e.g. a
+Comm over a sub-communicator) and ``batches``, a ``(step, client) -> (x, y)`` source that replaces the
+client's loader draw (record the real batches by calling ``client.loader.next_batch()`` inside it,
+or return fixed ones).
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from ..batching.dynamic import DynamicBatcher
+from ..config import Config, global_batch, uses_micro_batches
+from ..data import ClientLoader, load_dataset, partition_indices
+from ..models import ModelError, build_model
+from ..optim import build_optimizer
+from ..precision import LossScaler
+from ..run.stopping import StopAgreement
+from ..scaling.transform import GradTransform, scaling_warnings
+from ..sync import build_sync
+from .client import Client
+from .worker import Worker
+
+
+def build_worker(cfg: Config, comm=None, batches=None, signals=None, device: str = "auto") -> Worker:
+    """The rank's worker with its client. ``comm`` defaults to a Comm over MPI_COMM_WORLD; ``signals``
+    is the SignalWatch of preemption signals (``lbfl train`` starts it before MPI); ``device`` "cpu"
+    keeps the worker on the CPU also where a GPU exists (benchmarks), "auto" picks the rank's GPU."""
+    if comm is None:
+        from ..comm.world import Comm
+
+        comm = Comm()
+    # nothing to agree on without signals to catch and without the non-finite guard
+    stops = StopAgreement(comm, signals, enabled=bool(cfg.run.preempt_signals) or cfg.train.nonfinite != "ignore")
+    device = comm.pick_device(device)
+    # first, before anything that may fail on one rank only: choosing the backend is collective
+    backend = comm.start_backend(cfg.dist.backend, cfg.dist.timeout_s)
+    comm.wait_poll_s = cfg.sync.wait_poll_us * 1e-6
+    seed = cfg.run.seed
+    plan = None
+    if cfg.batching.plan_at_start:  # before any seeding below: probes draw random batches
+        from ..plan.recommend import plan_rank
+
+        budget = cfg.batching.memory_budget_gb * 1e9 or None
+        plan = plan_rank(cfg, comm, budget, list(cfg.batching.plan_probes), [], rounds=2, repeats=2)
+    bundle = load_dataset(cfg.data, seed)
+    parts = partition_indices(bundle.train_labels, comm.world_size, cfg.data.partition, seed,
+                              cfg.data.labels_per_client, cfg.data.alpha)
+    client = _build_client(cfg, comm, device, bundle, parts[comm.rank], seed)
+    gb = global_batch(cfg, comm.world_size)
+    batcher = DynamicBatcher(cfg.batching, comm.world_size, gb) if cfg.batching.mode == "dynamic" else None
+    worker = Worker(cfg, comm, device=device, backend=backend, stops=stops, plan=plan, test_set=bundle.test,
+                    partition_sizes=[len(p) for p in parts], global_batch=gb, batcher=batcher, clients=[client],
+                    batches=batches)
+    for warning in scaling_warnings(cfg) if comm.rank == 0 else ():
+        print(f"lbfl: warning: {warning}", file=sys.stderr, flush=True)
+    return worker
+
+
+def _build_client(cfg: Config, comm, device, bundle, indices, seed: int) -> Client:
+    # in-memory datasets live on the rank's device: batches are gathered there, no per-step copy
+    loader = ClientLoader(bundle.train, indices, cfg.train.batch_size, seed, comm.rank, cfg.data.workers,
+                          device=device)
+    torch.manual_seed(seed)  # same init everywhere; rank 0's copy is broadcast anyway
+    model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.norm).to(device)
+    _probe(model, cfg, bundle.input_shape, device)
+    model.train()
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    scaler = LossScaler() if cfg.train.precision == "fp16" else None
+    torch.manual_seed(seed * 1_000_003 + comm.rank + 1)  # independent dropout/augmentation per client
+    sync = build_sync(cfg, comm, model)
+    opt = build_optimizer(cfg.train, sync.params)
+    micro = cfg.scaling.small_batch if uses_micro_batches(cfg, comm.world_size) else 0
+    transform = GradTransform(cfg, comm, sync.params, global_batch(cfg, comm.world_size), device)
+    return Client(comm.rank, model=model, opt=opt, scaler=scaler, loader=loader, sync=sync, transform=transform,
+                  micro_batch=micro, precision=cfg.train.precision, channels_last=cfg.train.channels_last,
+                  device=device)
+
+
+def _probe(model: torch.nn.Module, cfg: Config, shape: tuple, device: torch.device) -> None:
+    """One evaluation-mode forward pass of a single zero sample, so that a model that cannot take the
+    dataset's input shape is refused before anything is written (no state changes in eval mode)."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *shape), device=device))
+    except (RuntimeError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ModelError(f"model.name={cfg.model.name!r} cannot run on data.name={cfg.data.name!r} "
+                         f"inputs of shape {list(shape)}: {first}") from None

@@ -1,0 +1,67 @@
+"""What a run reports: summary.json at the end (also of a stopped run) and the progress bar on rank 0."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..files import write_json_atomic
+
+
+def write_summary(w, log, wall: float, samples: int, sizes: list[int], **outcome) -> dict:
+    """Rank 0: summary.json of the run (also of a stopped one), written atomically as strict JSON."""
+    cfg = w.cfg
+    ev = {k: log.f["eval"][k][:] for k in ("step", "test_loss", "test_acc")}
+    nan = float("nan")
+    best = int(np.argmax(ev["test_acc"])) if len(ev["test_acc"]) else None
+    summary = {
+        "name": cfg.run.name or Path(cfg.run.out_dir).name, **outcome,
+        "final_test_acc": float(ev["test_acc"][-1]) if best is not None else nan,
+        "final_test_loss": float(ev["test_loss"][-1]) if best is not None else nan,
+        "best_test_acc": float(ev["test_acc"][best]) if best is not None else nan,
+        "best_step": int(ev["step"][best]) if best is not None else -1,
+        "steps": cfg.train.steps, "world_size": w.comm.world_size, "global_batch": w.global_batch,
+        "sync_mode": cfg.sync.mode, "period": cfg.sync.period, "dataset": cfg.data.name,
+        "partition": cfg.data.partition, "model": cfg.model.name, "partition_sizes": w.partition_sizes,
+        "wall_time_s": wall, "samples": samples, "samples_per_s": samples / wall if wall > 0 else 0.0,
+        "batching": cfg.batching.mode, "final_batch_sizes": [int(b) for b in sizes],
+        "batch_changes": w.batcher.changes if w.batcher is not None else 0,
+        "teacher_pretrain_steps": w.client.transform.teacher.pretrained_steps if w.client.transform.teacher else 0,
+    }
+    write_json_atomic(Path(cfg.run.out_dir) / "summary.json", summary, indent=2)
+    return summary
+
+
+class Progress:
+    """tqdm bar on rank 0 (plain lines when tqdm is missing or stderr is not a terminal)."""
+
+    def __init__(self, enabled: bool, total: int, initial: int):
+        self.bar = None
+        self.enabled = enabled
+        self.total, self.n = total, initial
+        self.every = max(1, total // 20)
+        if not enabled:
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        if sys.stderr.isatty():
+            self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
+
+    def update(self, loss: float, acc: float | None) -> None:
+        self.n += 1
+        if self.bar is not None:
+            post = {"loss": f"{loss:.4f}"}
+            if acc is not None:
+                post["acc"] = f"{acc:.4f}"
+            self.bar.set_postfix(post, refresh=False)
+            self.bar.update(1)
+        elif self.enabled and (self.n % self.every == 0 or self.n == self.total):
+            acc_s = f" test_acc {acc:.4f}" if acc is not None else ""
+            print(f"step {self.n}/{self.total} loss {loss:.4f}{acc_s}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,90 @@
+"""The rank's process-wide part of training.
+
+A :class:`Worker` owns what one rank has once, whatever the number of clients it hosts: the
+communicator and the data plane it started, the device, the stop agreement (signals, non-finite
+values; run/stopping.py), the test set and the evaluation of the global model, dynamic batching across
+ranks, the emulated slowdown, and the batch source (``batches``, injectable). The rank file is
+opened by the loop (loop.py). Today a worker hosts one client (client.py): ``clients[0]``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..data import eval_batches
+from ..files import atomic_path
+from ..precision import autocast
+
+
+def loader_batch(step: int, client):
+    """The default batch source: the client's next batch from its own partition."""
+    return client.loader.next_batch()
+
+
+class Worker:
+    def __init__(self, cfg, comm, *, device, backend: str, stops, plan, test_set, partition_sizes: list[int],
+                 global_batch: int, batcher, clients: list, batches=None):
+        self.cfg, self.comm, self.device, self.backend = cfg, comm, device, backend
+        self.stops, self.plan, self.test_set = stops, plan, test_set
+        self.partition_sizes, self.global_batch, self.batcher = partition_sizes, global_batch, batcher
+        self.clients = clients
+        self.batches = batches or loader_batch  # (step, client) -> (x, y), on the host or the device
+        self.slowdown = float(cfg.hetero.slowdown[comm.rank]) if cfg.hetero.slowdown else 1.0
+        # the statistics of the noise scale travel with BSP's gradients when there is more than one rank
+        self.exchanges_stats = comm.world_size > 1 and cfg.sync.mode in ("bsp", "postlocal")
+        self.start_step = 0
+        self.elapsed = 0.0  # wall seconds of earlier segments of a resumed run
+        if batcher is not None:
+            self.set_batch_sizes(batcher.sizes)
+
+    @property
+    def client(self):
+        """The one client this worker hosts today."""
+        return self.clients[0]
+
+    def set_batch_sizes(self, sizes: list[int]) -> None:
+        """Every rank's batch (dynamic batching, the plan's limits, a restored allocation): the one place
+        that sets a loader's batch size."""
+        self.client.loader.batch_size = sizes[self.comm.rank]
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Test loss and accuracy of the global (sample-weighted average) model; collective."""
+        c, cfg = self.client, self.cfg
+        with c.sync.global_view(c.sync.eval_weight(cfg.train.batch_size)):
+            c.model.eval()
+            acc = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count
+            for x, y in eval_batches(self.test_set, self.comm.rank, self.comm.world_size,
+                                     cfg.train.eval_batch, cfg.data.workers, device=self.device):
+                x, y = c.to_device(x, y)
+                with autocast(c.precision, self.device):
+                    out = c.model(x).float()
+                acc[0] += F.cross_entropy(out, y, reduction="sum").double()
+                acc[1] += (out.argmax(1) == y).sum().double()
+                acc[2] += y.numel()
+            self.comm.allreduce_(acc)
+            c.model.train()
+        return float(acc[0] / acc[2]), float(acc[1] / acc[2])
+
+    def save_global_model(self) -> None:
+        """Rank 0 writes the final global (averaged) model's state_dict to ``model.pt``; collective."""
+        c = self.client
+        with c.sync.global_view(c.sync.eval_weight(self.cfg.train.batch_size)):
+            if self.comm.rank == 0:
+                with atomic_path(Path(self.cfg.run.out_dir) / "model.pt") as tmp:
+                    torch.save(c.model.state_dict(), tmp)
+
+    def data_plane_attrs(self) -> dict:
+        """Rank-file attributes: how this run's tensors travelled."""
+        sync = self.client.sync
+        ex = getattr(sync, "exchange", None)
+        return {"dense_bytes": sync.dense_bytes, "backend": self.backend,
+                "staging": self.comm.staging(self.device), "exchange": sync.exchange_name,
+                "buckets": int(getattr(ex, "n_buckets", 1)), "precision": self.client.precision,
+                "channels_last": int(self.cfg.train.channels_last)}
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
