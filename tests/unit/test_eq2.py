@@ -117,9 +117,9 @@ def test_plan_rank_measures_t_mov_through_the_configured_loader(monkeypatch):
     """plan_rank with the dataset swapped for _SlowSamples: every row's t_mov >= b * delay (the
     sleep each sample costs in __getitem__), and on 1 rank t_sync = 0 and each row's epoch_time equals
     the closed form D / b * (t_c + t_mov) from that row's own measured values."""
-    from lbfl_mpi.plan import recommend as plan_mod
     from lbfl_mpi.comm.world import Comm
     from lbfl_mpi.config import load_config
+    from lbfl_mpi.plan import recommend as plan_mod
 
     delay, shape, n = 0.003, (1, 8, 8), 64
     data = _SlowSamples(n=n, delay=delay, shape=shape)
