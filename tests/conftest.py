@@ -53,7 +53,8 @@ def run_lbfl(args: list[str], n: int = 1, timeout: float = 240, check: bool = Tr
 def tiny_run_args(out_dir: Path, *extra: str) -> list[str]:
     """A seconds-long digits run."""
     return ["train", "--set", f"run.out_dir={out_dir}", "--set", "train.steps=12", "--set", "train.eval_every=6",
-            "--set", "train.batch_size=8", "--set", "telemetry.flush_every=4", *[a for e in extra for a in ("--set", e)]]
+            "--set", "train.batch_size=8", "--set", "telemetry.flush_every=4",
+            *[a for e in extra for a in ("--set", e)]]
 
 
 @pytest.fixture
@@ -107,7 +108,8 @@ class Launched:
         import queue
         import threading
 
-        cmd = ([mpiexec(), "-n", str(n), "--oversubscribe"] if n > 1 else []) + [sys.executable, "-m", "lbfl_mpi", *args]
+        cmd = (([mpiexec(), "-n", str(n), "--oversubscribe"] if n > 1 else [])
+               + [sys.executable, "-m", "lbfl_mpi", *args])
         self.proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
         self.lines: list[str] = []

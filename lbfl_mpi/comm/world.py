@@ -115,6 +115,8 @@ class Comm:
         if name != "mpi":
             init_torch_dist(self, name, timeout_s, self.device if self.device.type == "cuda" else None)
             self.plane = TorchPlane(name, self, self.device)
+        elif self.plane.name != "mpi":  # an earlier start on this Comm chose a process group
+            self.plane = MPIPlane(self, self.cuda_aware)
         return name
 
     @property

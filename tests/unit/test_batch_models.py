@@ -173,7 +173,7 @@ def test_relative_fit_weights_small_batches_like_large_ones():
     ys[0] *= 1.5
     a_abs, b_abs = fit_line(bs, ys)
     a_rel, b_rel = fit_line(bs, ys, relative=True)
-    rel = lambda a, s: sum(((a + s * x) - y) ** 2 / y**2 for x, y in zip(bs, ys))  # noqa: E731
+    rel = lambda a, s: sum(((a + s * x) - y) ** 2 / y**2 for x, y in zip(bs, ys))
     assert rel(a_rel, b_rel) < rel(a_abs, b_abs)
     w = 1 / np.asarray(ys)
     slope, intercept = np.polyfit(bs, ys, 1, w=w)

@@ -27,3 +27,16 @@ def test_singleton_without_launcher():
     assert comm.pick_device("cpu") == torch.device("cpu")
     x = torch.arange(4.0)
     assert comm.allreduce_(x) is x and x.tolist() == [0, 1, 2, 3]
+
+
+def test_starting_the_mpi_plane_after_a_process_group_switches_back():
+    """A Comm whose plane an earlier start set to a process group gets the MPI plane back when
+    dist.backend=mpi is started (start_backend returns the plane it set, never a stale one)."""
+    from types import SimpleNamespace
+
+    from lbfl_mpi.comm.mpi_plane import MPIPlane
+
+    comm = Comm()
+    comm.plane = SimpleNamespace(name="gloo")  # as left by an earlier start_backend("gloo")
+    assert comm.start_backend("mpi") == "mpi"
+    assert isinstance(comm.plane, MPIPlane) and comm.backend == "mpi"

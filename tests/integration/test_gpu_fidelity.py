@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, _env, descendants
-from tests.unit._gpu_scripts import run_dry, script_limits
+from tests.integration._gpu_scripts import run_dry, script_limits
 
 SCRIPT = ROOT / "benchmarks" / "gpu_fidelity.sh"
 RUNNER = ROOT / "benchmarks" / "gpu_fidelity_runs.py"
@@ -123,8 +123,8 @@ def test_table_accuracies_are_the_summaries(dry):
     _, _, tmp = dry
     report = (tmp / "r.md").read_text()
     report = report[report.index("### Final test accuracy"):report.index("### Which of the paper's orderings")]
-    rows = re.findall(r"^\| (\w+) \| ([\d.]+) \| ([\d.-]+) \| ([\d.]+) \| (\d+) \| ([\d.]+)[^|]* \| ([\d.]+) \| ([\d.]+) \|$",
-                      report, flags=re.M)
+    rows = re.findall(r"^\| (\w+) \| ([\d.]+) \| ([\d.-]+) \| ([\d.]+) \| (\d+) "
+                      r"\| ([\d.]+)[^|]* \| ([\d.]+) \| ([\d.]+) \|$", report, flags=re.M)
     assert sorted(r[0] for r in rows) == NAMES, rows
     summaries = _summaries(tmp / "runs")
     for name, _x, _t, _lr, b, final, best, _ in rows:

@@ -38,7 +38,7 @@ def test_plan_reports_fits_and_a_consistent_max_batch():
     per_sample = p["act_bytes_per_sample"] + p["batch_bytes_per_sample"]
     b = p["max_batch"]
     assert b >= 1
-    predict = lambda k: rows[1]["mem_predicted"] + (k - 1) * per_sample  # noqa: E731
+    predict = lambda k: rows[1]["mem_predicted"] + (k - 1) * per_sample
     assert predict(b) <= 1e6 < predict(b + 1)
     assert static < 1e6
     for r in p["rows"]:

@@ -1,27 +1,21 @@
-"""Under mpiexec -n N: compressed synchronisation against one-process references.
+"""Compressed (top-k) synchronisation on every rank against one-process references built from
+gathered dense copies.
 
-1. Sparse exchange with a different k on every rank == the weighted average of the ranks' densified
-   compressed vectors, computed on one process from gathered dense copies.
-2. Compressed BSP at density 1.0 == dense BSP, bit for bit.
-3. Compressed FedAvg (sparse path) leaves every rank with identical parameters, equal to
-   anchor + weighted average of the ranks' compressed deltas (reference from gathered copies).
+    LBFL_RANK_TESTS=1 mpiexec -n N --oversubscribe python -m pytest -q -p no:cacheprovider tests/mpi/ranks
 """
+from __future__ import annotations
+
 import copy
 
 import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from lbfl_mpi.comm.world import Comm, abort_on_error
 from lbfl_mpi.compress.topk import TopKCompressor
 from lbfl_mpi.config import load_config
 from lbfl_mpi.exchange import TopKExchange, sparse_average
 from lbfl_mpi.models import build_model
 from lbfl_mpi.sync import BSPSync, FedAvgSync
-
-comm = Comm()
-comm.pick_device("cpu")
-W, R = comm.world_size, comm.rank
 
 
 def ccfg(density, selection="exact"):
@@ -29,7 +23,7 @@ def ccfg(density, selection="exact"):
                               f"compress.selection={selection}"]).compress
 
 
-def gather(t: torch.Tensor) -> torch.Tensor:
+def gather(comm, t: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(comm.allgather_array(t.detach().cpu().numpy()))
 
 
@@ -37,25 +31,33 @@ def flat_params(m):
     return torch.cat([p.detach().reshape(-1) for p in m.parameters()])
 
 
-with abort_on_error(comm):
-    # 1. unequal k per rank (density and selection depend on the rank)
+def payload_bytes(comm, k: int) -> int:
+    """Bytes one rank sends for k entries: the [k, weight] header and k (value, index) pairs; nothing
+    on a single rank."""
+    return 16 + 8 * k if comm.world_size > 1 else 0
+
+
+def test_sparse_average_with_a_different_k_on_every_rank(comm):
+    """== the weighted average of the ranks' densified compressed vectors."""
+    W, R = comm.world_size, comm.rank
     n = 50_000
     x = torch.randn(n, generator=torch.Generator().manual_seed(100 + R))
     comp = TopKCompressor(ccfg(0.002 * (R + 1), "sampled" if R % 2 else "exact"), n, torch.device("cpu"), [n], R)
     values, idx = comp.compress(x)
-    weight = float(3 + R)
-    dense, nbytes = sparse_average(comm, values, idx, weight, n)
-    assert nbytes == 16 + 8 * idx.numel()
+    dense, nbytes = sparse_average(comm, values, idx, float(3 + R), n)
+    assert nbytes == payload_bytes(comm, idx.numel())
     mine = torch.zeros(n)
     mine.index_add_(0, idx, values)
-    allv = gather(mine)
+    allv = gather(comm, mine)
     weights = torch.tensor([3.0 + r for r in range(W)])
     expect = (allv * weights[:, None]).sum(0) / weights.sum()
     assert_close(dense, expect, rtol=1e-6, atol=1e-7)
     ks = [int(k) for k in comm.allgather_obj(idx.numel())]
     assert len(set(ks)) == W, ks  # k really differs between ranks
 
-    # 2. density 1.0 compressed BSP == dense BSP exactly
+
+def test_compressed_bsp_at_density_one_is_dense_bsp_bit_for_bit(comm):
+    R = comm.rank
     torch.manual_seed(0)
     base = build_model("cnn", (1, 8, 8), 10)
     dense_m, comp_m = copy.deepcopy(base), copy.deepcopy(base)
@@ -73,7 +75,10 @@ with abort_on_error(comm):
     for a, b in zip(dense_m.parameters(), comp_m.parameters()):
         assert_close(a, b, rtol=0, atol=0)
 
-    # 3. compressed FedAvg through the sparse path (density * W <= 1)
+
+def test_compressed_fedavg_is_the_anchor_plus_the_average_compressed_delta(comm):
+    """Through the sparse path (density x ranks <= 1): every rank ends with the same parameters."""
+    W, R = comm.world_size, comm.rank
     torch.manual_seed(R)  # different on purpose; broadcast_initial fixes it
     m = build_model("mlp", (1, 8, 8), 10)
     fed = FedAvgSync(comm, m, period=2, exchange=TopKExchange(comm, list(m.parameters()), ccfg(0.05), seed=0))
@@ -93,11 +98,9 @@ with abort_on_error(comm):
             v, i = ref_comp.compress(delta)
             sent = torch.zeros_like(delta).index_add_(0, i, v)
         res = fed.sync_params(step, 5)
-    assert res.synced and res.bytes_sent == 16 + 8 * round(0.05 * delta.numel())
-    expect = anchor + gather(sent).mean(0)
+    assert res.synced and res.bytes_sent == payload_bytes(comm, round(0.05 * delta.numel()))
+    expect = anchor + gather(comm, sent).mean(0)
     assert_close(flat_params(m), expect, rtol=1e-5, atol=1e-6)
-    allp = gather(flat_params(m))
+    allp = gather(comm, flat_params(m))
     for r in range(W):
         assert_close(allp[r], allp[0], rtol=0, atol=0)
-    if R == 0:
-        print(f"sparse reference OK: world_size={W} k={ks}")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, _env
-from tests.unit._gpu_scripts import run_dry, script_limits
+from tests.integration._gpu_scripts import run_dry, script_limits
 
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 PARTS = ["machine", "tests", "bench_step", "memory", "compute", "jobs", "topk"]
@@ -178,8 +178,10 @@ def _tiny_idx(folder: Path) -> None:
     import numpy as np
 
     folder.mkdir(parents=True)
-    for name, magic, shape in (("train-images-idx3-ubyte", 0x803, (4, 28, 28)), ("train-labels-idx1-ubyte", 0x801, (4,)),
-                               ("t10k-images-idx3-ubyte", 0x803, (2, 28, 28)), ("t10k-labels-idx1-ubyte", 0x801, (2,))):
+    for name, magic, shape in (("train-images-idx3-ubyte", 0x803, (4, 28, 28)),
+                               ("train-labels-idx1-ubyte", 0x801, (4,)),
+                               ("t10k-images-idx3-ubyte", 0x803, (2, 28, 28)),
+                               ("t10k-labels-idx1-ubyte", 0x801, (2,))):
         head = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in shape)
         (folder / f"{name}.gz").write_bytes(gzip.compress(head + np.zeros(shape, np.uint8).tobytes()))
 
@@ -214,8 +216,8 @@ def test_carried_wheels_give_a_working_mpi_where_none_is_forced(tmp_path):
 
 
 def test_readme_gpu_section_states_the_scripts_limits_and_sum():
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## GPU check"):readme.index("## Benchmarks")]
+    readme = (ROOT / "docs" / "cluster.md").read_text()
+    section = readme[readme.index("## GPU check"):]
     table = section[section.index("| part | limit | pass when |"):]
     rows = [ln for ln in table.splitlines()[2:] if ln.startswith("| ")]
     limits = script_limits(SCRIPT)
