@@ -187,9 +187,16 @@ def cmd_analyze(args) -> int:
     return analyze_main(args.run_dirs, plots=args.plots, as_json=args.json)
 
 
-def cmd_config_help(_args) -> int:
-    for key, typ, default, help_ in reference():
-        print(f"{key:28s} {typ:6s} {default!r:24s} {help_}")
+def cmd_config_help(args) -> int:
+    from .config.docs import config_template
+    from .config.fields import toml_value
+
+    if getattr(args, "toml", False):
+        print(config_template(), end="")
+        return 0
+
+    for key, typ, default, help_ in reference():  # defaults as TOML: what --set takes back
+        print(f"{key:28s} {typ:6s} {toml_value(default):24s} {help_}")
     return 0
 
 
@@ -224,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true", help="print JSON instead of tables")
     a.set_defaults(func=cmd_analyze)
     c = sub.add_parser("config", help="list every config key with its default and meaning")
+    c.add_argument("--toml", action="store_true",
+                   help="print a complete experiment file instead: every key at its default, with its help")
     c.set_defaults(func=cmd_config_help)
     from .data.staging import add_data_parser
 

@@ -5,7 +5,9 @@ key's type, default and help, as ``reference()`` gives them.
 that the committed file equals :func:`config_markdown`. Imports only the schema and the field helpers."""
 from __future__ import annotations
 
-from .fields import _toml_value
+import textwrap
+
+from .fields import toml_value
 from .schema import reference
 
 REGENERATE = "python -m lbfl_mpi.config.docs > docs/config.md"
@@ -29,7 +31,23 @@ def config_markdown() -> str:
                 out.append("")
             out += [f"## `[{sec}]`", "", "| key | type | default | help |", "| --- | --- | --- | --- |"]
             section = sec
-        out.append(f"| `{key}` | {_cell(typ)} | `{_toml_value(default)}` | {_cell(help_)} |")
+        out.append(f"| `{key}` | {_cell(typ)} | `{toml_value(default)}` | {_cell(help_)} |")
+    return "\n".join(out) + "\n"
+
+
+def config_template() -> str:
+    """A complete experiment file: every section and key at its default, each key under its help as a
+    comment; it loads back to the defaults (``lbfl config --toml``)."""
+    out = ["# lbfl experiment file: every key at its default (lbfl config --toml). Edit, delete what you",
+           "# keep at the default, and run: lbfl train --config THIS_FILE"]
+    section = None
+    for key, typ, default, help_ in reference():
+        sec, name = key.split(".", 1)
+        if sec != section:
+            out += ["", f"[{sec}]"]
+            section = sec
+        out += ["#" + (" " + line if line else "") for line in textwrap.wrap(f"({typ}) {help_}", 98)]
+        out.append(f"{name} = {toml_value(default)}")
     return "\n".join(out) + "\n"
 
 

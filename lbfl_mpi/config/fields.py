@@ -98,7 +98,8 @@ def shown(value: Any) -> str:
     return text if len(text) <= 80 else f"{text[:40]}... ({len(text)} characters)"
 
 
-def _toml_value(v: Any) -> str:
+def toml_value(v: Any) -> str:
+    """``v`` as a TOML value (what ``--set`` and a config file take back unchanged)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
@@ -106,7 +107,7 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, str):
         return json.dumps(v)  # JSON string escapes are valid TOML basic-string escapes
     if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {v!r} as TOML")
 
 
@@ -115,6 +116,6 @@ def dump_toml(data: dict) -> str:
     out = []
     for section, table in data.items():
         out.append(f"[{section}]")
-        out.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+        out.extend(f"{k} = {toml_value(v)}" for k, v in table.items())
         out.append("")
     return "\n".join(out)

@@ -332,6 +332,35 @@ def test_lbfl_config_shows_every_bound(capsys):
     assert all("Range: " in lines[key] for key, _ in NUMERIC)
 
 
+def test_lbfl_config_prints_defaults_that_set_takes_back(capsys):
+    """Every default ``lbfl config`` prints is a TOML value: given back to ``--set`` it loads and equals the
+    default (reference: ``reference()``'s Python value), e.g. ``false``, not Python's ``False``."""
+    from lbfl_mpi.config.fields import toml_value
+
+    assert cli_main(["config"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert lines["run.overwrite"].split()[2] == "false"
+    assert '["SIGUSR1", "SIGTERM"]' in lines["run.preempt_signals"]
+    for key, _typ, default, _help in reference():
+        text = toml_value(default)
+        assert lines[key].split(None, 2)[2].startswith(text + " "), (key, lines[key])
+        section, name = key.split(".")
+        assert getattr(getattr(load_config(None, [f"{key}={text}"]), section), name) == default, key
+
+
+def test_lbfl_config_toml_is_a_complete_template_that_loads_back(capsys, tmp_path):
+    """``lbfl config --toml``: every key of ``reference()`` once, under its section, with its help as a
+    comment; as a config file it loads to exactly the defaults (reference: ``Config()``)."""
+    assert cli_main(["config", "--toml"]) == 0
+    text = capsys.readouterr().out
+    data = tomllib.loads(text)
+    assert sorted(f"{s}.{k}" for s, t in data.items() for k in t) == sorted(k for k, *_ in reference())
+    path = tmp_path / "all.toml"
+    path.write_text(text)
+    assert load_config(path).to_dict() == Config().to_dict()
+    assert "# (float) Learning rate. Range: > 0, finite.\nlr = 0.05\n" in text
+
+
 def test_readme_table_shows_the_reference_help():
     from pathlib import Path
     readme = (Path(__file__).resolve().parents[2] / "docs" / "config.md").read_text()
