@@ -4,6 +4,9 @@ CUDA tensors are staged through pinned host memory unless the MPI library report
 (``MPIX_Query_cuda_support``) or the user forces it with ``LBFL_CUDA_AWARE=1``; pageable staging
 measured about 40x slower than pinned on a non-CUDA-aware Open MPI, so every staging buffer is pinned
 and reused (one per slot: "send", "recv", one per gradient bucket).
+
+Every call that can block (the collectives below, and ``wait()`` of a started one) is in the rank's
+MPI watchdog slot while it runs (watchdog.py): a wait longer than ``dist.timeout_s`` aborts the job.
 """
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ import os
 
 import numpy as np
 import torch
+
+from .watchdog import watched
 
 
 def chunk_bytes_from_env() -> int:
@@ -28,16 +33,22 @@ def chunk_bytes_from_env() -> int:
 class StagedWork:
     """A started non-blocking collective (either data plane); ``wait()`` completes it and copies a
     staged result back into ``flat``, ``test()`` drives progress and says whether it is done (Open MPI
-    progresses non-blocking collectives only inside MPI calls)."""
+    progresses non-blocking collectives only inside MPI calls). With ``watch`` (a Watchdog), ``wait()``
+    is in its slot as ``what`` while it blocks."""
 
-    def __init__(self, wait, test, flat: torch.Tensor, staged: torch.Tensor | None):
+    def __init__(self, wait, test, flat: torch.Tensor, staged: torch.Tensor | None, watch=None, what: str = ""):
         self._wait, self._test, self.flat, self.staged = wait, test, flat, staged
+        self.watch, self.what = watch, what
 
     def test(self) -> bool:
         return bool(self._test())
 
     def wait(self) -> None:
-        self._wait()
+        if self.watch is None:
+            self._wait()
+        else:
+            with self.watch.watching(self.what):
+                self._wait()
         if self.staged is not None:
             self.flat.copy_(self.staged.view_as(self.flat), non_blocking=True)
 
@@ -54,6 +65,7 @@ class MPIPlane:
         self.world_size = comm.world_size
         self.rank = comm.rank
         self.cuda_aware = cuda_aware
+        self.watch = comm.watch
         try:
             self.chunk_bytes = chunk_bytes_from_env()
         except ValueError:  # the CLI reports a bad value on one line before any collective runs
@@ -92,14 +104,16 @@ class MPIPlane:
         return t.numpy() if t.device.type == "cpu" else t  # CUDA-aware: mpi4py reads DLPack
 
     # -------------------------------------------------------------------------- collectives
+    @watched("allreduce")
     def allreduce_(self, flat: torch.Tensor) -> torch.Tensor:
         """In-place sum. Buffers above ``chunk_bytes`` are reduced as consecutive slices (one
         MPI_Allreduce each): Open MPI's large-message path measured 4x slower on one 44 MB buffer than
         on 4 MB slices of it (benchmarks/bench_sync.py). ``LBFL_ALLREDUCE_CHUNK_MB=0`` disables slicing."""
         host, staged = self._host(flat)
         buf = self._buf(host)
-        step = self.chunk_bytes // host.element_size() if self.chunk_bytes > 0 else host.numel()
-        for i in range(0, host.numel(), max(1, step)):
+        # at least one element per slice: a slice size below one element must not make empty slices
+        step = max(1, self.chunk_bytes // host.element_size() if self.chunk_bytes > 0 else host.numel())
+        for i in range(0, host.numel(), step):
             self.world.Allreduce(self.MPI.IN_PLACE, buf[i:i + step])
         if staged:
             flat.copy_(host, non_blocking=True)
@@ -109,8 +123,9 @@ class MPIPlane:
         """Start an in-place MPI_Iallreduce; ``slot`` names the reused pinned staging buffer."""
         host, staged = self._host(flat, slot)
         req = self.world.Iallreduce(self.MPI.IN_PLACE, self._buf(host))
-        return StagedWork(req.Wait, req.Test, flat, host if staged else None)
+        return StagedWork(req.Wait, req.Test, flat, host if staged else None, self.watch, "iallreduce")
 
+    @watched("bcast")
     def bcast_(self, flat: torch.Tensor, root: int = 0) -> torch.Tensor:
         host, staged = self._host(flat)
         self.world.Bcast(self._buf(host), root=root)
@@ -118,6 +133,7 @@ class MPIPlane:
             flat.copy_(host, non_blocking=True)
         return flat
 
+    @watched("allgatherv")
     def allgatherv(self, local: torch.Tensor, counts: list[int]) -> torch.Tensor:
         send, staged = self._host(local)
         total = int(sum(counts))
@@ -128,6 +144,7 @@ class MPIPlane:
         self.world.Allgatherv(self._buf(send), [self._buf(recv), [int(c) for c in counts]])
         return recv.to(local.device, non_blocking=True) if staged else recv
 
+    @watched("allgather")
     def allgather_array(self, local: np.ndarray) -> np.ndarray:
         out = np.empty((self.world_size,) + local.shape, dtype=local.dtype)
         self.world.Allgather(local, out)

@@ -5,6 +5,9 @@ it: object collectives, barriers and abort. Tensor collectives take one flat, co
 through the data plane chosen by ``dist.backend``: :class:`~.mpi_plane.MPIPlane` (mpi4py buffer
 calls, pinned host staging for CUDA tensors unless the MPI is CUDA-aware) or a torch.distributed
 process group bootstrapped over MPI (:mod:`.torch_plane`).
+
+Once :meth:`Comm.start_backend` has run, every MPI call that can block is watched (watchdog.py): a
+rank that waits in one longer than ``dist.timeout_s`` prints one line and aborts the job (exit 1).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import numpy as np
 import torch
 
 from .mpi_plane import MPIPlane
+from .watchdog import Watchdog, watched
 
 
 def _loaded_libmpi() -> str | None:
@@ -73,6 +77,7 @@ class Comm:
         self.local_size = self.local_comm.Get_size()
         self.cuda_aware = detect_cuda_aware()
         self.device = torch.device("cpu")
+        self.watch = Watchdog(self._abort_from_watchdog, self.rank)  # armed by start_backend()
         self.plane = MPIPlane(self, self.cuda_aware)  # replaced by start_backend() for nccl/gloo
         self.wait_poll_s = 0.0  # > 0: wait for the other ranks sleeping, not spinning (see arrive())
 
@@ -88,6 +93,20 @@ class Comm:
             torch.set_num_threads(cpu_threads(self.local_size))
         return self.device
 
+    @property
+    def step(self) -> int | None:
+        """The training step in progress (the watchdog's message names it); None before the first."""
+        return self.watch.step
+
+    @step.setter
+    def step(self, step: int | None) -> None:
+        self.watch.step = step
+
+    def _abort_from_watchdog(self, code: int) -> None:
+        time.sleep(0.2)  # the launcher forwards the watchdog's line before MPI_Abort's own banner
+        self.comm.Abort(code)  # from the watchdog's thread: MPI runs with MPI_THREAD_MULTIPLE
+        os._exit(code)
+
     def arrive(self) -> None:
         """With ``wait_poll_s > 0``: block until every rank has reached this point by polling a
         non-blocking barrier and sleeping ``wait_poll_s`` between polls.
@@ -100,17 +119,21 @@ class Comm:
         """
         if self.wait_poll_s <= 0 or self.world_size == 1:
             return
-        req = self.comm.Ibarrier()
-        while not req.Test():
-            time.sleep(self.wait_poll_s)
+        with self.watch.watching("barrier (sync.wait_poll_us)"):
+            req = self.comm.Ibarrier()
+            while not req.Test():
+                time.sleep(self.wait_poll_s)
 
     # ------------------------------------------------------------------------------ data plane
     def start_backend(self, requested: str = "mpi", timeout_s: float = 300.0) -> str:
         """Choose the data plane (``dist.backend``; see torch_plane.select_backend) and start it.
         Collective. Every data-plane collective below goes through it from then on; object
-        collectives, barriers and aborts stay on MPI."""
+        collectives, barriers and aborts stay on MPI. Arms the MPI watchdog with ``timeout_s`` (> 1
+        rank): from here on no MPI call waits longer."""
         from .torch_plane import TorchPlane, init_torch_dist, select_backend
 
+        if self.world_size > 1:
+            self.watch.arm(timeout_s)
         name = select_backend(requested, self)
         if name != "mpi":
             init_torch_dist(self, name, timeout_s, self.device if self.device.type == "cuda" else None)
@@ -166,12 +189,22 @@ class Comm:
             return local[None].copy()
         return self.plane.allgather_array(local)
 
+    @watched("allgather (object)")
     def allgather_obj(self, obj):
         return self.comm.allgather(obj)
 
+    @watched("bcast (object)")
     def bcast_obj(self, obj, root: int = 0):
         return self.comm.bcast(obj, root=root)
 
+    @watched("allgather (stop agreement)")
+    def control_allgather(self, local: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """MPI Allgather of equal-size numpy arrays into ``out`` ([world_size, *local.shape]), on MPI
+        whatever the data plane (control messages such as the stop agreement)."""
+        self.comm.Allgather(local, out)
+        return out
+
+    @watched("barrier")
     def barrier(self) -> None:
         self.comm.Barrier()
 
