@@ -56,21 +56,43 @@ read -r -a seeds <<< "${SEEDS:-}"
 for s in "${seeds[@]}"; do
     [[ $s =~ ^[0-9]+$ ]] || { echo "$0: SEEDS: $s is not a non-negative integer" >&2; exit 2; }
 done
-for a in "$@"; do
-    case $a in
-        run.out_dir=*|--set=run.out_dir=*)
-            echo "$0: $a: run.out_dir comes from each TOML file and cannot be overridden" >&2; exit 2 ;;
-        run.seed=*|--set=run.seed=*)
-            if [[ ${#seeds[@]} -gt 0 ]]; then
-                echo "$0: $a: conflicts with SEEDS=\"${SEEDS}\"" >&2; exit 2
-            fi ;;
-    esac
-done
 
 read -r -a mpiexec <<< "${MPIEXEC:-mpiexec}"
 read -r -a mpiexec_args <<< "${MPIEXEC_ARGS---oversubscribe}"
 read -r -a lbfl <<< "${LBFL:-lbfl}"
 python=${PYTHON:-python3}
+
+# Every override is parsed the way `lbfl train` parses it (lbfl_mpi/config/load.py, split_override:
+# the key before the first "=", stripped of surrounding spaces, must be section.key of identifiers),
+# so that no spelling of a key (" run.out_dir=X", "run.out_dir =X") slips past the checks below.
+check_overrides() {
+    "$python" - "${#seeds[@]}" "${SEEDS:-}" "$@" <<'PY'
+import re, sys
+n_seeds, seeds, args = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+key_re = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*")
+i = 0
+while i < len(args):
+    a = args[i]
+    if a == "--set" and i + 1 < len(args):
+        item, i = args[i + 1], i + 2
+    elif a.startswith("--set="):
+        item, i = a[len("--set="):], i + 1
+    else:
+        sys.exit(f"{a!r}: only --set section.key=value may follow the configs")
+    dotted, sep, _ = item.partition("=")
+    key = dotted.strip()
+    if not sep or not key_re.fullmatch(key):
+        sys.exit(f"--set {item!r}: expected section.key=value")
+    if key == "run.out_dir":
+        sys.exit(f"--set {item!r}: run.out_dir comes from each TOML file and cannot be overridden")
+    if key == "run.seed" and n_seeds:
+        sys.exit(f"--set {item!r}: conflicts with SEEDS={seeds!r}")
+PY
+}
+if [[ $# -gt 0 ]] && ! msg=$(check_overrides "$@" 2>&1); then
+    echo "$0: ${msg}" >&2
+    exit 2
+fi
 
 # Print "<world_size> <out_dir>" of a config (world_size 0 = any, launched as 1 rank).
 toml_fields() {

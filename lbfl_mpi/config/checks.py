@@ -75,12 +75,40 @@ def _check_field(key: str, v: Any, f: dataclasses.Field) -> None:
         _check(not bad, key, v, f"element {bad[0]!r}: expected str" if bad else "")
 
 
+# keys that name a file system path: checked against what a path can be (Linux NAME_MAX, PATH_MAX)
+PATH_KEYS = ("run.out_dir", "data.root")
+NAME_MAX, PATH_MAX = 255, 4096
+
+
+def _check_text(key: str, v: Any) -> None:
+    """A string value must be Unicode text: config.toml (UTF-8 TOML) has to hold it, and a lone
+    surrogate, which is how Python keeps command-line bytes that are not UTF-8, has no spelling there."""
+    for x in v if isinstance(v, list) else [v]:
+        if isinstance(x, str) and any(0xD800 <= ord(c) <= 0xDFFF for c in x):
+            raise ConfigError(f"{key}={shown(v)}: holds bytes that are not UTF-8 text; config values are "
+                              "written to config.toml as UTF-8, so use a name that is valid UTF-8")
+
+
+def check_path_text(key: str, v: str) -> None:
+    """A path key: no NUL character, no component over NAME_MAX bytes, at most PATH_MAX bytes in all."""
+    _check("\0" not in v, key, v, "must not contain a NUL character")
+    raw = v.encode("utf-8", "surrogateescape")
+    long = [c for c in raw.split(b"/") if len(c) > NAME_MAX]
+    _check(not long, key, v, f"has a path component of {len(long[0]) if long else 0} bytes; file systems "
+                             f"allow at most {NAME_MAX}")
+    _check(len(raw) < PATH_MAX, key, v, f"is {len(raw)} bytes long; paths must be below {PATH_MAX}")
+
+
 def validate(cfg: Config) -> None:
     """Type, choice and range checks for every key (from the field metadata), then the checks that
     involve several keys or a list's shape; raises ConfigError naming the first bad key."""
     for sec, cls in sections().items():
         for f in dataclasses.fields(cls):
             _check_field(f"{sec}.{f.name}", getattr(getattr(cfg, sec), f.name), f)
+            _check_text(f"{sec}.{f.name}", getattr(getattr(cfg, sec), f.name))
+    for key in PATH_KEYS:
+        sec, name = key.split(".")
+        check_path_text(key, getattr(getattr(cfg, sec), name))
     r, d = cfg.run, cfg.data
     _check(r.out_dir.strip() != "", "run.out_dir", r.out_dir, "must not be empty")
     _check(not (r.resume and r.overwrite), "run.resume", r.resume, "cannot be combined with run.overwrite=true")

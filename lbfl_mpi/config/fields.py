@@ -4,7 +4,6 @@ the schema, the checks and the loader all use. Imports nothing of the package.""
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import field
 from typing import Any
 
@@ -98,6 +97,27 @@ def shown(value: Any) -> str:
     return text if len(text) <= 80 else f"{text[:40]}... ({len(text)} characters)"
 
 
+def toml_string(v: str) -> str:
+    """``v`` as a TOML basic string that reads back as ``v``: printable characters as they are (any
+    Unicode, an emoji included: the file is UTF-8), quote and backslash escaped, every other character
+    (control characters, DEL, bidirectional overrides, line separators) as ``\\uXXXX`` or
+    ``\\UXXXXXXXX``. A lone surrogate (undecodable bytes of a command line, kept by Python's
+    surrogateescape) is no Unicode scalar value and has no TOML spelling: ValueError (the checks refuse
+    such values first, naming the key)."""
+    out = []
+    for c in v:
+        o = ord(c)
+        if 0xD800 <= o <= 0xDFFF:
+            raise ValueError(f"{shown(v)} holds bytes that are not UTF-8 text; TOML cannot write them")
+        if c in '"\\':
+            out.append("\\" + c)
+        elif c.isprintable():
+            out.append(c)
+        else:
+            out.append(f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+    return '"' + "".join(out) + '"'
+
+
 def toml_value(v: Any) -> str:
     """``v`` as a TOML value (what ``--set`` and a config file take back unchanged)."""
     if isinstance(v, bool):
@@ -105,7 +125,7 @@ def toml_value(v: Any) -> str:
     if isinstance(v, (int, float)):
         return repr(v)
     if isinstance(v, str):
-        return json.dumps(v)  # JSON string escapes are valid TOML basic-string escapes
+        return toml_string(v)
     if isinstance(v, list):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {v!r} as TOML")

@@ -3,10 +3,12 @@ then validation (checks.py). Writing one back is :func:`~.fields.dump_toml` (``C
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
+from ..files import read_text
 from .checks import validate
 from .fields import TYPE_OK, TYPE_WORDS, ConfigError, field_type, shown
 from .schema import Config, sections
@@ -34,6 +36,21 @@ def _apply(cfg: Config, section: str, key: str, value: Any) -> None:
     setattr(sub, key, _coerce(f"{section}.{key}", value, field_type(names[key])))
 
 
+# ``--set`` keys: section.key, identifiers only; surrounding spaces are dropped ("run.steps = 5")
+SET_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*")
+CONFIG_MAX = 16 * 2**20  # an experiment file is a few kilobytes; a larger one is not a config
+
+
+def split_override(item: str) -> tuple[str, str, str]:
+    """``section.key=value`` -> (section, key, value text). The key is stripped of surrounding spaces
+    and must then be ``section.key`` of identifiers; anything else is a ConfigError."""
+    dotted, sep, text = item.partition("=")
+    if not sep or not SET_KEY.fullmatch(dotted.strip()):
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    section, key = dotted.strip().split(".")
+    return section, key, text.strip()
+
+
 def parse_value(text: str) -> Any:
     """Parse a ``--set`` value as a TOML value (1, 0.5, true, [1, 2], "s"); bare words stay strings."""
     try:
@@ -47,10 +64,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     cfg = Config()
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"--config {str(path)!r}: no such file")
-        try:
-            text = p.read_text(encoding="utf-8")
+        try:  # a FIFO, device or directory is refused before any read could block
+            text = read_text(p, max_bytes=CONFIG_MAX)
+        except FileNotFoundError:
+            raise ConfigError(f"--config {str(path)!r}: no such file") from None
         except UnicodeDecodeError as e:
             raise ConfigError(f"--config {str(path)!r}: not a UTF-8 text file "
                               f"(byte {e.start}: {e.reason})") from None
@@ -67,10 +84,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             for key, value in table.items():
                 _apply(cfg, section, key, value)
     for item in overrides:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ConfigError(f"--set {item!r}: expected section.key=value")
-        dotted, text = item.split("=", 1)
-        section, key = dotted.strip().split(".", 1)
-        _apply(cfg, section, key, parse_value(text.strip()))
+        section, key, text = split_override(item)
+        _apply(cfg, section, key, parse_value(text))
     validate(cfg)
     return cfg

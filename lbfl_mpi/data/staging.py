@@ -26,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import DATASETS, NUM_CLASSES, DataConfig
+from ..config import DATASETS, NUM_CLASSES, ConfigError, DataConfig
+from ..config.checks import check_path_text
+from ..files import printable
 from .datasets import _LAYOUT, FASHION_DEFAULT_ROOT, DataError, TensorData, load_dataset
 
 BAD_INPUT = 2
@@ -153,9 +155,10 @@ def _print_check(r: dict, as_json: bool) -> None:
 
 def cmd_check(args) -> int:
     try:
+        check_path_text("--root", args.root or "")
         result = check_dataset(args.name, args.root or "", args.image_size)
-    except DataError as e:
-        print(f"lbfl data check: error: {e}", file=sys.stderr, flush=True)
+    except (DataError, ConfigError) as e:
+        print(f"lbfl data check: error: {printable(e)}", file=sys.stderr, flush=True)
         return BAD_INPUT
     _print_check(result, args.json)
     return 0
@@ -203,9 +206,15 @@ def cmd_fetch(args) -> int:
     name, root = args.name, args.root or ""
 
     def fail(msg: str) -> int:
-        print(f"lbfl data fetch: error: {msg}", file=sys.stderr, flush=True)
+        print(f"lbfl data fetch: error: {printable(msg)}", file=sys.stderr, flush=True)
         return BAD_INPUT
 
+    try:
+        check_path_text("--root", root)
+    except ConfigError as e:
+        return fail(str(e))
+    if not 0 < args.timeout <= 86_400:  # nan and inf fail too; socket timeouts must be finite and > 0
+        return fail(f"--timeout={args.timeout}: must be a number of seconds in (0, 86400]")
     if name in BUILT_IN:
         print(f"{name} is built in ({BUILT_IN[name]}); nothing to fetch", flush=True)
         return 0
@@ -235,33 +244,3 @@ def cmd_fetch(args) -> int:
         return fail(f"{name} downloaded, but the check failed: {e}")
     _print_check(result, args.json)
     return 0
-
-
-# ------------------------------------------------------------------------------------------------- CLI
-def add_data_parser(sub) -> None:
-    """Register ``lbfl data fetch NAME --root DIR`` and ``lbfl data check NAME --root DIR``."""
-    d = sub.add_parser("data", help="fetch a dataset (login node with internet) or check a staged one",
-                       description="Stage datasets for training: fetch where there is internet, check "
-                                   "where training will run, then train with data.root=DIR.")
-    dsub = d.add_subparsers(dest="data_command", required=True)
-    f = dsub.add_parser("fetch", help="download a dataset into DIR in the layout training reads",
-                        description="Download NAME into DIR in the layout `lbfl train` reads with "
-                                    "data.root=DIR, then check it. digits and synthetic are built in: "
-                                    "nothing to fetch (exit 0). Without network: one error line, exit 2.")
-    f.add_argument("name", metavar="NAME", choices=DATASETS, help=f"one of {', '.join(DATASETS)}")
-    f.add_argument("--root", metavar="DIR", help="directory to download into (training's data.root)")
-    f.add_argument("--timeout", type=float, default=60.0, metavar="S",
-                   help="seconds a connection may stall before the download fails (default 60)")
-    f.add_argument("--json", action="store_true", help="print the check result as JSON")
-    f.set_defaults(func=cmd_fetch)
-    c = dsub.add_parser("check", help="verify a staged dataset as training will load it",
-                        description="Load NAME from DIR through the trainer's own loader and verify the "
-                                    "layout, the class count, the train/test sample counts and the input "
-                                    "shape. Any problem: one error line, exit 2.")
-    c.add_argument("name", metavar="NAME", choices=DATASETS, help=f"one of {', '.join(DATASETS)}")
-    c.add_argument("--root", metavar="DIR", default="",
-                   help="the data.root training will use (fashion_mnist default: " + FASHION_DEFAULT_ROOT + ")")
-    c.add_argument("--image-size", type=int, default=0, metavar="PX",
-                   help="data.image_size (0: 32 for CIFAR, 224 otherwise)")
-    c.add_argument("--json", action="store_true", help="print the result as JSON")
-    c.set_defaults(func=cmd_check)

@@ -3,7 +3,10 @@
 Each rank writes ``checkpoints/step_XXXXXXXX/rankRRRR.pt`` (model, optimizer, RNG states, data
 position, synchroniser and trainer state) to a fresh temporary name and renames it; after a barrier
 rank 0 writes the step's ``meta.json`` (step, world size, resolved config) and atomically replaces
-``latest.json``. A step directory with ``meta.json`` is therefore complete. The two newest are kept.
+``latest.json``. A step directory with ``meta.json`` is therefore complete. The two newest are kept:
+older ones lose the files lbfl wrote there (rankRRRR.pt, meta.json, their temporaries) and the
+directory once empty, through directory handles opened with ``O_NOFOLLOW``, so a ``checkpoints/`` or
+``step_*`` that is a symbolic link (into another run, say) is never followed, written or pruned.
 
 Loading never unpickles code: files are read with ``torch.load(weights_only=True)``, which accepts
 tensors and plain containers only; the one non-tensor state that needs more (numpy's RNG state) is
@@ -12,20 +15,24 @@ fall back to the previous complete checkpoint, with a one-line warning.
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
 import random
 import re
-import shutil
+import stat
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..files import atomic_path, write_text_atomic
+from ..files import open_regular, owned, printable, read_bytes, real_dir, save_torch, write_text_atomic
 
 KEEP = 2
 _STEP_DIR = re.compile(r"step_(\d{8})")
+_JSON_MAX = 64 * 2**20  # meta.json holds the resolved config: kilobytes
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def ckpt_dir(out_dir, step: int) -> Path:
@@ -34,7 +41,7 @@ def ckpt_dir(out_dir, step: int) -> Path:
 
 def _read_json(path: Path) -> dict | None:
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(read_bytes(path, max_bytes=_JSON_MAX))
     except (OSError, ValueError, UnicodeDecodeError):
         return None
     return d if isinstance(d, dict) else None
@@ -42,14 +49,14 @@ def _read_json(path: Path) -> dict | None:
 
 def latest_checkpoint(out_dir) -> dict | None:
     p = Path(out_dir) / "checkpoints" / "latest.json"
-    return _read_json(p) if p.is_file() else None
+    return _read_json(p) if not p.parent.is_symlink() and p.is_file() else None
 
 
 def checkpoint_metas(out_dir) -> list[dict]:
     """Complete checkpoints of a run directory, newest first: ``{"step", "world_size", "config"?}``.
     A step directory counts when it has meta.json, or when latest.json names it (older runs)."""
     root = Path(out_dir) / "checkpoints"
-    if not root.is_dir():
+    if root.is_symlink() or not root.is_dir():  # a link is never followed (the run dir check refuses it)
         return []
     metas = {}
     for d in root.iterdir():
@@ -61,7 +68,7 @@ def checkpoint_metas(out_dir) -> list[dict]:
             metas[meta["step"]] = meta
     latest = latest_checkpoint(out_dir)
     if latest and isinstance(latest.get("step"), int) and latest["step"] not in metas \
-            and ckpt_dir(out_dir, latest["step"]).is_dir():
+            and ckpt_dir(out_dir, latest["step"]).is_dir() and not ckpt_dir(out_dir, latest["step"]).is_symlink():
         metas[latest["step"]] = latest
     return [metas[s] for s in sorted(metas, reverse=True)]
 
@@ -87,10 +94,8 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(comm, out_dir, step: int, payload: dict, config: dict | None = None) -> None:
     """Collective: every rank writes its state for ``step`` (steps completed so far)."""
-    d = ckpt_dir(out_dir, step)
-    d.mkdir(parents=True, exist_ok=True)
-    with atomic_path(d / f"rank{comm.rank:04d}.pt") as tmp:
-        torch.save({**payload, "step": step, "rng": rng_state()}, tmp)
+    d = real_dir(real_dir(Path(out_dir) / "checkpoints") / f"step_{step:08d}")
+    save_torch({**payload, "step": step, "rng": rng_state()}, d / f"rank{comm.rank:04d}.pt")
     comm.barrier()
     if comm.rank == 0:
         meta = {"step": step, "world_size": comm.world_size}
@@ -98,13 +103,46 @@ def save_checkpoint(comm, out_dir, step: int, payload: dict, config: dict | None
         write_text_atomic(Path(out_dir) / "checkpoints" / "latest.json", json.dumps(meta))
         steps = sorted(m["step"] for m in checkpoint_metas(out_dir))
         for old in steps[:-KEEP]:
-            shutil.rmtree(ckpt_dir(out_dir, old), ignore_errors=True)
+            prune(out_dir, old)
+
+
+def prune(out_dir, step: int) -> list[str]:
+    """Delete checkpoint ``step``: the files lbfl wrote in its directory, then the directory when it is
+    empty (a file of the user's keeps it). Nothing when ``checkpoints/`` or ``step_*`` is a symbolic
+    link or not a directory. Returns the names removed."""
+    name = f"step_{step:08d}"
+    removed: list[str] = []
+    try:
+        root = os.open(Path(out_dir) / "checkpoints", _DIR_FLAGS)
+    except OSError:
+        return removed
+    try:
+        sub = os.open(name, _DIR_FLAGS, dir_fd=root)
+    except OSError:  # ELOOP: a link; ENOTDIR: a file; ENOENT: gone
+        os.close(root)
+        return removed
+    try:
+        for entry in os.listdir(sub):
+            st = os.stat(entry, dir_fd=sub, follow_symlinks=False)
+            if owned(f"checkpoints/{name}/{entry}") and not stat.S_ISDIR(st.st_mode):
+                os.unlink(entry, dir_fd=sub)
+                removed.append(entry)
+        try:
+            os.rmdir(name, dir_fd=root)
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+                raise
+    finally:
+        os.close(sub)
+        os.close(root)
+    return removed
 
 
 def _load(path: Path) -> tuple[dict | None, str | None]:
     """This rank's payload, or the one-line reason it cannot be used."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path) as fh:  # a FIFO or device at the name is an error, not a blocked read
+            payload = torch.load(fh, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         return None, f"{path.name} is missing"
     except Exception as e:  # noqa: BLE001 - truncated zip, refused pickle, I/O error: all mean "unusable"
@@ -129,5 +167,5 @@ def load_latest_valid(comm, out_dir, steps: list[int]) -> tuple[int | None, dict
         warnings.append(f"checkpoint step {step} skipped: {'; '.join(bad[:3])}"
                         + (f" (and {len(bad) - 3} more ranks)" if len(bad) > 3 else ""))
         if comm.rank == 0:
-            print(f"lbfl: warning: {warnings[-1]}", file=sys.stderr, flush=True)
+            print(f"lbfl: warning: {printable(warnings[-1])}", file=sys.stderr, flush=True)
     return None, None, warnings

@@ -11,7 +11,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import socket
+import stat
 import sys
 import time
 import tomllib
@@ -19,13 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Config, ConfigError
-from ..files import remove_owned, write_text_atomic
+from ..files import kind, printable, read_text, remove_owned, write_text_atomic
 from ..telemetry.validate import check_rank_file
 from .checkpoint import checkpoint_metas
 
 ARTIFACTS = ("config.toml", "summary.json", "model.pt")
 CONFIG_HEADER = "# lbfl_mpi run configuration, written by `lbfl train` (resolved values)\n"
 LOCK_NAME = ".lbfl.lock"
+_RANK_FILE = re.compile(r"rank\d{4}\.h5")
+_CONFIG_MAX = 16 * 2**20  # a resolved config is a few kilobytes
 
 # keys that do not change what a resumed run computes up to its checkpoint
 RESUME_MAY_CHANGE = {"run.resume", "run.overwrite", "run.name", "run.checkpoint_every", "run.out_dir",
@@ -57,7 +61,7 @@ def saved_config(out: Path) -> dict | None:
     """The config.toml that lbfl wrote in ``out`` as a dict; None when absent or not lbfl's."""
     p = out / "config.toml"
     try:
-        text = p.read_text()
+        text = read_text(p, max_bytes=_CONFIG_MAX)  # a FIFO or device there is "not lbfl's", never a hang
         data = tomllib.loads(text)
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None
@@ -95,6 +99,31 @@ def _unusable_dir(out: Path, key: str) -> str | None:
     return None
 
 
+def _wrong_kind(out: Path) -> str | None:
+    """Why a name lbfl writes in ``out`` cannot be written: something other than a regular file (or a
+    link, which the atomic rename replaces) at a file's name, or other than a real directory at
+    ``checkpoints/``. Found here, before the run, instead of when the file is written at its end."""
+    if not out.is_dir():
+        return None
+    names = list(ARTIFACTS) + sorted(n for n in os.listdir(out) if _RANK_FILE.fullmatch(n))
+    names.append("checkpoints/latest.json")
+    ck = out / "checkpoints"
+    if os.path.lexists(ck):
+        mode = os.lstat(ck).st_mode
+        if not stat.S_ISDIR(mode):
+            return (f"run.out_dir={str(out)!r}: checkpoints is {kind(mode)}, not a directory; lbfl writes and "
+                    "prunes checkpoints only in a directory of its own, never through a link: move it away")
+    for name in names:
+        p = out / name
+        if not os.path.lexists(p):
+            continue
+        mode = os.lstat(p).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            return (f"run.out_dir={str(out)!r}: {name} is {kind(mode)}, not a file; lbfl writes a file "
+                    "there: move it away")
+    return None
+
+
 @dataclass
 class Decision:
     error: str | None = None
@@ -106,7 +135,7 @@ class Decision:
 def _decide(cfg: Config, world_size: int) -> Decision:
     """Computed on rank 0, before anything is written."""
     out = Path(cfg.run.out_dir)
-    bad = _unusable_dir(out, "run.out_dir")
+    bad = _unusable_dir(out, "run.out_dir") or _wrong_kind(out)
     if bad:
         return Decision(error=bad)
     found = existing_run(out)
@@ -118,6 +147,10 @@ def _decide(cfg: Config, world_size: int) -> Decision:
             if metas[0]["world_size"] != world_size:
                 return Decision(error=f"{key}: the checkpoint was written by {metas[0]['world_size']} ranks, "
                                       f"this job has {world_size}")
+            if metas[0]["step"] > cfg.train.steps:
+                return Decision(error=f"{key}: train.steps={cfg.train.steps} is below the checkpoint's step "
+                                      f"{metas[0]['step']} in {cfg.run.out_dir!r}; set train.steps >= "
+                                      f"{metas[0]['step']} to continue it, or run.overwrite=true to start again")
             changed = changed_keys(metas[0].get("config") or saved_config(out), cfg)
             if changed:
                 return Decision(error=f"{key}: {', '.join(changed)} differ from the run being resumed "
@@ -154,12 +187,18 @@ def _lock(out: Path) -> str | None:
     global _lock_fd
     if _lock_fd is not None:
         return None
-    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    # O_NONBLOCK: a FIFO planted at the name must not block the open; 0o666: the umask decides
+    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o666)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        return f"run.out_dir={str(out)!r}: {LOCK_NAME} is {kind(mode)}, not a lock file: move it away"
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
         if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            # the holder's own line, but anyone who can write the file may have put escapes in it
+            holder = printable(os.pread(fd, 200, 0).decode(errors="replace").strip()) or "unknown"
             os.close(fd)
             return (f"run.out_dir={str(out)!r} is in use by another job ({holder}); two jobs must not "
                     "write one run directory")
@@ -168,7 +207,7 @@ def _lock(out: Path) -> str | None:
         os.close(fd)
         return None
     os.ftruncate(fd, 0)
-    job = os.environ.get("SLURM_JOB_ID")
+    job = printable(os.environ.get("SLURM_JOB_ID", ""))[:64]
     os.pwrite(fd, (f"pid {os.getpid()} on {socket.gethostname()}" + (f", Slurm job {job}" if job else "")
                    + f", since {time.strftime('%Y-%m-%d %H:%M:%S')}\n").encode(), 0)
     _lock_fd = fd
@@ -183,18 +222,20 @@ def release_lock() -> None:
 
 
 def _decide_and_lock(cfg: Config, world_size: int) -> Decision:
-    d = _decide(cfg, world_size)
-    if d.error:
-        return d
-    out = Path(cfg.run.out_dir)
-    try:
+    try:  # an unreadable directory, a name too long: one line on every rank, not a traceback on rank 0
+        d = _decide(cfg, world_size)
+        if d.error:
+            return d
+        out = Path(cfg.run.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         err = _lock(out)
+        if err:
+            return Decision(error=err)
+        d = _decide(cfg, world_size)  # again under the lock: another job may have finished in between
     except OSError as e:
-        return Decision(error=f"run.out_dir={cfg.run.out_dir!r}: {e.strerror or e}")
-    if err:
-        return Decision(error=err)
-    d = _decide(cfg, world_size)  # again under the lock: another job may have finished in between
+        release_lock()
+        return Decision(error=f"run.out_dir={cfg.run.out_dir!r}: {e.strerror or e}"
+                              + (f" ({printable(e.filename)})" if e.filename else ""))
     if d.error:
         release_lock()
     return d
@@ -208,7 +249,7 @@ def prepare_run_dir(cfg: Config, comm) -> Decision:
     if d.error:
         raise ConfigError(d.error)
     if d.note and comm.rank == 0:
-        print(f"lbfl: warning: {d.note}", file=sys.stderr, flush=True)
+        print(f"lbfl: warning: {printable(d.note)}", file=sys.stderr, flush=True)
     return d
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 REQUEUE_EXIT = 3
 NONFINITE_EXIT = 4
-QUANTITIES = ("loss", "grad_norm", "parameters")  # codes 1, 2, 3 in the agreement vector
+QUANTITIES = ("loss", "grad_norm", "parameters", "test_loss")  # codes 1, 2, 3, 4 in the agreement vector
 
 
 class Preempted(Exception):
@@ -44,20 +44,42 @@ class Preempted(Exception):
 class NonFiniteStop(Exception):
     """Every rank stopped after a non-finite value; exit NONFINITE_EXIT."""
 
-    def __init__(self, step: int, quantity: str, rank: int, checkpoint: int | None):
+    def __init__(self, step: int, quantity: str, rank: int, checkpoint: int | None, mode: str = "stop"):
         kept = (f"the last good checkpoint is step {checkpoint}" if checkpoint is not None
                 else "no checkpoint was written")
-        super().__init__(f"non-finite {quantity} at step {step} on rank {rank} (train.nonfinite='stop'); "
-                         f"stopped every rank, {kept}")
+        why = ""
+        if mode != "stop" and quantity == "parameters":
+            why = ": the model itself is non-finite, which dropping updates cannot repair"
+        elif quantity == "test_loss":
+            why = ": the final model's outputs are non-finite"
+        super().__init__(f"non-finite {quantity} at step {step} on rank {rank} (train.nonfinite={mode!r}{why}); "
+                         f"stopped every rank, {kept}; model.pt is not written")
         self.step, self.quantity, self.rank = step, quantity, rank
+
+
+class NothingApplied(NonFiniteStop):
+    """train.nonfinite='skip' dropped every update of the run on every rank; exit NONFINITE_EXIT."""
+
+    def __init__(self, ran: int, start: int, checkpoint: int | None):
+        kept = (f"the last good checkpoint is step {checkpoint}" if checkpoint is not None
+                else "no checkpoint was written")
+        Exception.__init__(self, f"train.nonfinite='skip' dropped all {ran} updates of steps {start} to "
+                                 f"{start + ran - 1} on every rank (non-finite loss or gradient norm): nothing "
+                                 f"was trained; {kept}; model.pt is not written")
+        self.step, self.quantity, self.rank = start + ran - 1, "loss", -1
 
 
 class SignalWatch:
     """Catch ``names`` (e.g. ["SIGUSR1", "SIGTERM"]): the first delivery only records it, so the
     ranks can agree on a step and checkpoint there; a second delivery of the same signal gets its
-    default action at once (a user pressing Ctrl-C twice, or a scheduler's final SIGTERM)."""
+    default action at once (a user pressing Ctrl-C twice, or a scheduler's final SIGTERM).
+
+    Once ``finished`` is set (the trainer sets it when the last step is done) a delivery is only
+    noted: the run is complete, and dying of the signal now would turn its exit code 0 into 128 + N.
+    :meth:`close` then keeps the handlers until the process ends, for the same reason."""
 
     def __init__(self, names: list[str]):
+        self.finished = False
         self.received: str | None = None
         self.step = -1         # the step in progress, kept current by the trainer
         self.received_at = -1  # the step in progress when the first signal came
@@ -68,6 +90,10 @@ class SignalWatch:
 
     def _handle(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name
+        if self.finished:
+            if self.received is None:
+                self.received, self.received_at = name, self.step
+            return
         if self.received == name:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
@@ -78,6 +104,8 @@ class SignalWatch:
                   file=sys.stderr, flush=True)
 
     def close(self) -> None:
+        if self.finished:  # the run is complete: a late signal must not change how the process ends
+            return
         for sig, old in self._previous.items():
             signal.signal(sig, old)
         self._previous.clear()
@@ -135,11 +163,8 @@ class StopAgreement:
         (``step_bad``; afterwards ``any_bad`` says whether it was on any rank). Returns whether a stop
         is now agreed."""
         local = self._local_vector(step_bad)
-        if self.comm.world_size > 1:
-            from mpi4py import MPI
-
-            table = np.empty((self.comm.world_size, local.size), dtype=np.int64)
-            self.comm.comm.Allgather([local, MPI.INT64_T], [table, MPI.INT64_T])
+        if self.comm.world_size > 1:  # on MPI whatever the data plane, watched (comm/watchdog.py)
+            table = self.comm.control_allgather(local, np.empty((self.comm.world_size, local.size), dtype=np.int64))
         else:
             table = local[None]
         self.agreements += 1
@@ -152,3 +177,22 @@ class StopAgreement:
             self.nonfinite = min(bad)
         self.any_bad = bool(table[:, 4].any())
         return self.preempt is not None or self.nonfinite is not None
+
+
+def preemption_warnings(cfg, world_size: int) -> list[str]:
+    """A start-up warning (the trainer prints it once, on rank 0) when a preemption signal cannot be
+    honoured before the end: under FedAvg on several ranks the ranks agree on a pending signal only at
+    a model average (every ``sync.period`` steps), every ``run.preempt_check_every`` steps and at a
+    checkpoint (``run.checkpoint_every``), and a signal agreed on at step ``train.steps`` is too late
+    (the run completes instead). So it warns when none of those three intervals is below train.steps."""
+    if world_size < 2 or not cfg.run.preempt_signals or cfg.sync.mode != "fedavg":
+        return []
+    every = {"sync.period": cfg.sync.period, "run.preempt_check_every": cfg.run.preempt_check_every,
+             "run.checkpoint_every": cfg.run.checkpoint_every}
+    if min(v for v in every.values() if v > 0) < cfg.train.steps:
+        return []
+    shown = ", ".join(f"{k}={v}" for k, v in every.items())
+    return [f"sync.mode='fedavg' with {shown} for train.steps={cfg.train.steps}: a preemption signal "
+            f"({', '.join(cfg.run.preempt_signals)}) is acted on only at a model average, a checkpoint or a "
+            "run.preempt_check_every step, and none comes before the end, so it cannot be honoured; set "
+            f"run.preempt_check_every (e.g. {max(1, cfg.train.steps // 10)})"]

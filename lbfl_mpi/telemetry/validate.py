@@ -29,10 +29,11 @@ Level 0A - Format Signature and Superblock":
 from __future__ import annotations
 
 import os
-import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..files import NotRegularFile, open_regular
 
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 FLAG_WRITE = 0x01
@@ -153,15 +154,15 @@ def parse_superblock(sb: bytes, at: int = 0) -> Superblock:
 def read_superblock(path: str | os.PathLike) -> tuple[Superblock | None, int]:
     """(superblock, file size) of a regular file; (None, 0) for an empty one. Raises BadFile."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise BadFile("not a regular file")
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:  # O_NONBLOCK + fstat: a FIFO swapped in after a stat cannot block
             size = os.fstat(fh.fileno()).st_size
             if size == 0:
                 return None, 0
             at = _find_signature(fh, size)
             fh.seek(at)
             return parse_superblock(fh.read(_SUPERBLOCK_MAX), at), size
+    except NotRegularFile:
+        raise BadFile("not a regular file") from None
     except OSError as e:
         raise BadFile(f"cannot read ({e.strerror or e})") from None
 

@@ -234,7 +234,7 @@ def test_binary_config_file_is_one_config_error_line(tmp_path, content):
 
 
 def test_unreadable_config_path_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="no such file"):
+    with pytest.raises(ConfigError, match="is a directory, not a regular file"):
         load_config(tmp_path)  # a directory
 
 
