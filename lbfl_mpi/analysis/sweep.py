@@ -13,13 +13,15 @@ import json
 import sys
 from pathlib import Path
 
+from ..files import atomic_path, read_bytes
+
 
 def load_plans(paths: list[str]) -> list[tuple[str, dict]]:
     """(name, rank 0's plan) of each file; the name is the file's stem."""
     out = []
     for p in paths:
         try:
-            plans = json.loads(Path(p).read_text())
+            plans = json.loads(read_bytes(p, 64 * 2**20))  # a FIFO or device: an error, not a blocked read
         except (OSError, ValueError) as e:  # ValueError: JSONDecodeError and UnicodeDecodeError
             raise ValueError(f"{p}: not a `lbfl plan --json` file ({e})") from None
         if not isinstance(plans, list) or not plans or not isinstance(plans[0], dict) or "rows" not in plans[0]:
@@ -66,7 +68,8 @@ def plot_sweep(plans: list[tuple[str, dict]], out_dir: str) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "batch_sweep.png"
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:  # a fresh file, then a rename: never through a link planted at the name
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
 

@@ -5,14 +5,83 @@ import math
 
 import numpy as np
 
+from ..accuracy import accuracy_warning, config_num_classes
 from .load import RunData, as_float
 
 TIME_COLUMNS = ("t_data", "t_compute", "t_sync", "t_step")
+# the per-rank table: mean, median and p90 over steps (t_eval: over evaluations), in ms
+TABLE_TIMES = ("t_data", "t_compute", "t_straggle", "t_sync", "t_step", "t_eval")
+STATS = ("mean", "median", "p90")
 INCOMPLETE = "incomplete"  # rank files but no summary.json: killed, preempted or still running
+# units of a record's values (``--json`` gives seconds and fractions where the text shows ms and %);
+# keys of the per-rank entries are listed as ``ranks.KEY``
+RECORD_UNITS = {
+    "final_test_acc": "1", "best_test_acc": "1", "best_step": "0-based step index", "wall_time_s": "s",
+    "eval_time_s": "s", "samples_per_s": "samples/s", "samples_per_s_no_eval": "samples/s",
+    "global_batch": "samples", "epoch_time_s": "s", "ideal_epoch_time_s": "s", "epoch_vs_ideal": "1",
+    **{f"ranks.{st}_{c}": "s" for st in STATS for c in (*TABLE_TIMES, "t_compress")},
+    "ranks.eval_time_s": "s", "ranks.bytes_sent_per_step": "bytes", "ranks.bytes_per_sync": "bytes",
+    "ranks.dense_bytes": "bytes", "ranks.bytes_vs_dense": "1", "ranks.mean_density": "1",
+    "ranks.idle_wait_share": "1", "ranks.final_batch": "samples",
+}
 
 
 def _mean(a: np.ndarray | None) -> float:
     return float(np.mean(a)) if a is not None and a.size else float("nan")
+
+
+def _stat(a: np.ndarray | None, how: str) -> float:
+    """``how`` in STATS of the finite values of ``a`` (NaN when there are none)."""
+    if a is None:
+        return float("nan")
+    a = a[np.isfinite(a)]  # t_eval of rows kept from a file written before it existed is NaN
+    if not a.size:
+        return float("nan")
+    if how == "mean":
+        return float(np.mean(a))
+    return float(np.median(a)) if how == "median" else float(np.percentile(a, 90))
+
+
+def _time_stats(r) -> dict:
+    """mean_/median_/p90_ of every TABLE_TIMES column and t_compress (seconds), and the rank's
+    evaluation time in all (``eval_time_s``; NaN where the rank file has no t_eval column)."""
+    out = {}
+    for c in (*TABLE_TIMES, "t_compress"):
+        col = r.eval.get(c) if c == "t_eval" else r.steps.get(c)
+        for how in STATS:
+            out[f"{how}_{c}"] = _stat(col, how)
+    t_eval = r.eval.get("t_eval")
+    out["eval_time_s"] = float(np.nansum(t_eval)) if t_eval is not None else float("nan")
+    return out
+
+
+def _best_step(run: RunData) -> int | None:
+    """0-based index of the step after which the best evaluation was taken (summary.json best_step,
+    else from the evaluation log)."""
+    b = (run.summary or {}).get("best_step")
+    if isinstance(b, int) and not isinstance(b, bool) and b >= 0:
+        return b
+    ev = run.eval_curve()
+    acc, steps = ev.get("test_acc"), ev.get("step")
+    if acc is None or steps is None or not np.isfinite(acc).any():
+        return None
+    return int(steps[int(np.nanargmax(acc))])
+
+
+def _throughput(run: RunData, ranks: list[dict]) -> dict:
+    """samples/s over the wall time with and without evaluation, and rank 0's evaluation seconds:
+    from summary.json, else (a summary written before these keys) from its samples, its wall time
+    and rank 0's t_eval column."""
+    s = run.summary or {}
+    wall, samples = as_float(s.get("wall_time_s")), as_float(s.get("samples"))
+    eval_s = as_float(s.get("eval_time_s"))
+    if np.isnan(eval_s) and ranks:
+        eval_s = ranks[0]["eval_time_s"]
+    no_eval = as_float(s.get("samples_per_s_no_eval"))
+    if np.isnan(no_eval) and wall - eval_s > 0:
+        no_eval = samples / (wall - eval_s)
+    return {"eval_time_s": None if np.isnan(eval_s) else eval_s,
+            "samples_per_s_no_eval": None if np.isnan(no_eval) else no_eval}
 
 
 def idle_wait_share(run: RunData) -> list[float]:
@@ -90,8 +159,7 @@ def run_record(run: RunData) -> dict:
     waits = idle_wait_share(run)
     for r in run.ranks:
         rec = {"rank": r.rank, "rows": int(r.steps["step"].size) if "step" in r.steps else 0}
-        rec.update({f"mean_{c}": _mean(r.steps.get(c)) for c in TIME_COLUMNS})
-        rec["mean_t_compress"] = _mean(r.steps.get("t_compress"))
+        rec.update(_time_stats(r))  # mean_t_step, median_t_step, p90_t_step, ... (TIME_COLUMNS among them)
         rec["bytes_sent_per_step"] = _mean(r.steps.get("bytes_sent"))
         rec.update(_traffic(r))
         bs = r.steps.get("batch_size")
@@ -101,12 +169,22 @@ def run_record(run: RunData) -> dict:
         ranks.append(rec)
     s = run.summary or {}
     return {"run": str(run.path), "name": run.name, "final_test_acc": final, "best_test_acc": best,
+            "best_step": _best_step(run), "accuracy_warning": _accuracy_warning(run, final, best),
             "complete": run.summary is not None, **outcome(run), "steps": s.get("steps"),
             "world_size": len(run.ranks),
             "sync_mode": run.config.get("sync", {}).get("mode"), "samples_per_s": s.get("samples_per_s"),
+            **_throughput(run, ranks),
             "global_batch": s.get("global_batch"), "scaling": scaling_label(run.config),
             "lr": run.config.get("train", {}).get("lr"),
-            "wall_time_s": s.get("wall_time_s"), **epoch_vs_ideal(run), "ranks": ranks}
+            "wall_time_s": s.get("wall_time_s"), **epoch_vs_ideal(run), "ranks": ranks, "units": dict(RECORD_UNITS)}
+
+
+def _accuracy_warning(run: RunData, final: float, best: float) -> str | None:
+    """accuracy.py's near-chance / far-below-best line, for completed runs only (a killed or stopped
+    run's last evaluation is not its end)."""
+    if outcome(run)["outcome"] != "completed":
+        return None
+    return accuracy_warning(final, best, config_num_classes(run.config), _best_step(run))
 
 
 def _traffic(r) -> dict:
@@ -150,6 +228,8 @@ def outcome_warnings(rec: dict) -> list[str]:
     n = rec.get("nonfinite_skips") or 0
     if n:
         out.append(f"WARNING: {n} update{'s' if n != 1 else ''} skipped (non-finite)")
+    if rec.get("accuracy_warning"):
+        out.append(f"WARNING: {rec['accuracy_warning']}")
     return out
 
 
@@ -165,11 +245,16 @@ def outcome_cell(rec: dict) -> str:
 
 
 def format_run(rec: dict) -> str:
+    at = f" at step {rec['best_step']}" if rec.get("best_step") is not None else ""
     head = (f"== {rec['name']}  ({rec['run']})\n"
             f"   sync {rec['sync_mode']}, {rec['world_size']} ranks, "
-            f"final test acc {as_float(rec['final_test_acc']):.4f}, best {as_float(rec['best_test_acc']):.4f}")
+            f"final test acc {as_float(rec['final_test_acc']):.4f}, best {as_float(rec['best_test_acc']):.4f}{at}")
     if rec["complete"] and as_float(rec["samples_per_s"]) > 0:
-        head += f", {as_float(rec['samples_per_s']):.0f} samples/s, {as_float(rec['wall_time_s']):.1f} s"
+        head += f", {as_float(rec['samples_per_s']):.0f} samples/s"
+        no_eval, eval_s = as_float(rec.get("samples_per_s_no_eval")), as_float(rec.get("eval_time_s"))
+        head += f" ({no_eval:.0f} without evaluation)" if no_eval > 0 else ""
+        head += f", {as_float(rec['wall_time_s']):.1f} s"
+        head += f" ({eval_s:.1f} s evaluation)" if eval_s >= 0 else ""
     head += "".join(f"\n   {w}" for w in outcome_warnings(rec))
     if not math.isnan(rec.get("epoch_vs_ideal", float("nan"))):
         head += (f"\n   time per global epoch {rec['epoch_time_s']:.2f} s = {rec['epoch_vs_ideal']:.2f} x the ideal "
@@ -179,16 +264,38 @@ def format_run(rec: dict) -> str:
         head += (f"\n   traffic (rank 0): {r0['bytes_per_sync']:.0f} bytes per sync = "
                  f"{100 * r0['bytes_vs_dense']:.2f} % of dense ({r0['dense_bytes']} bytes), density "
                  f"{r0['mean_density']:.4g}, mean t_compress {r0['mean_t_compress'] * 1e3:.2f} ms")
-    cols = ("rank", "rows") + tuple(f"mean_{c}" for c in TIME_COLUMNS) + ("idle_wait_share", "final_batch",
-                                                                           "batch_changes")
-    names = {"idle_wait_share": "idle wait %", "final_batch": "final b", "batch_changes": "b changes"}
-    lines = [head, "   " + "  ".join(
-        f"{names.get(c, c.replace('mean_', '') + (' ms' if c.startswith('mean') else '')):>12s}" for c in cols)]
-    for r in rec["ranks"]:
-        cells = [f"{100 * r[c]:.1f}" if c == "idle_wait_share" and not math.isnan(r[c]) else _fmt(r[c])
-                 for c in cols]
-        lines.append("   " + "  ".join(f"{x:>12s}" for x in cells))
-    return "\n".join(lines)
+    return "\n".join([head, *rank_table(rec["ranks"])])
+
+
+def rank_table(ranks: list[dict]) -> list[str]:
+    """The per-rank table: mean, median and p90 of each time in ms (over steps; t_eval over the
+    evaluations), the idle-wait share in %, the final batch and the number of batch changes."""
+    tail = {"idle_wait_share": ("idle wait %", 11), "final_batch": ("final b", 7), "batch_changes": ("b changes", 9)}
+    head = (f"{'rank':>4s}  {'rows':>6s}  {'stat':6s}  " + "  ".join(f"{c:>10s}" for c in TABLE_TIMES) + "  "
+            + "  ".join(f"{n:>{w}s}" for n, w in tail.values()))
+    lines = ["   times in ms: mean, median and p90 over steps (t_eval: over evaluations)", "   " + head]
+    for r in ranks:
+        for i, how in enumerate(STATS):
+            lead = f"{r['rank']:>4d}  {r['rows']:>6d}" if i == 0 else f"{'':>4s}  {'':>6s}"
+            cells = [_ms(r.get(f"{how}_{c}")) for c in TABLE_TIMES]
+            line = f"{lead}  {how:6s}  " + "  ".join(f"{x:>10s}" for x in cells)
+            if i == 0:
+                wait = r["idle_wait_share"]
+                vals = [f"{100 * wait:.1f}" if not math.isnan(wait) else "-", _fmt(r["final_batch"]),
+                        _fmt(r["batch_changes"])]
+                line += "  " + "  ".join(f"{v:>{w}s}" for v, (_, w) in zip(vals, tail.values()))
+            lines.append("   " + line.rstrip())
+    return lines
+
+
+def _rate(x) -> str:
+    x = as_float(x)
+    return "-" if math.isnan(x) or x <= 0 else f"{x:.0f}"
+
+
+def _ms(x) -> str:
+    x = as_float(x)
+    return "-" if math.isnan(x) else f"{x * 1e3:.2f}"
 
 
 def format_comparison(records: list[dict]) -> str:
@@ -196,7 +303,8 @@ def format_comparison(records: list[dict]) -> str:
     w = max(len(r["name"]) for r in records)
     ws = max(7, max(len(r["scaling"]) for r in records))
     lines = [f"{'run':{w}s}  {'sync':9s} {'scaling':{ws}s} {'B':>5s} {'lr':>7s} {'final_acc':>9s} {'best_acc':>9s} "
-             f"{'t_step ms':>9s} {'t_compress ms':>13s} {'% dense bytes':>13s}  outcome"]
+             f"{'t_step ms':>9s} {'t_compress ms':>13s} {'% dense bytes':>13s} {'samples/s':>9s} {'w/o eval':>9s}"
+             "  outcome"]
     for r in records:
         ranks = r["ranks"]
         t_step = np.nanmean([x["mean_t_step"] for x in ranks]) if ranks else float("nan")
@@ -206,5 +314,6 @@ def format_comparison(records: list[dict]) -> str:
         lr = f"{r['lr']:g}" if r.get("lr") is not None else "-"
         lines.append(f"{r['name']:{w}s}  {str(r['sync_mode']):9s} {r['scaling']:{ws}s} {gb:>5s} {lr:>7s} "
                      f"{as_float(r['final_test_acc']):9.4f} {as_float(r['best_test_acc']):9.4f} {t_step * 1e3:9.2f} "
-                     f"{t_comp * 1e3:13.3f} {100 * ratio:13.2f}  {outcome_cell(r)}")
+                     f"{t_comp * 1e3:13.3f} {100 * ratio:13.2f} {_rate(r.get('samples_per_s')):>9s} "
+                     f"{_rate(r.get('samples_per_s_no_eval')):>9s}  {outcome_cell(r)}")
     return "\n".join(lines)

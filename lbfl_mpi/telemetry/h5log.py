@@ -1,5 +1,6 @@
 """One HDF5 file per rank: root attributes, a ``steps`` group (one row per step in equal-length 1-D
-datasets) and an ``eval`` group.
+datasets) and an ``eval`` group. Every dataset carries a ``units`` attribute (:data:`UNITS`: "s",
+"bytes", "samples", "samples/s", or "1" for a dimensionless value or an index).
 
 Files are written in SWMR mode: rows are appended in blocks of ``telemetry.flush_every`` and flushed,
 and HDF5 orders those writes so that a job killed at any moment leaves a readable file that lacks at
@@ -7,6 +8,7 @@ most the unflushed rows. Such a file must be opened with ``swmr=True`` (``open_r
 """
 from __future__ import annotations
 
+import errno
 import os
 import platform
 from pathlib import Path
@@ -14,31 +16,51 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..files import temp_path
+from ..files import check_regular, temp_path
 from .open_checked import open_rank_bounded
-from .step_row import STEP_COLUMNS, StepRow
-from .validate import check_rank_file
+from .step_row import STEP_COLUMNS, STEP_UNITS, StepRow
+from .validate import BadFile, check_rank_file
 
-EVAL_COLUMNS: dict[str, str] = {"step": "i8", "test_loss": "f8", "test_acc": "f8"}
+CHUNK_ROWS = 1024
+DISK_MARGIN = 1 << 20  # HDF5 metadata (superblock, B-trees, SWMR flushes) on top of the rows
+EVAL_COLUMNS: dict[str, str] = {"step": "i8", "test_loss": "f8", "test_acc": "f8", "t_eval": "f8"}
+EVAL_UNITS: dict[str, str] = {"step": "1", "test_loss": "1", "test_acc": "1", "t_eval": "s"}
+# the ``plan`` group's per-probe columns (plan/recommend.py rows)
+PLAN_UNITS: dict[str, str] = {
+    "batch": "samples", "held_out": "1", "mem_measured": "bytes", "mem_predicted": "bytes", "mem_err": "1",
+    "mem_peak_cuda": "bytes", "t_compute": "s", "t_compute_predicted": "s", "t_compute_err": "1", "t_mov": "s",
+    "samples_per_s": "samples/s", "global_batch": "samples", "t_sync": "s", "epoch_time": "s"}
+# group -> column -> the ``units`` attribute of its dataset
+UNITS: dict[str, dict[str, str]] = {"steps": STEP_UNITS, "eval": EVAL_UNITS, "plan": PLAN_UNITS}
 
 
 def open_rank_file(path: str | os.PathLike) -> h5py.File:
-    """Open a rank file read-only, also when its writer was killed (SWMR read)."""
+    """Open a rank file read-only, also when its writer was killed (SWMR read). A FIFO, device or
+    directory at the name is NotRegularFile (an OSError), never handed to HDF5."""
+    check_regular(path)
     try:
         return h5py.File(path, "r", swmr=True)
     except OSError:
         return h5py.File(path, "r")
 
 
-def read_group(f: h5py.File, group: str) -> dict[str, np.ndarray]:
-    """All columns of a group, cut to the shortest column (a killed writer may leave one row ragged)."""
+def read_group(f: h5py.File, group: str, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """All columns of a group, cut to the shortest column (a killed writer may leave one row ragged).
+    With ``max_bytes``, a column whose rows to be read would take more (a damaged or crafted header
+    claiming 10^12 rows in a small file) raises BadFile instead of being allocated."""
     if group not in f:
         return {}
     g = f[group]
     if f.swmr_mode:
         for d in g.values():
             d.refresh()
+    if any(not isinstance(d, h5py.Dataset) or d.ndim != 1 for d in g.values()):
+        raise BadFile(f"group {group!r} holds something other than 1-D columns")
     n = min((d.shape[0] for d in g.values()), default=0)
+    for k, d in g.items():
+        if max_bytes is not None and n * d.dtype.itemsize > max_bytes:
+            raise BadFile(f"{group}/{k} claims {n} rows ({n * d.dtype.itemsize} bytes), more than the "
+                          f"file's {max_bytes} bytes (with slack) can hold")
     return {k: d[:n] for k, d in g.items()}
 
 
@@ -57,8 +79,9 @@ def write_plan(f: h5py.File, plan: dict) -> None:
             g.attrs[k] = -1 if k.endswith("batch") else float("nan")
     for col in (plan.get("rows") or [{}])[0]:
         vals = [r[col] for r in plan["rows"]]
-        g.create_dataset(col, data=np.asarray([np.nan if v is None else v for v in vals], dtype=np.float64)
-                         if col not in ("batch", "held_out") else np.asarray(vals, dtype=np.int64))
+        d = g.create_dataset(col, data=np.asarray([np.nan if v is None else v for v in vals], dtype=np.float64)
+                             if col not in ("batch", "held_out") else np.asarray(vals, dtype=np.int64))
+        d.attrs["units"] = PLAN_UNITS.get(col, "1")
 
 
 def versions() -> str:
@@ -85,6 +108,8 @@ class RankLog:
         self.columns = {"steps": dict(step_columns or STEP_COLUMNS), "eval": dict(EVAL_COLUMNS)}
         self.pending: dict[str, list[dict]] = {"steps": [], "eval": []}
         kept = self._rows_before(resume_step) if resume_step is not None else None
+        kept_rows = max((len(v) for g in (kept or {}).values() for v in g.values()), default=0)
+        self._room(kept_rows)
         # a fresh, exclusively created name: never a link planted at a fixed temporary name
         tmp = temp_path(self.path)
         f = h5py.File(tmp, "w", libver="latest")
@@ -93,12 +118,16 @@ class RankLog:
                         **(extra_attrs or {})})
         for group, cols in self.columns.items():
             g = f.create_group(group)
+            # rows kept from a file written before a column existed get its missing value there
+            n = len(kept[group].get("step", ())) if kept is not None else 0
             for name, dtype in cols.items():
                 data = kept[group].get(name) if kept is not None else None
-                n = 0 if data is None else len(data)
-                d = g.create_dataset(name, shape=(n,), maxshape=(None,), dtype=dtype, chunks=(1024,))
+                if data is None and n:
+                    data = np.full(n, np.nan if np.dtype(dtype).kind == "f" else 0, dtype=dtype)
+                d = g.create_dataset(name, shape=(n,), maxshape=(None,), dtype=dtype, chunks=(CHUNK_ROWS,))
+                d.attrs["units"] = UNITS[group].get(name, "1")
                 if n:
-                    d[:] = data
+                    d[:] = data[:n]
         if plan is not None:
             write_plan(f, plan)
         # the file appears under its name complete with its header (and a resumed run's kept rows:
@@ -115,10 +144,11 @@ class RankLog:
         reason = check_rank_file(self.path)
         if reason is not None:  # the run directory check reports this first; never open a damaged file
             raise ValueError(f"{self.path}: {reason}")
+        limit = 2 * os.path.getsize(self.path) + 2**26
         with open_rank_bounded(self.path) as old:
             out = {}
             for group in ("steps", "eval"):
-                cols = read_group(old, group)
+                cols = read_group(old, group, max_bytes=limit)
                 keep = int(np.searchsorted(cols["step"], step)) if "step" in cols else 0
                 out[group] = {k: v[:keep] for k, v in cols.items()}
         return out
@@ -137,10 +167,28 @@ class RankLog:
         if len(self.pending["steps"]) >= self.flush_every:
             self.flush()
 
-    def log_eval(self, step: int, test_loss: float, test_acc: float) -> None:
-        self.pending["eval"].append({"step": step, "test_loss": test_loss, "test_acc": test_acc})
+    def log_eval(self, step: int, test_loss: float, test_acc: float, t_eval: float = float("nan")) -> None:
+        """One evaluation after 0-based step ``step``; ``t_eval``: its seconds on this rank."""
+        self.pending["eval"].append({"step": step, "test_loss": test_loss, "test_acc": test_acc, "t_eval": t_eval})
+
+    def _room(self, rows: int) -> None:
+        """Raise ENOSPC before HDF5 writes ``rows`` rows to a disk without room for them: libhdf5 does not
+        recover from a failed write (every object it then releases reports the error again, and a later
+        flush can crash the process), so a full disk must be found before the write. The estimate:
+        the rows, a fresh chunk per column, and DISK_MARGIN for metadata. Quotas are not seen here."""
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return
+        cols = sum(len(c) for c in self.columns.values())
+        need = rows * 8 * cols + cols * CHUNK_ROWS * 8 + DISK_MARGIN
+        free = st.f_bavail * st.f_frsize
+        if free < need:
+            raise OSError(errno.ENOSPC, f"No space left on device ({free} bytes free, writing the rank file "
+                                        f"needs about {need})", str(self.path))
 
     def flush(self) -> None:
+        self._room(sum(len(rows) for rows in self.pending.values()))
         for group, rows in self.pending.items():
             if not rows:
                 continue
@@ -153,7 +201,14 @@ class RankLog:
             rows.clear()
         self.f.flush()
 
+    def abandon(self) -> None:
+        """A write failed (a full disk, a quota): leave the file as it is. Every further HDF5 call on it,
+        a close included, fails again and reports it, once per object it releases."""
+        self.abandoned = True
+
     def close(self) -> None:
+        if getattr(self, "abandoned", False):
+            return
         if self.f.id.valid:
             self.flush()
             self.f.close()

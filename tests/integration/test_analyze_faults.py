@@ -8,7 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-from lbfl_mpi.analysis import load_run, run_record
+from lbfl_mpi.analysis import read_run as load_run
+from lbfl_mpi.analysis import run_record
 from lbfl_mpi.analysis.tables import format_comparison, format_run
 from lbfl_mpi.telemetry.validate import check_rank_file, read_superblock
 
@@ -137,7 +138,10 @@ def test_old_summary_without_outcome_keys_is_completed(run_dir):
     _edit_summary(run_dir, outcome=None, nonfinite=None, nonfinite_skips=None)
     rec, text = _record(run_dir)
     assert (rec["outcome"], rec["nonfinite"], rec["nonfinite_skips"]) == ("completed", None, 0)
-    assert "WARNING" not in text and rec["complete"]
+    # the tiny run may end near chance (the accuracy warning); no warning about how it ended
+    outcome_warnings = [ln for ln in text.splitlines() if ln.lstrip().startswith("WARNING")
+                        and (rec["accuracy_warning"] is None or rec["accuracy_warning"] not in ln)]
+    assert outcome_warnings == [] and rec["complete"]
 
 
 @pytest.mark.parametrize("quantity", ["loss", "grad_norm"])

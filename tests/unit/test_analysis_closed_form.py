@@ -1,5 +1,5 @@
 """Analysis quantities on made-up run data against closed forms: idle-wait share, epoch time against
-the ideal, the Gaussian KDE of the plots."""
+the ideal (the plots' quantities: test_analysis_plots.py)."""
 
 import numpy as np
 import pytest
@@ -42,17 +42,3 @@ def test_epoch_time_against_ideal_closed_form():
     ideal = 60 / (10 + 5)
     assert got == pytest.approx({"epoch_time_s": actual, "ideal_epoch_time_s": ideal, "epoch_vs_ideal": actual / ideal})
 
-
-def test_kde_closed_form():
-    from lbfl_mpi.analysis.plots import gaussian_kde
-
-    grid = np.linspace(-10, 10, 4001)
-    samples = np.array([0.0, 1.0, 3.0])
-    dens = gaussian_kde(samples, grid)
-    assert np.trapezoid(dens, grid) == pytest.approx(1.0, abs=1e-6)
-    bw = samples.std(ddof=1) * 3 ** (-0.2)
-    at0 = sum(np.exp(-0.5 * ((0.0 - s) / bw) ** 2) for s in samples) / (3 * bw * np.sqrt(2 * np.pi))
-    assert gaussian_kde(samples, np.array([0.0]))[0] == pytest.approx(at0)
-    # a constant series (e.g. scale factor 1 every step) still integrates to 1 around its value
-    const = gaussian_kde(np.full(50, 2.0), grid)
-    assert np.trapezoid(const, grid) == pytest.approx(1.0, abs=1e-3) and grid[np.argmax(const)] == pytest.approx(2.0)

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
-from lbfl_mpi.analysis import load_run
+from lbfl_mpi.analysis import read_run as load_run
 from lbfl_mpi.analysis.load import AnalysisError, read_rank
 from lbfl_mpi.telemetry import validate
 from lbfl_mpi.telemetry.open_checked import _hdf5_function

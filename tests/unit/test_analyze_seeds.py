@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from lbfl_mpi.analysis import analyze_main, load_run, run_record
+from lbfl_mpi.analysis import analyze_main, run_record
+from lbfl_mpi.analysis import read_run as load_run
 from lbfl_mpi.analysis.batch import batch_series, batches, format_batch_table
 from lbfl_mpi.analysis.seeds import format_seed_groups, group_seeds, summarise
 

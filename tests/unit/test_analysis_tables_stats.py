@@ -1,0 +1,78 @@
+"""The per-rank table and run records against closed forms on made-up run data: mean, median and p90
+of each time (t_eval over the evaluations), t_straggle in the table, samples/s with and without
+evaluation (from summary.json, or computed for a summary written before those keys), the 0-based
+best step, and a units map for every key given in seconds."""
+import numpy as np
+import pytest
+
+from lbfl_mpi.analysis.load import RankData, RunData
+from lbfl_mpi.analysis.tables import RECORD_UNITS, TABLE_TIMES, format_comparison, format_run, run_record
+
+from ..conftest import ROOT
+
+MS = 1e-3
+
+
+def _rank(r, t_compute, t_eval):
+    n = len(t_compute)
+    steps = {"step": np.arange(n), "batch_size": np.full(n, 8), "t_compute": np.array(t_compute),
+             "t_data": np.full(n, 1 * MS), "t_sync": np.full(n, 2 * MS), "t_straggle": np.full(n, 3 * MS),
+             "t_step": np.array(t_compute) + 6 * MS}
+    ev = {"step": np.array([4, 9]), "test_acc": np.array([0.6, 0.5]), "test_loss": np.array([1.0, 1.2]),
+          "t_eval": np.array(t_eval)}
+    return RankData(rank=r, attrs={}, steps=steps, eval=ev)
+
+
+def _run(summary):
+    t = [k * MS for k in range(1, 11)]  # 1..10 ms: mean = median = 5.5 ms, p90 (linear) = 9.1 ms
+    return RunData(path=ROOT, name="x", config={}, summary=summary,
+                   ranks=[_rank(0, t, [0.5, 1.5]), _rank(1, t[::-1], [0.25, 0.75])])
+
+
+def test_mean_median_p90_of_each_time():
+    rec = run_record(_run(None))
+    r0 = rec["ranks"][0]
+    assert (r0["mean_t_compute"], r0["median_t_compute"]) == pytest.approx((5.5 * MS, 5.5 * MS))
+    assert r0["p90_t_compute"] == pytest.approx(9.1 * MS)
+    assert r0["mean_t_compute"] == float(np.mean(_run(None).ranks[0].steps["t_compute"]))  # as before
+    assert (r0["mean_t_straggle"], r0["p90_t_straggle"]) == pytest.approx((3 * MS, 3 * MS))
+    assert (r0["mean_t_eval"], r0["median_t_eval"], r0["p90_t_eval"]) == pytest.approx((1.0, 1.0, 1.4))
+    assert r0["eval_time_s"] == pytest.approx(2.0) and rec["ranks"][1]["eval_time_s"] == pytest.approx(1.0)
+    assert rec["best_step"] == 4  # from the evaluation log: the 0-based step of the best accuracy
+
+
+def test_table_shows_the_three_statistics_and_t_straggle():
+    lines = format_run(run_record(_run(None))).splitlines()
+    head = next(i for i, x in enumerate(lines) if x.split()[:3] == ["rank", "rows", "stat"])
+    assert lines[head].split()[3:3 + len(TABLE_TIMES)] == list(TABLE_TIMES)
+    mean, median, p90 = (lines[head + 1 + i].split() for i in range(3))
+    assert mean[:9] == ["0", "10", "mean", "1.00", "5.50", "3.00", "2.00", "11.50", "1000.00"]
+    assert median == ["median", "1.00", "5.50", "3.00", "2.00", "11.50", "1000.00"]
+    assert p90 == ["p90", "1.00", "9.10", "3.00", "2.00", "15.10", "1400.00"]
+
+
+def test_samples_per_s_with_and_without_evaluation():
+    # an older summary: samples and wall time only; rank 0's evaluations took 0.5 + 1.5 s
+    old = run_record(_run({"samples": 160, "wall_time_s": 10.0, "samples_per_s": 16.0, "best_step": 9}))
+    assert old["eval_time_s"] == pytest.approx(2.0)
+    assert old["samples_per_s_no_eval"] == pytest.approx(160 / 8.0)
+    assert old["best_step"] == 9  # summary.json's value wins
+    new = run_record(_run({"samples": 160, "wall_time_s": 10.0, "samples_per_s": 16.0, "eval_time_s": 4.0,
+                           "samples_per_s_no_eval": 26.5}))
+    assert (new["eval_time_s"], new["samples_per_s_no_eval"]) == (4.0, 26.5)
+    text = format_run(new)
+    assert "16 samples/s (26 without evaluation), 10.0 s (4.0 s evaluation)" in text  # 26.5 rounds to even
+    table = format_comparison([new, old]).splitlines()
+    assert table[0].split()[-3:] == ["w/o", "eval", "outcome"]
+    assert table[1].split()[-3:] == ["16", "26", "completed"] and table[2].split()[-3:] == ["16", "20", "completed"]
+
+
+def test_units_map_names_every_time_key():
+    rec = run_record(_run(None))
+    assert rec["units"] == RECORD_UNITS
+    timed = [k for k in rec["ranks"][0] if k.split("_", 1)[0] in ("mean", "median", "p90") and "_t_" in k]
+    assert len(timed) == 3 * (len(TABLE_TIMES) + 1)  # t_compress too
+    assert all(RECORD_UNITS[f"ranks.{k}"] == "s" for k in timed)
+    for key in ("wall_time_s", "eval_time_s", "epoch_time_s"):
+        assert RECORD_UNITS[key] == "s"
+    assert RECORD_UNITS["samples_per_s_no_eval"] == "samples/s" and RECORD_UNITS["ranks.idle_wait_share"] == "1"
