@@ -67,6 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..optim import eager_step, skip_dynamo_import
 from .noise_scale import layer_sq_norms
 
 EPS = 1e-12
@@ -174,6 +175,7 @@ class Teacher:
         self.net = GradTeacher(len(numels), chunk, hidden).to(device)
         torch.random.set_rng_state(gen_state)
         self.layout = ChunkLayout(numels, chunk, device)
+        skip_dynamo_import()
         self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
         self.device = device
         self.seed = seed
@@ -251,7 +253,7 @@ class Teacher:
         loss.backward()
         if average_grads is not None:
             average_grads([p.grad for p in self.net.parameters()])
-        self.opt.step()
+        eager_step(self.opt)
         self.trained_steps += 1
         return float(loss.detach())
 
