@@ -11,6 +11,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "mpi" / "scripts"
+# Tests whose pass/fail reads a clock against a budget (Slurm's time-limit signal, the watchdog's
+# timeout, the GPU scripts' part limits, signals at chosen steps): marked ``serial``. `make test` runs
+# them alone after the rest, which runs on 2 pytest-xdist workers (``-m "not serial"``).
+SERIAL = ("tests/slurm/", "tests/mpi/test_watchdog.py", "tests/mpi/test_preemption.py",
+          "tests/integration/test_gpu_check.py", "tests/integration/test_gpu_fidelity.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        rel = Path(str(item.fspath)).resolve().relative_to(ROOT).as_posix()
+        if rel.startswith(SERIAL):
+            item.add_marker(pytest.mark.serial)
 
 
 def _env() -> dict:
