@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from .config import ConfigError, load_config, reference, validate_for_world
+from .config import INT_MAX, ConfigError, load_config, reference, validate_for_world
 
 BAD_INPUT = 2
 
@@ -26,8 +26,10 @@ def _bad_input_types() -> tuple[type, ...]:
 
 
 def _fail(msg: str, rank: int = 0) -> None:
-    if rank == 0:
-        print(f"lbfl: error: {msg}", file=sys.stderr, flush=True)
+    if rank == 0:  # messages quote values from files and the environment: never raw escapes or newlines
+        from .files import printable
+
+        print(f"lbfl: error: {printable(msg)}", file=sys.stderr, flush=True)
 
 
 def _agree_on_error(comm, error: str | None) -> bool:
@@ -61,16 +63,18 @@ def _on_every_rank(args, setup, finish, check_args=None, before_mpi=None) -> int
         cfg = load_config(args.config, args.set or [])
         if check_args is not None:
             check_args(args)
-        from .comm.mpi_plane import chunk_bytes_from_env
+        from .config.env import check_environment
 
-        chunk_bytes_from_env()  # checked here so that a bad value is one line, not a traceback
+        check_environment()  # LBFL_*, MASTER_*: a bad value is one line, not a traceback or a wrong result
         if before_mpi is not None:
             before_mpi(cfg)
     except (ConfigError, ValueError) as e:
         error = str(e)
+    from .comm.launch import slurm_world_mismatch
     from .comm.world import Comm, abort_on_error
 
     comm = Comm()
+    error = slurm_world_mismatch(comm.world_size) or error  # srun without PMIx: N singletons, one run dir
     with abort_on_error(comm):
         state = None
         if error is None:
@@ -100,8 +104,10 @@ def cmd_train(args) -> int:
 
     def finish(cfg, comm, worker):
         from .comm.torch_plane import shutdown_torch_dist
+        from .files import printable, quiet_io_unraisable
         from .train import train
 
+        quiet_io_unraisable()  # a failed write is reported once below, not by every h5py object it leaves
         try:
             summary = train(worker)
         except ConfigError as e:  # run directory refused: raised identically on every rank
@@ -114,7 +120,14 @@ def cmd_train(args) -> int:
         except NonFiniteStop as e:
             _fail(str(e), comm.rank)
             return NONFINITE_EXIT
-        except Exception as e:  # noqa: BLE001 - only a failed allocation is turned into one line
+        except Exception as e:  # noqa: BLE001 - only a failed write or allocation is turned into one line
+            from .files import io_failure, os_error_line
+
+            if io_failure(e):  # a full disk, a quota, a file swapped for a directory: one line, exit 1
+                print(f"lbfl: error: (rank {comm.rank}) cannot write the run: {os_error_line(e)}; files written "
+                      "before stay, and run.resume=auto continues from the last complete checkpoint",
+                      file=sys.stderr, flush=True)
+                comm.abort(1)  # the others may wait in a collective; os._exit skips HDF5's cleanup
             if not _out_of_memory(e):
                 raise
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
@@ -127,8 +140,17 @@ def cmd_train(args) -> int:
                 watch["signals"].close()
         if summary is not None:
             print(f"final test acc {summary['final_test_acc']:.4f}  best {summary['best_test_acc']:.4f} "
-                  f"(after step {summary['best_step'] + 1})  {summary['samples_per_s']:.0f} samples/s  "
-                  f"{summary['wall_time_s']:.1f} s  -> {cfg.run.out_dir}", flush=True)
+                  f"at step {summary['best_step']} (0-based)  "
+                  f"{summary['samples_per_s']:.0f} samples/s ({summary['samples_per_s_no_eval']:.0f} without "
+                  f"evaluation)  {summary['wall_time_s']:.1f} s, {summary['eval_time_s']:.1f} s of it evaluation"
+                  f"  -> {printable(cfg.run.out_dir)}", flush=True)
+            from .accuracy import accuracy_warning
+            from .config import num_classes
+
+            warning = accuracy_warning(summary["final_test_acc"], summary["best_test_acc"], num_classes(cfg),
+                                       summary["best_step"])
+            if warning:  # rank 0 only: the others have no summary
+                print(f"lbfl: warning: {warning}", file=sys.stderr, flush=True)
         return 0
 
     return _on_every_rank(args, setup, finish, before_mpi=before_mpi)
@@ -139,18 +161,18 @@ def _int_list(text: str) -> list[int]:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
+    if not values or any(not 1 <= v <= INT_MAX for v in values):
+        raise argparse.ArgumentTypeError(f"batch sizes must be in [1, {INT_MAX}], got {text!r}")
     return values
 
 
 def cmd_plan(args) -> int:
     def check_args(a):
-        if a.memory_budget is not None and a.memory_budget <= 0:
-            raise ConfigError(f"--memory-budget={a.memory_budget}: must be > 0 (GB)")
+        if a.memory_budget is not None and not 0 < a.memory_budget <= 1e6:  # nan fails too
+            raise ConfigError(f"--memory-budget={a.memory_budget}: must be a finite number of GB in (0, 1e6]")
         for name in ("rounds", "repeats", "sync_repeats"):
-            if getattr(a, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')}={getattr(a, name)}: must be >= 1")
+            if not 1 <= getattr(a, name) <= 10_000:  # each is a loop over timed steps
+                raise ConfigError(f"--{name.replace('_', '-')}={getattr(a, name)}: must be in [1, 10000]")
 
     def setup(cfg, comm):
         from .plan.recommend import plan_rank
@@ -168,6 +190,8 @@ def cmd_plan(args) -> int:
         shutdown_torch_dist()
         results = comm.allgather_obj(result)
         if comm.rank == 0:
+            for warning in (w for r in results for w in r.get("warnings", [])):
+                print(f"lbfl: warning: {warning}", file=sys.stderr, flush=True)
             if args.json:
                 from .files import dumps_strict
 
@@ -226,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true", help="print JSON instead of tables")
     pl.set_defaults(func=cmd_plan)
     a = sub.add_parser("analyze", help="summarise run directories")
-    a.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    a.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="a run directory, or a directory of them (each run up to 3 levels below it)")
     a.add_argument("--plots", metavar="DIR", help="write PNG charts to DIR")
     a.add_argument("--json", action="store_true", help="print JSON instead of tables")
     a.set_defaults(func=cmd_analyze)
@@ -234,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--toml", action="store_true",
                    help="print a complete experiment file instead: every key at its default, with its help")
     c.set_defaults(func=cmd_config_help)
-    from .data.staging import add_data_parser
+    from .cli_data import add_data_parser
 
     add_data_parser(sub)
     return p
@@ -255,4 +280,9 @@ def entry() -> None:
     except BrokenPipeError:  # `lbfl analyze --json | head`: the reader left, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
+    except OSError as e:  # the net under every command: a file that cannot be read or written is one line
+        from .files import os_error_line
+
+        print(f"lbfl: error: {os_error_line(e)}", file=sys.stderr, flush=True)
+        code = 1
     sys.exit(code)

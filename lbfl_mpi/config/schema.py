@@ -11,6 +11,7 @@ from typing import Any
 from .fields import INT_MAX, RESUME_CHOICES, SEED_MAX, choice_text, dump_toml, field_type, range_text
 from .fields import config_field as _f
 
+FASHION_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"  # where Debian's dataset-fashion-mnist installs it
 DATASETS = ("digits", "fashion_mnist", "synthetic", "cifar10", "cifar100", "caltech101", "caltech256", "food101")
 NUM_CLASSES = {"digits": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100,
                "caltech101": 101, "caltech256": 257, "food101": 101}
@@ -21,7 +22,9 @@ MODELS = ("cnn", "bncnn", "mlp", "resnet18", "resnet50", "vgg11", "alexnet", "vi
 class RunConfig:
     out_dir: str = _f("runs/default", "Run directory: config.toml, rank files, summary.json, checkpoints/.")
     name: str = _f("", "Free-form run name stored in summary.json (defaults to the out_dir's basename).")
-    seed: int = _f(0, "Seed for model init, data partition and shuffling. Same seed, same run.",
+    seed: int = _f(0, "Seed for model init, data partition and shuffling. Same seed, same run, bit for bit, on "
+                      "the same machine kind, torch version, rank and thread count (docs/results.md, "
+                      "Reproducibility).",
                    min=0, max=SEED_MAX)
     world_size: int = _f(0, "Expected number of ranks (clients); 0 accepts any. A mismatch is an error, "
                             "so a 10-client experiment cannot silently run on 4 ranks.", min=0, max=INT_MAX)
@@ -63,7 +66,8 @@ class DataConfig:
     workers: int = _f(0, "DataLoader worker processes per rank for image-file datasets (0: in-process).",
                       min=0, max=256)
     synthetic_shape: list = _f([3, 32, 32], "Synthetic: sample shape [C, H, W].", item="int", min=1, max=65536)
-    synthetic_classes: int = _f(10, "Synthetic: number of classes.", min=2, max=INT_MAX)
+    # 2**20: 50x ImageNet-21k's classes; the classifier head alone is already gigabytes there
+    synthetic_classes: int = _f(10, "Synthetic: number of classes.", min=2, max=1_048_576)
     synthetic_train: int = _f(8192, "Synthetic: training samples.", min=1, max=INT_MAX)
     synthetic_test: int = _f(1024, "Synthetic: test samples.", min=1, max=INT_MAX)
     synthetic_noise: float = _f(1.0, "Synthetic: noise std around each class template (signal std is 1).", min=0)
@@ -139,8 +143,13 @@ class DistConfig:
                               "over MPI; auto: nccl when every rank on a node has its own CUDA device, "
                               "mpi otherwise (CPU, or ranks sharing a GPU).", ("auto", "mpi", "nccl", "gloo"))
     # one day: no collective legitimately waits longer, and a job hung that long should fail
-    timeout_s: float = _f(300.0, "nccl, gloo: seconds to wait for the process group to form and for one "
-                                 "collective before the rank fails (and the job aborts).",
+    timeout_s: float = _f(300.0, "Seconds a rank may wait in one collective before it fails and the job "
+                                 "aborts (exit code 1). MPI (the mpi data plane, and the object collectives, "
+                                 "barriers and stop agreement of every backend): the rank prints one line "
+                                 "naming itself, the step and the collective, and calls MPI_Abort. nccl, "
+                                 "gloo: torch's timeout, also for the process group to form. Cannot be "
+                                 "disabled; keep it above the longest legitimate wait (rank 0 writing a "
+                                 "checkpoint or the summary while the others wait).",
                           min=0, max=86_400, min_open=True)
 
 

@@ -17,10 +17,12 @@ import numpy as np
 import torch
 
 from ..config import NUM_CLASSES, DataConfig
+from ..config.schema import FASHION_DEFAULT_ROOT
+from ..files import open_regular
+from .fits import synthetic_problem
 
 DATASET_NAMES = ("digits", "fashion_mnist", "synthetic", "cifar10", "cifar100",
                  "caltech101", "caltech256", "food101")
-FASHION_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 _SPLIT_SEED = 0          # fixed: train/test splits must not move with the run seed
@@ -52,6 +54,23 @@ def _stage_hint(name: str, root: str) -> str:
     """The ``lbfl data fetch`` command that puts ``name`` where the trainer looks (the tail of an error)."""
     arg = root if root.startswith("<") else shlex.quote(root)
     return f"; stage it with: lbfl data fetch {name} --root {arg}"
+
+
+def user_data_root(name: str) -> str:
+    """A directory the user can write to stage ``name`` in: $XDG_CACHE_HOME/lbfl_mpi/NAME, by default
+    ~/.cache/lbfl_mpi/NAME (the default Fashion-MNIST root is a system directory that only root can fill)."""
+    try:
+        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    except RuntimeError:  # no home directory known
+        cache = "~/.cache"
+    return str(Path(cache) / "lbfl_mpi" / name)
+
+
+def _default_root_hint(name: str) -> str:
+    """The tail of an error about a dataset missing at its system default root: where a user can stage it."""
+    mine = shlex.quote(user_data_root(name))
+    return (f"; install Debian's dataset-fashion-mnist package (as root), or stage it where you can write with: "
+            f"lbfl data fetch {name} --root {mine} and train with --set data.root={mine}")
 
 
 def _one_line(e: BaseException) -> str:
@@ -151,10 +170,9 @@ def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
     """Parse an IDX file (gzip-compressed or not) whose big-endian magic number must equal ``magic``."""
     path = Path(path)
     gz = path.suffix == ".gz"
-    opener = gzip.open if gz else open
-    try:
-        with opener(path, "rb") as f:
-            raw = f.read()
+    try:  # a regular file only: a FIFO or device at the name is an error, not a blocked read
+        with open_regular(path) as fh:
+            raw = gzip.GzipFile(fileobj=fh).read() if gz else fh.read()
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a truncated gzip, EOFError
         what = "gzip file" if gz else "file"
         raise DataError(f"{path}: cannot read the {what}, corrupt or truncated "
@@ -181,9 +199,9 @@ def _fashion_mnist(cfg_root: str) -> DatasetBundle:
         cands = [Path(root) / name, Path(root) / name[:-3]]  # uncompressed copies are fine too
         hit = next((p for p in cands if p.is_file()), None)
         if hit is None:
+            hint = _stage_hint("fashion_mnist", root) if cfg_root else _default_root_hint("fashion_mnist")
             raise DataError(f"{where}: Fashion-MNIST not found; expected the files "
-                            f"{', '.join(FASHION_FILES)} (or the same without .gz) in {root}/"
-                            f"{_stage_hint('fashion_mnist', root)}")
+                            f"{', '.join(FASHION_FILES)} (or the same without .gz) in {root}/{hint}")
         found.append(hit)
     xtr, ytr = read_idx(found[0], 0x803), read_idx(found[1], 0x801)
     xte, yte = read_idx(found[2], 0x803), read_idx(found[3], 0x801)
@@ -201,6 +219,9 @@ def _synthetic(cfg: DataConfig) -> DatasetBundle:
     if len(shape) != 3 or min(shape) < 1 or k < 2:
         raise DataError(f"synthetic data needs data.synthetic_shape=[C, H, W] and >= 2 classes, "
                         f"got {list(shape)} and {k}")
+    too_big = synthetic_problem(k, shape, cfg.synthetic_train, cfg.synthetic_test)  # before the allocation
+    if too_big:
+        raise DataError(too_big)
     g = torch.Generator().manual_seed(_SYNTHETIC_SEED)
     templates = torch.randn((k, *shape), generator=g)
 

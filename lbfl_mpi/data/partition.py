@@ -76,3 +76,37 @@ def _dirichlet(labels: np.ndarray, world_size: int, alpha: float,
         for client, chunk in enumerate(np.split(idx, cuts)):
             parts[client].append(chunk)
     return [np.concatenate(p) for p in parts]
+
+
+def _listed(items, limit: int = 10) -> str:
+    items = [str(i) for i in items]
+    return ", ".join(items[:limit]) + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def partition_warnings(parts: list[np.ndarray], labels: np.ndarray, num_classes: int, batch_sizes: list[int],
+                       scheme: str, test_labels: np.ndarray | None = None) -> list[str]:
+    """Start-up warnings about a split (one line each; the trainer prints them once, on rank 0):
+
+    - classes that no client holds: no client ever trains on them, so test accuracy cannot exceed the
+      share of test samples (``test_labels``; the training labels when not given) in the classes held;
+    - clients holding fewer training samples than their batch (``batch_sizes[c]``): every batch of such
+      a client repeats samples (the stream straddles passes over its partition, data/loader.py)."""
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    out = []
+    held = np.unique(np.concatenate([labels[p] for p in parts])) if parts else np.empty(0, np.int64)
+    unseen = sorted(set(range(num_classes)) - {int(c) for c in held})
+    if unseen:
+        ref = labels if test_labels is None else np.asarray(test_labels).astype(np.int64).reshape(-1)
+        cap = float(np.isin(ref, held).mean()) if ref.size else 0.0
+        where = "test" if test_labels is not None else "training"
+        out.append(f"data.partition={scheme!r} on {len(parts)} client{'s' if len(parts) != 1 else ''} leaves "
+                   f"{len(unseen)} of {num_classes} classes held by no client (classes {_listed(unseen)}): "
+                   f"test accuracy is capped at {cap:.4f} (the share of {where} samples in the "
+                   f"{num_classes - len(unseen)} classes held)")
+    small = [(c, len(p), int(b)) for c, (p, b) in enumerate(zip(parts, batch_sizes)) if len(p) < b]
+    if small:
+        which = _listed(f"client {c}: {n} < {b}" for c, n, b in small)
+        out.append(f"data.partition={scheme!r} leaves {len(small)} client{'s' if len(small) != 1 else ''} with "
+                   f"fewer training samples than a batch (samples < batch: {which}): every batch of such a client "
+                   "repeats samples")
+    return out

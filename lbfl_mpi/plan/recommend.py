@@ -30,7 +30,8 @@ import statistics
 
 import torch
 
-from ..data import load_dataset
+from ..data import DataError, load_dataset
+from ..data.fits import batch_problem
 from ..models import build_model
 from .compute import fit_from_probes, time_interleaved
 from .eq2 import epoch_time, eq2_optimum, sync_period
@@ -71,6 +72,10 @@ def plan_rank(cfg, comm, budget_bytes: float | None, probes: list[int], holdouts
 
     def inputs():
         bundle = load_dataset(cfg.data, cfg.run.seed)
+        largest = max([*probes, *holdouts])  # checked before any probe allocates
+        problem = batch_problem(f"probe batch {largest}", largest, bundle.input_shape, device=device)
+        if problem:
+            raise DataError(problem)
         torch.manual_seed(cfg.run.seed)
         model = build_model(cfg.model.name, tuple(bundle.input_shape), bundle.num_classes, cfg.model.norm)
         return bundle, model.to(device), loader_feed(cfg, bundle, comm.rank, comm.world_size, device)
@@ -114,7 +119,7 @@ def plan_rank(cfg, comm, budget_bytes: float | None, probes: list[int], holdouts
     eq2_b, eq2_t = eq2_optimum(probes, [timed[b].t_compute for b in probes], [timed[b].t_mov for b in probes],
                                sync.t_sync, H, D, W, max_b)
     by_batch = {r["batch"]: r for r in rows}
-    return {
+    plan = {
         "rank": comm.rank, "device": str(device), "model": cfg.model.name, "input_shape": list(shape),
         "params": sum(p.numel() for p in model.parameters()),
         "static_bytes": {"model": mem.model_bytes, "grad": mem.grad_bytes, "opt": mem.opt_bytes},
@@ -139,6 +144,35 @@ def plan_rank(cfg, comm, budget_bytes: float | None, probes: list[int], holdouts
         "knee_epoch_time": by_batch[knee]["epoch_time"] if knee in by_batch else None,
         "rows": rows,
     }
+    plan["warnings"] = plan_warnings(plan, probes)
+    return plan
+
+
+FIT_ERR_WARN = 0.20  # a fit error above this at any probed or held-out batch is warned about
+
+
+def plan_warnings(p: dict, probes: list[int]) -> list[str]:
+    """One-line warnings (``lbfl plan`` prints them on rank 0, and ``--json`` keeps them per rank):
+    a memory or t_compute fit error above FIT_ERR_WARN at any batch (the medians can hide one), and an
+    Eq. 2 optimum at the smallest or largest probe (the true optimum may lie outside the probed range;
+    a probe excluded by the memory budget does not count as an edge)."""
+    who = f"rank {p['rank']}: " if p["world_size"] > 1 else ""
+    out = []
+    for key, what in (("mem_err", "counted-memory fit (Eq. 3)"), ("t_compute_err", "t_compute fit (alpha + beta b)")):
+        bad = [r for r in p["rows"] if r[key] > FIT_ERR_WARN]
+        if bad:
+            worst = max(bad, key=lambda r: r[key])
+            out.append(f"{who}the {what} is off by {100 * worst[key]:.1f} % at b={worst['batch']} (above "
+                       f"{100 * FIT_ERR_WARN:.0f} % at {len(bad)} of {len(p['rows'])} batches, whatever the median "
+                       "says); rerun with more --rounds and --repeats, or probe the batches you will train with")
+    edges = sorted(set(probes))
+    b = p["eq2_batch"]
+    if len(edges) > 1 and p["eq2_epoch_time"] is not None and b in (edges[0], edges[-1]):
+        side = "largest" if b == edges[-1] else "smallest"
+        hint = "probe larger batches" if b == edges[-1] else "probe smaller batches"
+        out.append(f"{who}the Eq. 2 optimum b={b} is the {side} probe, at the edge of the probed range "
+                   f"({edges[0]}..{edges[-1]}); {hint}")
+    return out
 
 
 def format_plan(p: dict) -> str:

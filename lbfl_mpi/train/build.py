@@ -17,11 +17,13 @@ import torch
 
 from ..batching.dynamic import DynamicBatcher
 from ..config import Config, global_batch, uses_micro_batches
-from ..data import ClientLoader, load_dataset, partition_indices
+from ..data import ClientLoader, DataError, load_dataset, partition_indices
+from ..data.fits import batch_problem
+from ..data.partition import partition_warnings
 from ..models import ModelError, build_model
 from ..optim import build_optimizer
 from ..precision import LossScaler
-from ..run.stopping import StopAgreement
+from ..run.stopping import StopAgreement, preemption_warnings
 from ..scaling.transform import GradTransform, scaling_warnings
 from ..sync import build_sync
 from .client import Client
@@ -52,15 +54,43 @@ def build_worker(cfg: Config, comm=None, batches=None, signals=None, device: str
     bundle = load_dataset(cfg.data, seed)
     parts = partition_indices(bundle.train_labels, comm.world_size, cfg.data.partition, seed,
                               cfg.data.labels_per_client, cfg.data.alpha)
+    check_local_batch(cfg, comm, bundle.input_shape, len(parts[comm.rank]), device)
     client = _build_client(cfg, comm, device, bundle, parts[comm.rank], seed)
     gb = global_batch(cfg, comm.world_size)
     batcher = DynamicBatcher(cfg.batching, comm.world_size, gb) if cfg.batching.mode == "dynamic" else None
     worker = Worker(cfg, comm, device=device, backend=backend, stops=stops, plan=plan, test_set=bundle.test,
                     partition_sizes=[len(p) for p in parts], global_batch=gb, batcher=batcher, clients=[client],
                     batches=batches)
-    for warning in scaling_warnings(cfg) if comm.rank == 0 else ():
+    for warning in start_warnings(cfg, comm.world_size, bundle, parts, batcher) if comm.rank == 0 else ():
         print(f"lbfl: warning: {warning}", file=sys.stderr, flush=True)
     return worker
+
+
+def start_warnings(cfg: Config, world_size: int, bundle, parts, batcher) -> list[str]:
+    """The one-line warnings rank 0 prints once before training: the scaling config, a split that
+    leaves classes to no client or a client fewer samples than its batch, a preemption signal that
+    cannot be honoured before the end."""
+    sizes = batcher.sizes if batcher is not None else [cfg.train.batch_size] * world_size
+    y = getattr(bundle.test, "y", None)  # TensorData; torchvision sets have targets, or neither (train labels)
+    test_labels = y.cpu().numpy() if isinstance(y, torch.Tensor) else getattr(bundle.test, "targets", None)
+    return [*scaling_warnings(cfg),
+            *partition_warnings(parts, bundle.train_labels, bundle.num_classes, sizes, cfg.data.partition,
+                                test_labels),
+            *preemption_warnings(cfg, world_size)]
+
+
+def check_local_batch(cfg: Config, comm, input_shape, partition_size: int, device) -> None:
+    """Before any batch is drawn: this rank's largest possible batch (train.batch_size; with dynamic
+    batching the most the allocation can give it) must fit its device and its partition (data/fits.py)."""
+    b = cfg.train.batch_size
+    what = f"train.batch_size={b}"
+    if cfg.batching.mode == "dynamic":
+        g = global_batch(cfg, comm.world_size)
+        b = min(g - (comm.world_size - 1) * cfg.batching.min_batch, cfg.batching.max_batch or g)
+        what = f"a dynamic batch of up to {b} (batching.global_batch={g})"
+    problem = batch_problem(what, b, input_shape, partition_size, device, who=f"rank {comm.rank}'s")
+    if problem:
+        raise DataError(problem)
 
 
 def _build_client(cfg: Config, comm, device, bundle, indices, seed: int) -> Client:

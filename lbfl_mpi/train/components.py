@@ -60,20 +60,23 @@ class Checkpointer:
 
 
 class Evaluator:
-    """``train.eval_every``: the global model's test loss and accuracy, and always after the last step."""
+    """``train.eval_every``: the global model's test loss and accuracy, and always after the last step;
+    each evaluation's wall time on this rank is logged as ``t_eval`` (it is outside every ``t_step``)."""
 
     def __init__(self, worker, log):
         self.w, self.log = worker, log
         self.every, self.steps = worker.cfg.train.eval_every, worker.cfg.train.steps
         self.last_acc: float | None = None
+        self.last_loss: float | None = None
 
     def due(self, done: int) -> bool:
         return bool(self.every) and done % self.every == 0 or done == self.steps
 
     def run(self, step: int) -> None:
-        test_loss, test_acc = self.w.evaluate()
-        self.log.log_eval(step, test_loss, test_acc)
-        self.last_acc = test_acc
+        t = time.perf_counter()
+        test_loss, test_acc = self.w.evaluate()  # returns host floats: the device work is done
+        self.log.log_eval(step, test_loss, test_acc, time.perf_counter() - t)
+        self.last_acc, self.last_loss = test_acc, test_loss
 
 
 class Rebatcher:

@@ -5,19 +5,26 @@
     for each step    run_step (step.py) -> the rank file's row; then, each component deciding when:
                      stop on an agreed non-finite value, Evaluator, Checkpointer, stop on an agreed
                      preemption signal, Rebatcher
-    end              a resumable final checkpoint, a last agreement, the global model, summary.json
+    end              a resumable final checkpoint, a last agreement that also checks the final model
+                     (a non-finite model, or one that train.nonfinite='skip' never updated, is a
+                     failure, exit 4, and no model.pt), the global model, summary.json; once the last
+                     step is done a late signal no longer changes the outcome
 
 Collectives of the loop are listed with the step's in step.py.
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 
+import torch
+
 from ..config import ConfigError
+from ..files import io_failure, printable
 from ..run.checkpoint import latest_checkpoint, load_latest_valid
 from ..run.rundir import commit_run_dir, prepare_run_dir, rank_file
-from ..run.stopping import NonFiniteStop, Preempted
+from ..run.stopping import NonFiniteStop, NothingApplied, Preempted
 from ..scaling.teacher_pretrain import pretrain_draw, pretrain_teacher
 from ..telemetry import RankLog, StepTimer
 from .components import Checkpointer, Evaluator, Rebatcher
@@ -57,14 +64,22 @@ def train(w) -> dict | None:
                 preempt(w, ckpt, log, done, t0)
             rebatcher.maybe_reallocate(step)
             bar.update(row.loss, evaluator.last_acc)
+        if w.stops.signals is not None:  # every step is done: a signal now cannot undo the run
+            w.stops.signals.finished = True
         log.flush()
         done = cfg.train.steps
         if ckpt.due_at_end(done):
             ckpt.save(done, t0)
-        w.stops.check(done - 1)
+        check_final_model(w, done, evaluator.last_loss)
         stop_if_nonfinite(w, log, t0)
+        stop_if_nothing_applied(w, log, t0)
+        note_late_signal(w)
         w.save_global_model()
         summary = finish(w, log, t0, "completed")
+    except (OSError, RuntimeError) as e:  # a write failed (disk full, quota): the CLI reports it on one line
+        if io_failure(e):
+            log.abandon()
+        raise
     finally:
         bar.close()
         log.close()
@@ -116,7 +131,7 @@ def resume_or_start(w, ckpt: Checkpointer) -> int | None:
     commit_run_dir(cfg, comm, decision, fresh=resume_step is None)
     if comm.rank == 0:
         start = f"resuming at step {resume_step}" if resume_step is not None else "starting at step 0"
-        print(f"lbfl: {start} of {cfg.train.steps} in {cfg.run.out_dir}", file=sys.stderr, flush=True)
+        print(f"lbfl: {start} of {cfg.train.steps} in {printable(cfg.run.out_dir)}", file=sys.stderr, flush=True)
     return resume_step
 
 
@@ -159,7 +174,47 @@ def stop_if_nonfinite(w, log: RankLog, t0: float) -> None:
     log.flush()
     latest = latest_checkpoint(w.cfg.run.out_dir)
     finish(w, log, t0, "nonfinite_stop", nonfinite={"step": step, "quantity": quantity, "rank": rank})
-    raise NonFiniteStop(step, quantity, rank, latest["step"] if latest else None)
+    raise NonFiniteStop(step, quantity, rank, latest["step"] if latest else None, w.cfg.train.nonfinite)
+
+
+def check_final_model(w, done: int, test_loss: float | None) -> None:
+    """Collective: the last agreement of the run, which also checks the model about to be written
+    (train.nonfinite 'stop' or 'skip'): its weights must be finite, and so must the final evaluation's
+    test loss (identical on every rank). Under 'skip' a huge update can blow the weights up (to inf, or
+    to values whose forward overflows) while every loss before it was finite; every later update is
+    then dropped, and without this check the run would be reported as completed and model.pt would
+    hold that model."""
+    nonfinite = w.cfg.train.nonfinite
+    if nonfinite != "ignore":
+        if not all(bool(torch.isfinite(t).all()) for t in w.client.sync.state):
+            w.stops.note_nonfinite(done - 1, "parameters")
+        elif test_loss is not None and not math.isfinite(test_loss):
+            w.stops.note_nonfinite(done - 1, "test_loss")
+    w.stops.check(done - 1, force=nonfinite != "ignore")
+
+
+def stop_if_nothing_applied(w, log: RankLog, t0: float) -> None:
+    """Collective. train.nonfinite='skip' dropped every update of this run on every rank: the model is
+    the one it started from, which is no result. A failure outcome (exit 4), no model.pt."""
+    ran = w.cfg.train.steps - w.start_step
+    skips = w.comm.allgather_obj(w.client.skips)
+    if w.cfg.train.nonfinite != "skip" or ran < 1 or min(skips) < ran:
+        return
+    log.flush()
+    latest = latest_checkpoint(w.cfg.run.out_dir)
+    finish(w, log, t0, "nonfinite_all_skipped")
+    raise NothingApplied(ran, w.start_step, latest["step"] if latest else None)
+
+
+def note_late_signal(w) -> None:
+    """A preemption signal the ranks agreed on only at the end (FedAvg agrees at model averages, so a
+    signal after the last one before train.steps): the run is complete, nothing needs a checkpoint,
+    and the job exits 0; say so instead of leaving the signal unanswered."""
+    if w.stops.preempt is None or w.comm.rank != 0:
+        return
+    name, rank, at = w.stops.preempt
+    print(f"lbfl: {name} received by rank {rank} during step {at}; the run reached train.steps="
+          f"{w.cfg.train.steps} before the ranks next agreed, so it completes and exits 0", file=sys.stderr, flush=True)
 
 
 def preempt(w, ckpt: Checkpointer, log: RankLog, done: int, t0: float) -> None:

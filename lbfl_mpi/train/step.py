@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import time
 
-from ..optim import lr_at, set_lr_
+from ..optim import eager_step, lr_at, set_lr_
 from ..run.stopping import nonfinite_quantity
 from ..telemetry import StepRow, StepTimer
 
@@ -64,6 +64,7 @@ def data(w, c, step: int, timer: StepTimer, row: StepRow):
     set_lr_(c.opt, row.lr)
     if w.stops.signals is not None:
         w.stops.signals.step = step
+    w.comm.step = step  # the MPI watchdog's message names it
     timer.start()
     x, y = c.to_device(*w.batches(step, c))
     timer.lap("data")
@@ -80,10 +81,12 @@ def forward_backward(c, x, y, timer: StepTimer, row: StepRow):
 
 
 def straggle(w, timer: StepTimer, row: StepRow) -> None:
-    """An emulated slower device sleeps (f - 1) x t_compute: its own column, never inside t_compute."""
+    """An emulated slower device sleeps (f - 1) x t_compute: its own column, never inside t_compute.
+    Without emulation nothing is lapped, so t_straggle is exactly 0 (a lap here would book the few
+    microseconds between two timer calls as straggling)."""
     if w.slowdown > 1:
         time.sleep((w.slowdown - 1) * timer.get("compute"))
-    timer.lap("straggle")
+        timer.lap("straggle")
 
 
 def statistics(w, c, step: int, loss, micro, timer: StepTimer, row: StepRow):
@@ -128,7 +131,7 @@ def update(w, c, stats, drop: bool, timer: StepTimer, row: StepRow) -> None:
         c.scaler.update(finite)
     if finite and not drop:
         info = c.transform.apply(stats)
-        c.opt.step()
+        eager_step(c.opt)
     else:
         info = c.transform.skipped()  # fp16 overflow: under BSP every rank skips this step
     for k, v in info.items():

@@ -12,8 +12,10 @@ from ..files import write_json_atomic
 def write_summary(w, log, wall: float, samples: int, sizes: list[int], **outcome) -> dict:
     """Rank 0: summary.json of the run (also of a stopped one), written atomically as strict JSON."""
     cfg = w.cfg
-    ev = {k: log.f["eval"][k][:] for k in ("step", "test_loss", "test_acc")}
+    ev = {k: log.f["eval"][k][:] for k in ("step", "test_loss", "test_acc", "t_eval")}
     nan = float("nan")
+    eval_s = float(np.nansum(ev["t_eval"]))  # rows kept from a file written before t_eval existed hold NaN
+    train_s = wall - eval_s
     best = int(np.argmax(ev["test_acc"])) if len(ev["test_acc"]) else None
     summary = {
         "name": cfg.run.name or Path(cfg.run.out_dir).name, **outcome,
@@ -25,6 +27,8 @@ def write_summary(w, log, wall: float, samples: int, sizes: list[int], **outcome
         "sync_mode": cfg.sync.mode, "period": cfg.sync.period, "dataset": cfg.data.name,
         "partition": cfg.data.partition, "model": cfg.model.name, "partition_sizes": w.partition_sizes,
         "wall_time_s": wall, "samples": samples, "samples_per_s": samples / wall if wall > 0 else 0.0,
+        "eval_time_s": eval_s, "step_time_s": float(np.sum(log.f["steps"]["t_step"][:])),
+        "samples_per_s_no_eval": samples / train_s if train_s > 0 else 0.0,
         "batching": cfg.batching.mode, "final_batch_sizes": [int(b) for b in sizes],
         "batch_changes": w.batcher.changes if w.batcher is not None else 0,
         "teacher_pretrain_steps": w.client.transform.teacher.pretrained_steps if w.client.transform.teacher else 0,

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import eval_batches
-from ..files import atomic_path
+from ..files import save_torch
 from ..precision import autocast
 
 
@@ -73,8 +73,7 @@ class Worker:
         c = self.client
         with c.sync.global_view(c.sync.eval_weight(self.cfg.train.batch_size)):
             if self.comm.rank == 0:
-                with atomic_path(Path(self.cfg.run.out_dir) / "model.pt") as tmp:
-                    torch.save(c.model.state_dict(), tmp)
+                save_torch(c.model.state_dict(), Path(self.cfg.run.out_dir) / "model.pt")
 
     def data_plane_attrs(self) -> dict:
         """Rank-file attributes: how this run's tensors travelled."""

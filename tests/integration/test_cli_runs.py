@@ -90,7 +90,7 @@ def test_analyze_reports_accuracy_and_mean_times(tmp_path):
         for col in ("t_data", "t_compute", "t_sync", "t_step"):
             assert rec["ranks"][0][f"mean_{col}"] == float(np.mean(f["steps"][col][:]))
     text = run_lbfl(["analyze", str(out), str(out), "--plots", str(tmp_path / "plots")]).stdout
-    assert "final test acc" in text and "t_compute ms" in text
+    assert "final test acc" in text and "times in ms" in text and " t_compute " in text and " median " in text
     assert (tmp_path / "plots" / "convergence.png").stat().st_size > 1000
     p = run_lbfl(["analyze", str(tmp_path / "nothing")], check=False)
     assert p.returncode == 2 and "not a run directory" in p.stderr

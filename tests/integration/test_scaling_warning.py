@@ -8,7 +8,11 @@ def test_adam_warning_is_printed_once_at_start_up(tmp_path):
 
     common = ["scaling.method=step", "train.steps=1", "train.eval_every=0"]
     adam = run_lbfl(tiny_run_args(tmp_path / "adam", *common, "train.optimizer=adam"))
-    lines = [ln for ln in adam.stderr.splitlines() if ln.startswith("lbfl: warning:")]
+    def start_up(p):  # a 1-step run may also end near chance: that warning (lbfl_mpi/accuracy.py) is not counted
+        return [ln for ln in p.stderr.splitlines()
+                if ln.startswith("lbfl: warning:") and not ln.startswith("lbfl: warning: final test accuracy")]
+
+    lines = start_up(adam)
     assert len(lines) == 1 and "train.optimizer='adam'" in lines[0] and "transients" in lines[0], adam.stderr
     sgd = run_lbfl(tiny_run_args(tmp_path / "sgd", *common))
-    assert "lbfl: warning:" not in sgd.stderr, sgd.stderr
+    assert start_up(sgd) == [], sgd.stderr

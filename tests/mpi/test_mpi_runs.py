@@ -137,7 +137,7 @@ def test_dynamic_batching_follows_throughput_without_desynchronising(tmp_path):
     np.testing.assert_array_equal(sizes[:, :3], 16)                         # equal split before the first re-allocation
     assert sizes[3, -1] < sizes[0, -1]                                      # the 3x slower rank gets less
     assert all((c["step"] == np.arange(15)).all() for c in cols)
-    assert (cols[3]["t_straggle"] > 0).all() and (cols[0]["t_straggle"] < 1e-3).all()
+    assert (cols[3]["t_straggle"] > 0).all() and (cols[0]["t_straggle"] == 0).all()  # 0 without a slowdown
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_batch_sizes"] == sizes[:, -1].tolist() and summary["batch_changes"] >= 1
 

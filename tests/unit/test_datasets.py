@@ -173,6 +173,25 @@ def test_fashion_default_root_named_in_error(monkeypatch, tmp_path):
         load_dataset(DataConfig(name="fashion_mnist"))
 
 
+def test_fashion_default_root_hint_names_a_root_the_user_can_write(monkeypatch, tmp_path):
+    """The system default root is not the user's to fill: the hint stages in $XDG_CACHE_HOME/lbfl_mpi
+    (~/.cache/lbfl_mpi) and sets data.root there; an explicit data.root keeps its own hint."""
+    import lbfl_mpi.data.datasets as dmod
+    monkeypatch.setattr(dmod, "FASHION_DEFAULT_ROOT", str(tmp_path / "system"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    mine = tmp_path / "cache" / "lbfl_mpi" / "fashion_mnist"
+    with pytest.raises(DataError) as e:
+        load_dataset(DataConfig(name="fashion_mnist"))
+    assert str(e.value).endswith(f"; install Debian's dataset-fashion-mnist package (as root), or stage it where "
+                                 f"you can write with: lbfl data fetch fashion_mnist --root {mine} and train with "
+                                 f"--set data.root={mine}")
+    assert str(tmp_path / "system") not in str(e.value).split("; install", 1)[1]
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(DataError, match=f"--root {tmp_path}/home/.cache/lbfl_mpi/fashion_mnist and"):
+        load_dataset(DataConfig(name="fashion_mnist"))
+
+
 def _fake_cifar10(root, n_train=6, n_test=7):
     """cifar-10-batches-py with random images; torchvision's md5 checks are patched out by the caller."""
     import pickle
