@@ -11,11 +11,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "mpi" / "scripts"
-# Tests whose pass/fail reads a clock against a budget (Slurm's time-limit signal, the watchdog's
-# timeout, the GPU scripts' part limits, signals at chosen steps): marked ``serial``. `make test` runs
-# them alone after the rest, which runs on 2 pytest-xdist workers (``-m "not serial"``).
-SERIAL = ("tests/slurm/", "tests/mpi/test_watchdog.py", "tests/mpi/test_preemption.py",
-          "tests/integration/test_gpu_check.py", "tests/integration/test_gpu_fidelity.py")
+# Tests whose pass/fail reads a clock against a tight budget (Slurm's time-limit signal, the watchdog's
+# timeout, the GPU check's part limits): marked ``serial`` here, or one by one with
+# ``@pytest.mark.serial``. `make test` runs them alone after the rest, which runs on pytest-xdist
+# workers (``-m "not serial"``).
+SERIAL = ("tests/slurm/", "tests/mpi/test_watchdog.py", "tests/integration/test_gpu_check.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -95,6 +95,7 @@ class _SlowSamples:
         return torch.full(self.shape, float(i % 7)), int(i % 10)
 
 
+@pytest.mark.serial  # t_c of a tiny step against a sleep: a loaded machine stretches the step
 def test_t_mov_is_timed_through_the_loader():
     """Reference: time.sleep(delay) in every __getitem__ makes a batch of b cost at least b * delay to
     load, so the loader-fed t_mov must be >= b * delay, while t_c (the step on the returned batch) must
