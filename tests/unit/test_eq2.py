@@ -6,6 +6,7 @@ import math
 import time
 
 import numpy as np
+import pytest
 import torch
 from torch.testing import assert_close
 
