@@ -36,10 +36,10 @@ demo: install
 		--set run.out_dir=$(DEMO_DIR)/fedavg --set sync.mode=fedavg --set sync.period=8 --set run.overwrite=true
 	$(BIN)/lbfl analyze $(DEMO_DIR)/bsp $(DEMO_DIR)/fedavg --plots $(DEMO_DIR)/plots
 
-# the suite in two parts: everything but the clock-budget tests on 3 workers (pytest-xdist, a test
+# the suite in two parts: everything but the clock-budget tests on 2 workers (pytest-xdist, a test
 # file per worker at a time; many tests wait on sleeps and signals), then the `serial` tests alone
 # (tests/conftest.py lists them)
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 2
 test: install
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest tests -q -ra --durations=15 -m "not serial" \
 		-n $(TEST_WORKERS) --dist loadfile
