@@ -25,8 +25,7 @@ from pathlib import Path
 from ..files import dumps_strict, printable
 from .batch import batch_series, batches, format_batch_table
 from .frame import load_evals, load_run
-from .load import AnalysisError, RunData, expand_run_dirs
-from .load import load_run as read_run
+from .load import AnalysisError, RunData, expand_run_dirs, read_run
 from .seeds import format_seed_groups, group_seeds, summarise
 from .tables import format_comparison, format_run, run_record
 

@@ -14,8 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..telemetry.h5log import EVAL_COLUMNS, STEP_COLUMNS, UNITS
-from .load import RunData
-from .load import load_run as read_run
+from .load import RunData, read_run
 
 EVAL_JOINED = ("test_loss", "test_acc", "t_eval")
 

@@ -150,7 +150,7 @@ def read_rank(path: Path, index: int) -> RankData:
                     steps=steps, eval=ev)
 
 
-def load_run(path: str | Path) -> RunData:
+def read_run(path: str | Path) -> RunData:
     p = Path(path)
     files = sorted(p.glob("rank*.h5")) if p.is_dir() else []
     if not files:
@@ -168,7 +168,7 @@ _LISTED = 8           # entries named in the error about a directory that holds 
 
 
 def is_run_dir(p: Path) -> bool:
-    """A run directory holds rank*.h5 files (load_run then checks each)."""
+    """A run directory holds rank*.h5 files (read_run then checks each)."""
     return p.is_dir() and any(p.glob("rank*.h5"))
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from lbfl_mpi.analysis import analyze_main
-from lbfl_mpi.analysis.load import AnalysisError, load_run, read_config
+from lbfl_mpi.analysis.load import AnalysisError, read_config, read_run
 from lbfl_mpi.cli import main as cli_main
 from lbfl_mpi.comm.mpi_plane import MPIPlane
 from lbfl_mpi.config import Config, ConfigError, DataConfig, load_config
@@ -149,7 +149,7 @@ def test_analyze_refuses_a_config_with_wrong_types_in_one_line(tmp_path, line, w
     (run / "config.toml").write_text("\n".join(ln for ln in text.splitlines()
                                                if ln.split(" = ")[0] != line.split(" = ")[0] or ln == line))
     with pytest.raises(AnalysisError, match=want):
-        load_run(run)
+        read_run(run)
     assert analyze_main([str(run)]) == 2 and want in capsys.readouterr().err
 
 
@@ -161,7 +161,7 @@ def test_a_rank_file_claiming_a_trillion_rows_is_refused_not_allocated(tmp_path,
         for name in ("step", "loss"):  # chunked, never written: a few kB on disk, 8 TB when read
             f["steps"].create_dataset(name, shape=(10**12,), dtype="f8", chunks=(1024,))
     with pytest.raises(AnalysisError, match=r"steps/(step|loss) claims 1000000000000 rows"):
-        load_run(run)
+        read_run(run)
     assert analyze_main([str(run)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
 
