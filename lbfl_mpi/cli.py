@@ -17,12 +17,16 @@ from .config import INT_MAX, ConfigError, load_config, reference, validate_for_w
 BAD_INPUT = 2
 
 
-def _bad_input_types() -> tuple[type, ...]:
-    from .comm.torch_plane import BackendError
-    from .data import DataError, PartitionError
-    from .models import ModelError
+_BAD_INPUT = (("lbfl_mpi.data.datasets", "DataError"), ("lbfl_mpi.data.partition", "PartitionError"),
+              ("lbfl_mpi.models.vision", "ModelError"), ("lbfl_mpi.comm.torch_plane", "BackendError"))
 
-    return ConfigError, DataError, PartitionError, ModelError, BackendError
+
+def _bad_input_types() -> tuple[type, ...]:
+    """ConfigError and the error types of the modules that define the others, among those already
+    imported: an exception of a class can only exist once its module is, and a run that stops on a
+    bad value before building anything never imports torch (0.3 s instead of 5 s)."""
+    loaded = (sys.modules.get(mod) for mod, _ in _BAD_INPUT)
+    return (ConfigError, *(getattr(m, name) for m, (_, name) in zip(loaded, _BAD_INPUT) if m is not None))
 
 
 def _fail(msg: str, rank: int = 0) -> None:

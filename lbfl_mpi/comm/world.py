@@ -1,7 +1,8 @@
 """The job as one client sees it: rank, world size, local rank, device choice, collectives, abort.
 
 :class:`Comm` starts MPI (mpi4py), which every job is launched with, and keeps the control plane on
-it: object collectives, barriers and abort. Tensor collectives take one flat, contiguous tensor and go
+it: object collectives, barriers and abort. A process that no launcher started runs on a one-rank
+stand-in instead and never starts MPI (single.py). Tensor collectives take one flat, contiguous tensor and go
 through the data plane chosen by ``dist.backend``: :class:`~.mpi_plane.MPIPlane` (mpi4py buffer
 calls, pinned host staging for CUDA tensors unless the MPI is CUDA-aware) or a torch.distributed
 process group bootstrapped over MPI (:mod:`.torch_plane`).
@@ -18,11 +19,15 @@ import time
 import traceback
 from contextlib import contextmanager
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
-from .mpi_plane import MPIPlane
+import numpy as np
+
+from .single import SelfComm, needs_mpi
 from .watchdog import Watchdog, watched
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _loaded_libmpi() -> str | None:
@@ -65,31 +70,63 @@ class Comm:
 
     def __init__(self, comm=None):
         """``comm``: the mpi4py communicator the job runs on (default MPI.COMM_WORLD); a test or a
-        driver may pass a duplicate or a sub-communicator to run several jobs side by side."""
-        from mpi4py import MPI  # initialises MPI; a singleton without a launcher
+        driver may pass a duplicate or a sub-communicator to run several jobs side by side. With no
+        ``comm`` and no launcher (single.needs_mpi), MPI is not started: a one-rank SelfComm."""
+        if comm is None and not needs_mpi():
+            self.MPI, self.comm = None, SelfComm()
+        else:
+            from mpi4py import MPI  # initialises MPI
 
-        self.MPI = MPI
-        self.comm = MPI.COMM_WORLD if comm is None else comm
+            self.MPI = MPI
+            self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank = self.comm.Get_rank()
         self.world_size = self.comm.Get_size()
-        self.local_comm = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        self.local_comm = self.comm.Split_type(getattr(self.MPI, "COMM_TYPE_SHARED", None), key=self.rank)
         self.local_rank = self.local_comm.Get_rank()
         self.local_size = self.local_comm.Get_size()
         self.cuda_aware = detect_cuda_aware()
-        self.device = torch.device("cpu")
+        self._device = None  # torch.device("cpu") until pick_device(); torch is imported on first use
         self.watch = Watchdog(self._abort_from_watchdog, self.rank)  # armed by start_backend()
-        self.plane = MPIPlane(self, self.cuda_aware)  # replaced by start_backend() for nccl/gloo
+        self._plane = None  # MPIPlane on first use; replaced by start_backend() for nccl/gloo
         self.wait_poll_s = 0.0  # > 0: wait for the other ranks sleeping, not spinning (see arrive())
 
     # -------------------------------------------------------------------------------- device
+    @property
+    def device(self) -> torch.device:
+        if self._device is None:
+            import torch
+
+            self._device = torch.device("cpu")
+        return self._device
+
+    @device.setter
+    def device(self, device: torch.device) -> None:
+        self._device = device
+
+    @property
+    def plane(self):
+        """The data plane: MPIPlane until start_backend() chooses another (created on first use, so a
+        process that stops on bad input never imports torch)."""
+        if self._plane is None:
+            from .mpi_plane import MPIPlane
+
+            self._plane = MPIPlane(self, self.cuda_aware)
+        return self._plane
+
+    @plane.setter
+    def plane(self, plane) -> None:
+        self._plane = plane
+
     def pick_device(self, prefer: str = "auto") -> torch.device:
         """``cuda:(local_rank % gpus)`` when a GPU exists, else CPU with torch threads capped per rank."""
+        import torch
+
         if prefer != "cpu" and torch.cuda.is_available() and torch.cuda.device_count() > 0:
             idx = self.local_rank % torch.cuda.device_count()
             torch.cuda.set_device(idx)
             self.device = torch.device("cuda", idx)
         else:
-            self.device = torch.device("cpu")
+            self._device = None  # torch.device("cpu") until pick_device(); torch is imported on first use
             torch.set_num_threads(cpu_threads(self.local_size))
         return self.device
 
@@ -139,6 +176,8 @@ class Comm:
             init_torch_dist(self, name, timeout_s, self.device if self.device.type == "cuda" else None)
             self.plane = TorchPlane(name, self, self.device)
         elif self.plane.name != "mpi":  # an earlier start on this Comm chose a process group
+            from .mpi_plane import MPIPlane
+
             self.plane = MPIPlane(self, self.cuda_aware)
         return name
 

@@ -6,6 +6,7 @@ traceback later or a value silently taken as something else.
 | --- | --- | --- |
 | ``LBFL_ALLREDUCE_CHUNK_MB`` | 0 (one message), or MiB per slice in [1/1024, 1048576] | comm/mpi_plane.py |
 | ``LBFL_CUDA_AWARE`` | 1, 0, true, false, yes, no (any case) | comm/world.py |
+| ``LBFL_MPI`` | auto (or empty), 1 (always start MPI), 0 (never; refused under > 1 rank) | comm/single.py |
 | ``MASTER_PORT`` | an integer in [0, 65535] (0 or empty: any free port) | comm/torch_plane.py |
 | ``MASTER_ADDR`` | a host name or address: no spaces, no control characters | comm/torch_plane.py |
 | ``OMP_NUM_THREADS`` | a positive integer (OpenMP's list form "4,2" is left to OpenMP) | comm/world.py |
@@ -65,9 +66,24 @@ CHECKS = {"LBFL_ALLREDUCE_CHUNK_MB": _chunk_mb, "LBFL_CUDA_AWARE": _bool_word, "
           "MASTER_ADDR": _host, "OMP_NUM_THREADS": _threads}
 
 
+def _mpi_choice(env: Mapping[str, str]) -> None:
+    from ..comm.single import MPI_CHOICES, launched_world_size
+
+    text = env["LBFL_MPI"]
+    choice = text.strip().lower() or "auto"
+    if choice not in MPI_CHOICES:
+        raise _bad("LBFL_MPI", text, "must be auto, 1 (always start MPI) or 0 (never)")
+    ranks = launched_world_size(env)
+    if choice == "0" and ranks > 1:
+        raise _bad("LBFL_MPI", text, f"a launcher started {ranks} ranks, which need MPI to form one job; "
+                                     f"unset LBFL_MPI or set it to auto")
+
+
 def check_environment(environ: Mapping[str, str] | None = None) -> None:
     """Raise ConfigError for the first variable of CHECKS set to a value it does not allow."""
     env = os.environ if environ is None else environ
     for name, check in CHECKS.items():
         if name in env:
             check(name, env[name])
+    if "LBFL_MPI" in env:
+        _mpi_choice(env)

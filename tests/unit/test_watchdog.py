@@ -153,10 +153,13 @@ def test_watched_calls_fill_the_slot_while_they_run_and_clear_it_after():
 
 def test_the_mpi_plane_and_the_control_plane_calls_are_watched():
     """Every blocking MPI call of Comm and MPIPlane is in the slot, under its name, while it runs (on
-    one rank the plane, the control plane and arrive() are called directly: they still reach MPI)."""
+    one rank the plane, the control plane and arrive() are called directly: they still reach MPI, which
+    is started here explicitly: a process without a launcher would not start it)."""
+    from mpi4py import MPI
+
     from lbfl_mpi.comm.world import Comm
 
-    comm = Comm()
+    comm = Comm(MPI.COMM_WORLD)
     real, plane, seen = comm.comm, comm.plane, []
 
     class Recorder:  # stands for the raw mpi4py communicator: which call, in which slot
