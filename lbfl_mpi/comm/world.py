@@ -18,7 +18,6 @@ import sys
 import time
 import traceback
 from contextlib import contextmanager
-
 from typing import TYPE_CHECKING
 
 import numpy as np
