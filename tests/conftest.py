@@ -51,12 +51,30 @@ def run_mpi(n: int, args: list[str], timeout: float = 240, check: bool = True,
     return p
 
 
+_WARM = []
+
+
+def _warm():
+    """This test process's fork server (tests/warm.py), started on first use, stopped at exit."""
+    if not _WARM:
+        import atexit
+
+        from tests.warm import WarmServer
+
+        _WARM.append(WarmServer())
+        atexit.register(_WARM[0].stop)
+    return _WARM[0]
+
+
 def run_lbfl(args: list[str], n: int = 1, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess:
     """The CLI as a user runs it: single process without a launcher, or under mpiexec -n N."""
     if n > 1:
         return run_mpi(n, ["-m", "lbfl_mpi", *args], timeout=timeout, check=check)
-    p = subprocess.run([sys.executable, "-m", "lbfl_mpi", *args], env=_env(), capture_output=True, text=True,
-                       timeout=timeout, cwd=ROOT)
+    if os.environ.get("LBFL_TEST_WARM", "1") != "0":  # forked from a server that imported torch (tests/warm.py)
+        p = _warm().run(list(args), _env(), ROOT, timeout)
+    else:
+        p = subprocess.run([sys.executable, "-m", "lbfl_mpi", *args], env=_env(), capture_output=True, text=True,
+                           timeout=timeout, cwd=ROOT)
     if check and p.returncode != 0:
         pytest.fail(f"lbfl {' '.join(args)} exited {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}")
     return p
