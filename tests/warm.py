@@ -113,10 +113,11 @@ class WarmServer:
         self.path = ""
 
     def _start(self, env: dict) -> None:
-        self.path = tempfile.mktemp(prefix="lbfl-warm-", suffix=".sock")
-        self.proc = subprocess.Popen([sys.executable, "-c", "import sys; from tests.warm import serve; serve(sys.argv[1])",
-                                      self.path], env=env, cwd=Path(__file__).resolve().parents[1],
-                                     stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        self.path = os.path.join(tempfile.mkdtemp(prefix="lbfl-warm-"), "server.sock")
+        code = "import sys; from tests.warm import serve; serve(sys.argv[1])"
+        self.proc = subprocess.Popen([sys.executable, "-c", code, self.path], env=env,
+                                     cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL, text=True)
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError("the warm server did not start")
 

@@ -32,7 +32,8 @@ def test_a_run_forked_warm_is_the_run_of_a_fresh_interpreter(tmp_path):
     assert _lines(warm.stdout.replace("/warm", "/fresh")) == _lines(fresh.stdout)
     assert _lines(warm.stderr.replace("/warm", "/fresh")) == _lines(fresh.stderr)
     a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("warm", "fresh"))
-    assert (a["final_test_acc"], a["best_test_acc"], a["steps"]) == (b["final_test_acc"], b["best_test_acc"], b["steps"])
+    keys = ("final_test_acc", "best_test_acc", "steps")
+    assert [a[k] for k in keys] == [b[k] for k in keys]
     with h5py.File(tmp_path / "warm" / "rank0000.h5") as a, h5py.File(tmp_path / "fresh" / "rank0000.h5") as b:
         for col in ("steps/loss", "steps/batch_size", "eval/test_loss", "eval/test_acc"):
             np.testing.assert_array_equal(a[col][:], b[col][:])
