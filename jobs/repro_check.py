@@ -90,7 +90,8 @@ def main(argv=None) -> int:
         ap.error(f"--tol {args.tol}: must be in [0, 1)")
     tol = 0.0 if args.exact else args.tol
     launcher = shlex.split(args.launcher)
-    failed = False
+    crashed: list[str] = []
+    differs: list[str] = []
     with tempfile.TemporaryDirectory(prefix="lbfl-repro-") as tmp:
         for name in tables:
             config, seed = CHECKS[name]
@@ -108,17 +109,37 @@ def main(argv=None) -> int:
                 continue
             run = subprocess.run(cmd, cwd=REPO, text=True, capture_output=True)
             if run.returncode != 0:
-                print(f"{name}: the rerun exited {run.returncode}: {run.stderr.strip()[-400:]}", file=sys.stderr)
-                failed = True
+                print(f"{name}: the rerun exited {run.returncode}: {error_line(run.stderr)}", file=sys.stderr)
+                crashed.append(name)
                 continue
             rerun = json.loads((out / "summary.json").read_text())
             print(f"   committed: {where.relative_to(REPO) if where.is_relative_to(REPO) else where}")
             for key, a, b, ok in compare(committed, rerun, tol):
                 diff = f"{b - a:+.4f}" if isinstance(a, float) and isinstance(b, float) else ""
                 print(f"   {key:15s} committed {a!s:22s} rerun {b!s:22s} {diff:8s} {'ok' if ok else 'DIFFERS'}")
-                failed |= not ok
-    print("all within tolerance" if not failed else "some values differ beyond the tolerance", flush=True)
-    return 1 if failed else 0
+                if not ok and name not in differs:
+                    differs.append(name)
+    print(verdict(crashed, differs), flush=True)
+    return 1 if crashed or differs else 0
+
+
+def error_line(stderr: str) -> str:
+    """The line that says why a rerun failed: lbfl's own error line, not the launcher's banner after it."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith("lbfl: error") or ln.startswith("lbfl train: error"):
+            return ln[:400]
+    return lines[0][:400] if lines else "(no output)"
+
+
+def verdict(crashed: list[str], differs: list[str]) -> str:
+    """The last line: which checks failed to run, which differ, or that all are within tolerance."""
+    parts = []
+    if crashed:
+        parts.append(f"reruns that failed (nothing compared): {', '.join(crashed)}")
+    if differs:
+        parts.append(f"values beyond the tolerance: {', '.join(differs)}")
+    return "; ".join(parts) if parts else "all within tolerance"
 
 
 if __name__ == "__main__":

@@ -61,3 +61,18 @@ def test_a_committed_summary_matches_its_committed_config(name):
     assert resolved["run"]["seed"] == seed and resolved["run"]["name"] == source["run"]["name"]
     assert summary["outcome"] == "completed" and summary["steps"] == resolved["train"]["steps"]
     assert json.loads(path.read_text()) == summary
+
+
+def test_a_failed_rerun_is_named_with_lbfls_line_not_the_launchers_banner():
+    stderr = ("lbfl: error: data.name='fashion_mnist': no copy found; put it at data.root=/x\n"
+              "-------------------------------------------\nprterun detected that one or more processes exited\n")
+    assert repro.error_line(stderr) == "lbfl: error: data.name='fashion_mnist': no copy found; put it at data.root=/x"
+    assert repro.error_line("Traceback (most recent call last):\n  x\n") == "Traceback (most recent call last):"
+    assert repro.error_line("") == "(no output)"
+
+
+def test_the_verdict_tells_a_failed_rerun_from_a_value_beyond_the_tolerance():
+    assert repro.verdict([], []) == "all within tolerance"
+    assert repro.verdict(["table1"], []) == "reruns that failed (nothing compared): table1"
+    assert repro.verdict(["fig3"], ["table2"]) == ("reruns that failed (nothing compared): fig3; "
+                                                   "values beyond the tolerance: table2")
