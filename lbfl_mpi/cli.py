@@ -101,7 +101,10 @@ def cmd_train(args) -> int:
 
     def setup(cfg, comm):
         validate_for_world(cfg, comm.world_size)
-        from .train import build_worker
+        if cfg.fl.clients:  # the federated layer: clients decoupled from ranks (fl/)
+            from .fl.build import build_federated_worker as build_worker
+        else:
+            from .train import build_worker
 
         # dataset, partition, model: no file is written yet
         return build_worker(cfg, comm, batches=getattr(args, "batches", None), signals=watch.get("signals"))
@@ -109,7 +112,10 @@ def cmd_train(args) -> int:
     def finish(cfg, comm, worker):
         from .comm.torch_plane import shutdown_torch_dist
         from .files import printable, quiet_io_unraisable
-        from .train import train
+        if getattr(worker, "federation", None) is not None:
+            from .fl.loop import train_federated as train
+        else:
+            from .train import train
 
         quiet_io_unraisable()  # a failed write is reported once below, not by every h5py object it leaves
         try:

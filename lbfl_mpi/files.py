@@ -41,8 +41,11 @@ OWNED_FILES = (re.compile(r"config\.toml"), re.compile(r"summary\.json"), re.com
                # the temporary names temp_path gives these files only: "." + name + "." + random + ".tmp"
                re.compile(r"\.(config\.toml|summary\.json|model\.pt|rank\d{4}\.h5)\.[A-Za-z0-9_]+\.tmp"),
                re.compile(r"checkpoints/\.latest\.json\.[A-Za-z0-9_]+\.tmp"),
-               re.compile(r"checkpoints/step_\d{8}/\.(rank\d{4}\.pt|meta\.json)\.[A-Za-z0-9_]+\.tmp"))
-OWNED_DIRS = (re.compile(r"checkpoints/step_\d{8}"), re.compile(r"checkpoints"))
+               re.compile(r"checkpoints/step_\d{8}/\.(rank\d{4}\.pt|meta\.json)\.[A-Za-z0-9_]+\.tmp"),
+               # spilled client states of the federated layer (fl/store.py)
+               re.compile(r"clients/rank\d{4}/(client_\d{6}\.pt|\.client_\d{6}\.pt\.[A-Za-z0-9_]+\.tmp)"))
+OWNED_DIRS = (re.compile(r"checkpoints/step_\d{8}"), re.compile(r"checkpoints"), re.compile(r"clients/rank\d{4}"),
+              re.compile(r"clients"))
 
 
 _KINDS = ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),

@@ -231,6 +231,11 @@ class Comm:
     def allgather_obj(self, obj):
         return self.comm.allgather(obj)
 
+    @watched("alltoall (object)")
+    def alltoall_obj(self, objs: list):
+        """Object i of ``objs`` goes to rank i; returns the objects every rank sent to this one."""
+        return self.comm.alltoall(objs)
+
     @watched("bcast (object)")
     def bcast_obj(self, obj, root: int = 0):
         return self.comm.bcast(obj, root=root)

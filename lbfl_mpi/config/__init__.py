@@ -19,6 +19,7 @@ from .schema import (
                      Config,
                      DataConfig,
                      DistConfig,
+                     FLConfig,
                      HeteroConfig,
                      ModelConfig,
                      RunConfig,
@@ -35,6 +36,7 @@ from .schema import (
 
 __all__ = ["validate", "validate_for_world", "INT_MAX", "SEED_MAX", "UNCATCHABLE_SIGNALS", "ConfigError",
            "dump_toml", "load_config", "parse_value", "DATASETS", "MODELS", "NUM_CLASSES", "BatchingConfig",
-           "CompressConfig", "Config", "DataConfig", "DistConfig", "HeteroConfig", "ModelConfig", "RunConfig",
+           "CompressConfig", "Config", "DataConfig", "DistConfig", "FLConfig", "HeteroConfig", "ModelConfig",
+           "RunConfig",
            "ScalingConfig", "SyncConfig", "TelemetryConfig", "TrainConfig", "global_batch", "num_classes",
            "reference", "sections", "uses_micro_batches"]

@@ -132,6 +132,44 @@ def validate(cfg: Config) -> None:
     sc = cfg.scaling
     _check(sc.method not in ("gain", "teacher") or sc.small_batch >= 1, "scaling.small_batch", sc.small_batch,
            f"must be >= 1 with scaling.method={sc.method!r}")
+    _check_federated(cfg)
+
+
+# what the federated client layer (fl.clients > 0) does not combine with yet, and why
+_FL_NOT_YET = (
+    ("compress.method", lambda c: c.compress.method, "none", "client deltas are exchanged dense"),
+    ("scaling.method", lambda c: c.scaling.method, "none", "the gradient transforms run per rank"),
+    ("batching.mode", lambda c: c.batching.mode, "static", "batches are per client, not per rank"),
+    ("batching.plan_at_start", lambda c: c.batching.plan_at_start, False, "the plan sizes per-rank batches"),
+    ("run.preempt_check_every", lambda c: c.run.preempt_check_every, 0,
+     "the ranks agree on stops at the end of every round"),
+)
+
+
+def _check_federated(cfg: Config) -> None:
+    """fl.* keys: the client layer needs fedavg rounds; its algorithms need fl.clients > 0."""
+    fl, sy = cfg.fl, cfg.sync
+    _check(len(fl.server_betas) == 2, "fl.server_betas", fl.server_betas, "must be [beta1, beta2]")
+    if fl.clients == 0:
+        for key, value, default in (("fl.algorithm", fl.algorithm, "fedavg"),
+                                    ("fl.server_optimizer", fl.server_optimizer, "sgd"),
+                                    ("fl.clients_per_round", fl.clients_per_round, 0),
+                                    ("fl.server_lr", fl.server_lr, 1.0)):
+            _check(value == default, key, value, "needs fl.clients > 0 (the federated client layer; "
+                                                 "fl.clients = ranks gives one client per rank)")
+        return
+    _check(sy.mode == "fedavg", "sync.mode", sy.mode, f"must be 'fedavg' with fl.clients={fl.clients}: "
+                                                       "clients train in rounds of sync.period local steps")
+    _check(fl.clients_per_round <= fl.clients, "fl.clients_per_round", fl.clients_per_round,
+           f"must be at most fl.clients={fl.clients}")
+    _check(cfg.train.steps % sy.period == 0, "train.steps", cfg.train.steps,
+           f"must be a multiple of sync.period={sy.period} with fl.clients > 0 (whole rounds)")
+    _check(cfg.run.checkpoint_every % sy.period == 0, "run.checkpoint_every", cfg.run.checkpoint_every,
+           f"must be a multiple of sync.period={sy.period} with fl.clients > 0 (checkpoints end rounds)")
+    _check(fl.algorithm != "scaffold" or cfg.train.optimizer == "sgd", "train.optimizer", cfg.train.optimizer,
+           "must be 'sgd' with fl.algorithm='scaffold' (its control variates correct SGD steps)")
+    for key, get, want, why in _FL_NOT_YET:
+        _check(get(cfg) == want, key, get(cfg), f"must be {shown(want)} with fl.clients > 0 for now: {why}")
 
 
 def validate_for_world(cfg: Config, world_size: int) -> None:
@@ -142,6 +180,12 @@ def validate_for_world(cfg: Config, world_size: int) -> None:
     n = len(cfg.hetero.slowdown)
     _check(n in (0, world_size), "hetero.slowdown", cfg.hetero.slowdown,
            f"needs one factor per rank: {n} given, the job has {world_size} ranks")
+    fl = cfg.fl
+    if fl.clients:
+        _check(fl.clients >= world_size, "fl.clients", fl.clients, f"must be at least the job's {world_size} ranks")
+        k = fl.clients_per_round or fl.clients
+        _check(k >= world_size, "fl.clients_per_round", fl.clients_per_round,
+               f"must be at least the job's {world_size} ranks (0: all), so that no rank idles in a round")
     sc, b = cfg.scaling, cfg.train.batch_size
     if uses_micro_batches(cfg, world_size):
         _check(bt.mode == "static", "batching.mode", bt.mode,

@@ -245,6 +245,47 @@ class ScalingConfig:
 
 
 @dataclass
+class FLConfig:
+    clients: int = _f(0, "Federated clients N, independent of the rank count (0: one client per rank, the "
+                         "sync.mode path). N > 0 needs sync.mode='fedavg' and N >= ranks: data.partition is "
+                         "made over N clients, each rank hosts the clients placed on it each round, and a "
+                         "round runs sync.period local steps of every sampled client from the global model, "
+                         "then one weighted exchange (docs/methods.md#federated-clients).",
+                      min=0, max=1_000_000)
+    clients_per_round: int = _f(0, "K: clients sampled each round (0: all N). At least the rank count, so that "
+                                   "no rank idles.", min=0, max=1_000_000)
+    sampling: str = _f("uniform", "How the K clients of a round are drawn, without replacement, from a "
+                                  "generator seeded by run.seed and the round: uniform, or weighted by each "
+                                  "client's sample count.", ("uniform", "weighted"))
+    placement: str = _f("balanced", "How a round's sampled clients are placed on ranks: balanced = by sample "
+                                    "count (largest first onto the least loaded rank).", ("balanced",))
+    algorithm: str = _f("fedavg", "fedavg (McMahan et al. 2017); fedprox: proximal term mu/2 |w - w_g|^2 "
+                                  "(Li et al. 2020); scaffold: option II control variates (Karimireddy et al. "
+                                  "2020); fednova: normalised averaging of local steps (Wang et al. 2020).",
+                        ("fedavg", "fedprox", "scaffold", "fednova"))
+    prox_mu: float = _f(0.01, "fedprox: mu, the weight of the proximal term.", min=0)
+    client_state: str = _f("keep", "The client optimizer's state (momentum, Adam moments) between the rounds a "
+                                   "client takes part in: keep = the client's own, swapped in and out with it; "
+                                   "reset = fresh every round (fednova always resets, as Wang et al.).",
+                           ("keep", "reset"))
+    server_optimizer: str = _f("sgd", "Server update from the pseudo-gradient -Delta, Delta the weighted mean "
+                                      "client delta (Reddi et al. 2021): sgd (w += server_lr Delta; FedAvg at "
+                                      "server_lr 1), momentum (FedAvgM), adam, yogi, adagrad. BatchNorm "
+                                      "statistics always take the plain weighted mean.",
+                               ("sgd", "momentum", "adam", "yogi", "adagrad"))
+    server_lr: float = _f(1.0, "Server learning rate eta_s.", min=0, min_open=True)
+    server_momentum: float = _f(0.9, "momentum: beta of the server momentum.", min=0, max=1, max_open=True)
+    server_betas: list = _f([0.9, 0.99], "adam, yogi: [beta1, beta2]; adagrad uses beta1.", item="float", min=0,
+                            max=1, max_open=True)
+    server_tau: float = _f(1e-3, "adam, yogi, adagrad: tau, the adaptivity (added to sqrt(v); v starts at "
+                                 "tau^2).", min=0, min_open=True)
+    state_budget_mb: float = _f(1024.0, "Memory for the states of the clients a rank holds between rounds; "
+                                        "beyond it the least recently used spill to clients/ in the run "
+                                        "directory (one torch file each, read back with weights_only).",
+                                min=0, max=1_048_576)
+
+
+@dataclass
 class TelemetryConfig:
     flush_every: int = _f(100, "Write buffered HDF5 rows every N steps; a killed job loses at most N rows "
                                "(a resumed run continues from its last checkpoint, which also flushes). "
@@ -265,6 +306,7 @@ class Config:
     hetero: HeteroConfig = field(default_factory=HeteroConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    fl: FLConfig = field(default_factory=FLConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -30,6 +30,8 @@ class Client:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.grad_pass = GradStatsPass(sync.params, micro_batch)
         self.skips = 0  # updates dropped on a non-finite value (train.nonfinite='skip')
+        # the federated algorithm's gradient correction before each update (FedProx, SCAFFOLD; fl/)
+        self.correction = None
 
     @property
     def params(self) -> list[torch.Tensor]:

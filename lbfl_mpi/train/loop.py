@@ -156,7 +156,7 @@ def pretrain(w) -> None:
 def finish(w, log: RankLog, t0: float, outcome: str, **extra) -> dict | None:
     """Collective: rank 0 writes summary.json (also for a stopped run) and returns it."""
     wall = w.elapsed + time.time() - t0
-    samples = w.comm.allgather_obj(w.client.loader.samples_seen)
+    samples = w.comm.allgather_obj(w.samples_seen())
     sizes = w.comm.allgather_obj(w.client.loader.batch_size)
     skips = w.comm.allgather_obj(w.client.skips)
     if w.comm.rank != 0:

@@ -130,6 +130,8 @@ def update(w, c, stats, drop: bool, timer: StepTimer, row: StepRow) -> None:
         finite = c.scaler.unscale_([p.grad for p in c.params])
         c.scaler.update(finite)
     if finite and not drop:
+        if c.correction is not None:  # FedProx's proximal term, SCAFFOLD's control variates (fl/algorithms.py)
+            c.correction()
         info = c.transform.apply(stats)
         eager_step(c.opt)
     else:

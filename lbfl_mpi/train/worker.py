@@ -44,6 +44,10 @@ class Worker:
         """The one client this worker hosts today."""
         return self.clients[0]
 
+    def samples_seen(self) -> int:
+        """Training samples this rank's clients processed."""
+        return self.client.loader.samples_seen
+
     def set_batch_sizes(self, sizes: list[int]) -> None:
         """Every rank's batch (dynamic batching, the plan's limits, a restored allocation): the one place
         that sets a loader's batch size."""

@@ -151,13 +151,21 @@ def _around(key: str, f, side: str):
 BOUNDS = [(key, f, side) for key, f in NUMERIC for side in ("min", "max") if side in f.metadata]
 
 
+def _context(key: str) -> list[str]:
+    """The other keys a value needs to be valid at all: the federated layer's keys need fl.clients > 0,
+    which needs FedAvg rounds."""
+    if key.startswith("fl."):
+        return ["sync.mode='fedavg'", *([] if key == "fl.clients" else ["fl.clients=1000000"])]
+    return []
+
+
 @pytest.mark.parametrize("key,f,side", BOUNDS, ids=[f"{k}-{s}" for k, _, s in BOUNDS])
 def test_value_just_outside_each_bound_is_rejected_and_the_bound_accepted(key, f, side):
     outside, inside = _around(key, f, side)
     with pytest.raises(ConfigError) as e:
-        load_config(None, [f"{key}={outside!r}"])
+        load_config(None, [*_context(key), f"{key}={outside!r}"])
     assert str(e.value).startswith(f"{key}=") and "must be" in str(e.value) and "\n" not in str(e.value)
-    cfg = load_config(None, [f"{key}={inside!r}"])
+    cfg = load_config(None, [*_context(key), f"{key}={inside!r}"])
     sec, name = key.split(".")
     assert getattr(getattr(cfg, sec), name) == inside
 

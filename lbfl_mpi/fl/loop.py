@@ -1,0 +1,71 @@
+"""The training loop of a federated worker (``fl.clients > 0``): train/loop.py's start, stops,
+evaluation, checkpoints and end, with a round of sync.period local steps (rounds.py) where that
+loop has a step. The ranks meet once per round, so stops are agreed, evaluations and checkpoints
+taken, at round ends: an evaluation after the first round whose end reaches a multiple of
+train.eval_every, a checkpoint every run.checkpoint_every steps (a multiple of sync.period)."""
+from __future__ import annotations
+
+import time
+
+from ..telemetry import StepTimer
+from ..train.components import Checkpointer, Evaluator
+from ..train.loop import (
+    check_final_model,
+    finish,
+    note_late_signal,
+    open_log,
+    preempt,
+    resume_or_start,
+    stop_if_nonfinite,
+    stop_if_nothing_applied,
+)
+from ..train.summary import Progress
+
+
+def train_federated(w) -> dict | None:
+    cfg, comm, fed = w.cfg, w.comm, w.federation
+    ckpt = Checkpointer(w, states={"federation": fed})
+    resume_step = resume_or_start(w, ckpt)
+    fed.start()
+    log = open_log(w, resume_step)
+    evaluator = Evaluator(w, log)
+    timer = StepTimer(w.device)
+    h, every = cfg.sync.period, cfg.train.eval_every
+    bar = Progress(comm.rank == 0, cfg.train.steps // h, w.start_step // h)
+    t0 = time.time()
+    try:
+        for round_ in range(w.start_step // h, cfg.train.steps // h):
+            rows = fed.run_round(round_, timer)
+            for row in rows:
+                log.log_row(row)
+            done = (round_ + 1) * h
+            w.stops.check(done - 1)  # the ranks meet here anyway: agree on signals and non-finite values
+            stop_if_nonfinite(w, log, t0)
+            if every and done // every > (done - h) // every or done == cfg.train.steps:
+                evaluator.run(done - 1)
+            if ckpt.due(done):
+                log.flush()
+                ckpt.save(done, t0)
+                stop_if_nonfinite(w, log, t0)
+            if w.stops.preempt is not None and done < cfg.train.steps:
+                preempt(w, ckpt, log, done, t0)
+            bar.update(rows[-1].loss, evaluator.last_acc)
+        if w.stops.signals is not None:
+            w.stops.signals.finished = True
+        log.flush()
+        done = cfg.train.steps
+        if ckpt.due_at_end(done):
+            ckpt.save(done, t0)
+        check_final_model(w, done, evaluator.last_loss)
+        stop_if_nonfinite(w, log, t0)
+        stop_if_nothing_applied(w, log, t0)
+        note_late_signal(w)
+        w.save_global_model()
+        summary = finish(w, log, t0, "completed", fl_rounds=fed.rounds_done, fl_clients=fed.n_clients,
+                         fl_clients_per_round=fed.k, fl_algorithm=cfg.fl.algorithm,
+                         fl_server_optimizer=cfg.fl.server_optimizer)
+    finally:
+        bar.close()
+        log.close()
+        w.close()
+    return summary

@@ -1,0 +1,228 @@
+"""The rounds of the federated layer on one rank (``fl.clients > 0``).
+
+A round t, identically ordered on every rank:
+
+    1. sample     the K clients of the round (sampling.py), the same on every rank
+    2. place      balanced onto the ranks (sampling.place_balanced)
+    3. move       clients whose state another rank holds are sent to their new host
+                  (one object alltoall, issued only when some client moves: every rank knows)
+    4. train      for each client placed here: the slot model <- the global model x, the client's
+                  loader, optimizer state and control variate swapped in, the torch seed set from
+                  (run.seed, t, client) so that dropout does not depend on the placement, then
+                  sync.period local steps (train/step.py, with the algorithm's gradient correction),
+                  and its contribution added to this rank's RoundSums (algorithms.py)
+    5. exchange   one allreduce of the rank's sums
+    6. server     x += the server optimizer's update of the mean delta (server.py) on the trainable
+                  parameters; float buffers (BatchNorm statistics) take the plain weighted mean;
+                  SCAFFOLD's c += (1/N) sum Delta c_i; the slot model <- x
+
+The rank file gets one row per local step index of the round, summed over the clients the rank
+trained (batch_size, times) or averaged weighted by samples (loss); the exchange is booked on the
+round's last row (synced = 1, bytes_sent, t_sync).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..telemetry import StepRow, StepTimer
+from ..train.step import run_step
+from .algorithms import RoundSums, nova_norm, prox_correct_, scaffold_control, scaffold_correct_
+from .sampling import place_balanced, sample_clients
+from .server import build_server_optimizer
+from .store import ClientStore, to_cpu
+
+_SEED_STREAM = 1_000_003
+
+
+def client_seed(seed: int, round_: int, cid: int) -> int:
+    """The torch seed of client ``cid``'s local training in round ``round_`` (placement-independent)."""
+    return (seed * _SEED_STREAM + round_ * 7_919 + cid * 104_729 + 1) % (2 ** 63)
+
+
+def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.detach().reshape(-1).float() for t in tensors])
+
+
+@torch.no_grad()
+def unflatten_(tensors: list[torch.Tensor], flat: torch.Tensor) -> None:
+    i = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[i:i + n].view_as(t))
+        i += n
+
+
+def views(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    out, i = [], 0
+    for t in like:
+        out.append(flat[i:i + t.numel()].view_as(t))
+        i += t.numel()
+    return out
+
+
+class Federation:
+    """The federation as this rank sees it: the global model x (identical on every rank), the server
+    optimizer and control variate, which rank holds each client's state, and the states it holds."""
+
+    def __init__(self, w, loaders: dict, sizes: list[int], spill_dir):
+        cfg = w.cfg
+        self.w, self.cfg, self.comm, self.c = w, cfg, w.comm, w.client
+        self.fl = cfg.fl
+        self.loaders, self.sizes = loaders, sizes
+        self.n_clients = cfg.fl.clients
+        self.k = cfg.fl.clients_per_round or cfg.fl.clients
+        self.period = cfg.sync.period
+        self.params, self.state = self.c.sync.params, self.c.sync.state
+        self.n_params = sum(p.numel() for p in self.params)
+        self.server = build_server_optimizer(cfg.fl)
+        self.x: torch.Tensor | None = None  # set by start() once the initial model is everywhere
+        self.control = None
+        self.owner = [-1] * self.n_clients  # rank holding each client's state (-1: none yet)
+        self.store = ClientStore(cfg.fl.state_budget_mb, spill_dir)
+        self.samples = 0  # samples this rank's clients processed
+        self.rounds_done = 0
+        self.last_sampled: list[int] = []
+        self.moved = 0
+
+    def start(self) -> None:
+        """After the initial broadcast (or a resume): x is the slot model's state."""
+        if self.x is None:
+            self.x = flatten(self.state)
+        if self.fl.algorithm == "scaffold" and self.control is None:
+            self.control = torch.zeros(self.n_params, device=self.x.device)
+        unflatten_(self.state, self.x)
+
+    # ----------------------------------------------------------------------------- one round
+    def run_round(self, round_: int, timer: StepTimer) -> list[StepRow]:
+        comm, cfg = self.comm, self.cfg
+        sampled = sample_clients(self.n_clients, self.k, round_, cfg.run.seed, self.sizes,
+                                 self.fl.sampling == "weighted")
+        places = place_balanced(sampled, self.sizes, comm.world_size)
+        self.move(places)
+        sums = RoundSums(self.fl.algorithm, self.x.numel(), self.n_params, self.x.device)
+        per_step: list[list[StepRow]] = [[] for _ in range(self.period)]
+        for cid in places[comm.rank]:
+            rows = self.train_client(cid, round_, timer, sums)
+            for j, row in enumerate(rows):
+                per_step[j].append(row)
+        timer.start()
+        comm.allreduce_(sums.buf)
+        self.apply(sums)
+        timer.lap("sync")
+        for r, cids in enumerate(places):
+            for cid in cids:
+                self.owner[cid] = r
+        self.last_sampled = sampled
+        self.rounds_done = round_ + 1
+        rows = [merge_rows(round_ * self.period + j, per_step[j]) for j in range(self.period)]
+        last = rows[-1]
+        last.synced, last.bytes_sent = 1, sums.nbytes
+        last.t_sync += timer.get("sync")
+        last.t_step += timer.get("sync")
+        return rows
+
+    def move(self, places: list[list[int]]) -> None:
+        """Step 3: states held by another rank than the client's host this round travel to it."""
+        comm = self.comm
+        host = {cid: r for r, cids in enumerate(places) for cid in cids}
+        moves = [(cid, self.owner[cid], r) for cid, r in host.items() if self.owner[cid] not in (-1, r)]
+        if not moves:
+            return
+        out = [{} for _ in range(comm.world_size)]
+        for cid, src, dst in moves:
+            if src == comm.rank:
+                out[dst][cid] = self.store.pop(cid)
+        for got in comm.alltoall_obj(out):
+            for cid, state in got.items():
+                self.store.put(cid, state)
+        self.moved += len(moves)
+
+    def train_client(self, cid: int, round_: int, timer: StepTimer, sums: RoundSums) -> list[StepRow]:
+        """Step 4 for one client: swap in, sync.period local steps, contribution, swap out."""
+        c, fl, w = self.c, self.fl, self.w
+        saved = self.store.pop(cid) or {}
+        unflatten_(self.state, self.x)
+        c.loader = self.loaders[cid]
+        if "loader" in saved:
+            c.loader.load_state_dict(saved["loader"])
+        if fl.client_state == "keep" and fl.algorithm != "fednova" and saved.get("optimizer") is not None:
+            c.opt.load_state_dict(saved["optimizer"])
+        else:
+            c.opt.state.clear()
+        anchor = views(self.x[:self.n_params], self.params)
+        c_i = saved.get("control")
+        if fl.algorithm == "scaffold":
+            c_i = torch.zeros_like(self.control) if c_i is None else c_i.to(self.x.device)
+            c.correction = lambda: scaffold_correct_(c.params, views(self.control, self.params),
+                                                     views(c_i, self.params))
+        elif fl.algorithm == "fedprox":
+            c.correction = lambda: prox_correct_(c.params, anchor, fl.prox_mu)
+        else:
+            c.correction = None
+        torch.manual_seed(client_seed(self.cfg.run.seed, round_, cid))
+        rows = [run_step(w, c, round_ * self.period + j, timer) for j in range(self.period)]
+        c.skips += sum(r.nonfinite_skip for r in rows)
+        y = flatten(self.state)
+        samples = sum(r.batch_size for r in rows)
+        self.samples += samples
+        d_control = None
+        state = {"loader": c.loader.state_dict()}
+        if fl.algorithm == "scaffold":
+            lr_sum = sum(r.lr for r in rows)
+            c_new = scaffold_control(c_i, self.control, self.x[:self.n_params], y[:self.n_params], lr_sum)
+            d_control = c_new - c_i
+            state["control"] = c_new
+        a_norm = nova_norm(self.period, self.cfg.train.momentum if self.cfg.train.optimizer == "sgd" else 0.0)
+        sums.add(y - self.x, samples, a_norm, d_control)
+        if fl.client_state == "keep" and fl.algorithm != "fednova":
+            state["optimizer"] = to_cpu(c.opt.state_dict())
+        self.store.put(cid, state)
+        return rows
+
+    @torch.no_grad()
+    def apply(self, sums: RoundSums) -> None:
+        """Step 6: the server update, identical on every rank."""
+        delta = sums.mean_delta()
+        p = self.n_params
+        self.server.step_(self.x[:p], delta[:p])
+        self.x[p:] += delta[p:]
+        if self.control is not None:
+            self.control += sums.control_sum() / self.n_clients
+        unflatten_(self.state, self.x)
+
+    # --------------------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict:
+        return {"x": to_cpu(self.x), "server": to_cpu(self.server.state_dict()),
+                "control": to_cpu(self.control), "owner": list(self.owner), "rounds_done": self.rounds_done,
+                "samples": self.samples, "clients": {cid: self.store.get(cid) for cid in self.store.ids()}}
+
+    def load_state_dict(self, d: dict) -> None:
+        dev = self.c.device
+        self.x = d["x"].to(dev)
+        self.server.load_state_dict({k: (v.to(dev) if v is not None else None) for k, v in d["server"].items()})
+        self.control = d["control"].to(dev) if d["control"] is not None else None
+        self.owner = [int(o) for o in d["owner"]]
+        self.rounds_done, self.samples = int(d["rounds_done"]), int(d["samples"])
+        for cid, state in d["clients"].items():
+            self.store.put(int(cid), state)
+        unflatten_(self.state, self.x)
+
+
+def merge_rows(step: int, rows: list[StepRow]) -> StepRow:
+    """The rank's row of one local step index: the clients' rows summed (batch, times, skips) and the
+    loss averaged weighted by batch."""
+    out = StepRow(step=step)
+    if not rows:
+        return out
+    n = sum(r.batch_size for r in rows)
+    out.batch_size = n
+    out.lr, out.epoch = rows[0].lr, sum(r.epoch for r in rows) / len(rows)
+    out.loss = sum(r.loss * r.batch_size for r in rows) / n if n else float("nan")
+    out.grad_norm_sq = sum(r.grad_norm_sq for r in rows) / len(rows)
+    for name in ("t_data", "t_compute", "t_compress", "t_sync", "t_step", "t_straggle", "t_teacher"):
+        setattr(out, name, sum(getattr(r, name) for r in rows))
+    out.nonfinite_skip = int(any(r.nonfinite_skip for r in rows))
+    out.scale_factor = rows[0].scale_factor
+    busy = out.t_compute + out.t_straggle
+    out.throughput = n / busy if busy > 0 else 0.0
+    return out

@@ -1,0 +1,37 @@
+"""Which clients take part in a round, and on which rank each one trains.
+
+Both are pure functions of values every rank shares (run.seed, the round, the clients' sample
+counts), so every rank computes the same sample and the same placement without a collective.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_SAMPLING_STREAM = 0x5A3D  # keeps the round's draw independent of every other seeded stream
+
+
+def sample_clients(n_clients: int, k: int, round_: int, seed: int, sizes=None, weighted: bool = False) -> list[int]:
+    """The K of N clients of round ``round_``, sorted, drawn without replacement from a generator seeded
+    by (seed, round): uniformly, or with probability proportional to each client's sample count
+    (``weighted``; Li et al. 2020's sampling scheme, without replacement). K = 0 or K = N: all."""
+    if k in (0, n_clients):
+        return list(range(n_clients))
+    rng = np.random.default_rng([seed, _SAMPLING_STREAM, round_])
+    p = None
+    if weighted:
+        s = np.asarray(sizes, dtype=np.float64)
+        p = s / s.sum()
+    return sorted(int(c) for c in rng.choice(n_clients, size=k, replace=False, p=p))
+
+
+def place_balanced(clients: list[int], sizes, world_size: int) -> list[list[int]]:
+    """Clients per rank, balanced by sample count: largest first (ties by client id), each onto the rank
+    with the fewest samples so far (ties by rank), the LPT rule, within 4/3 of the best makespan
+    (Graham 1969). Each rank's list is in client order."""
+    load = [0] * world_size
+    out: list[list[int]] = [[] for _ in range(world_size)]
+    for c in sorted(clients, key=lambda c: (-int(sizes[c]), c)):
+        r = min(range(world_size), key=lambda r: (load[r], r))
+        out[r].append(c)
+        load[r] += int(sizes[c])
+    return [sorted(o) for o in out]

@@ -1,0 +1,78 @@
+"""The federated layer end to end (fl.clients > 0), against references: with one client per rank it
+computes what the one-rank-one-client FedAvg path computes; N clients give the same run on 1, 2 and
+4 ranks, whichever rank hosts a client and however its state moves or spills."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from lbfl_mpi.telemetry import open_rank_file, read_group
+
+from ..conftest import run_lbfl, tiny_run_args
+
+
+def _model(out):
+    return torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+
+
+def _fl_args(out, *extra):
+    return tiny_run_args(out, "sync.mode='fedavg'", "sync.period=3", "train.steps=12", *extra)
+
+
+def test_one_client_per_rank_is_the_fedavg_path(tmp_path):
+    run_lbfl(_fl_args(tmp_path / "plain"), n=2)
+    run_lbfl(_fl_args(tmp_path / "fl", "fl.clients=2"), n=2)
+    assert_close(_model(tmp_path / "fl"), _model(tmp_path / "plain"), rtol=1e-5, atol=1e-6)
+    for r in range(2):
+        with open_rank_file(tmp_path / "plain" / f"rank{r:04d}.h5") as a, \
+                open_rank_file(tmp_path / "fl" / f"rank{r:04d}.h5") as b:
+            sa, sb = read_group(a, "steps"), read_group(b, "steps")
+            assert_close(sb["loss"], sa["loss"], rtol=1e-5, atol=1e-6)
+            assert (sb["synced"] == sa["synced"]).all() and (sb["batch_size"] == sa["batch_size"]).all()
+
+
+@pytest.mark.parametrize("extra", [
+    ("fl.algorithm='fedavg'",),
+    ("fl.algorithm='scaffold'", "fl.server_optimizer='adam'", "fl.server_lr=0.01", "fl.state_budget_mb=0"),
+    ("fl.algorithm='fedprox'", "fl.prox_mu=0.1", "fl.sampling='weighted'", "data.partition='dirichlet'"),
+    ("fl.algorithm='fednova'", "fl.server_optimizer='momentum'"),
+], ids=["fedavg", "scaffold-adam-spill", "fedprox-weighted-dirichlet", "fednova-momentum"])
+def test_eight_clients_give_the_same_model_on_one_two_and_four_ranks(tmp_path, extra):
+    args = ("fl.clients=8", "fl.clients_per_round=4", *extra)
+    run_lbfl(_fl_args(tmp_path / "n1", *args), n=1)
+    ref = _model(tmp_path / "n1")
+    for n in (2, 4) if extra[0] == "fl.algorithm='fedavg'" else (2,):
+        run_lbfl(_fl_args(tmp_path / f"n{n}", *args), n=n)
+        assert_close(_model(tmp_path / f"n{n}"), ref, rtol=1e-5, atol=1e-6)
+    if "fl.state_budget_mb=0" in extra:  # every state was spilled to the run directory between rounds
+        assert (tmp_path / "n2" / "clients").is_dir()
+
+
+def test_the_algorithms_train_different_models(tmp_path):
+    """The references above would hold for an algorithm that did nothing: each must change the run."""
+    models = {}
+    for alg in ("fedavg", "fedprox", "scaffold"):
+        run_lbfl(_fl_args(tmp_path / alg, "fl.clients=4", f"fl.algorithm='{alg}'", "fl.prox_mu=1.0"), n=1)
+        models[alg] = _model(tmp_path / alg)
+    for a, b in (("fedavg", "fedprox"), ("fedavg", "scaffold")):
+        diff = max(float((models[a][k].float() - models[b][k].float()).abs().max()) for k in models[a])
+        assert diff > 1e-4, (a, b, diff)
+
+
+@pytest.mark.parametrize("bad,named", [
+    (["fl.clients=4", "fl.clients_per_round=5"], "fl.clients_per_round"),
+    (["fl.clients=1"], "fl.clients"),                                        # fewer clients than ranks
+    (["fl.clients=4", "fl.algorithm='scaffold'", "train.optimizer='adam'"], "train.optimizer"),
+    (["fl.algorithm='fedprox'"], "fl.algorithm"),                             # needs fl.clients > 0
+    (["fl.clients=4", "sync.mode='bsp'"], "sync.mode"),
+    (["fl.clients=4", "train.steps=13"], "train.steps"),
+    (["fl.clients=4", "compress.method='topk'"], "compress.method"),
+])
+def test_bad_federated_input_exits_2_in_one_line_and_writes_nothing(tmp_path, bad, named):
+    out = tmp_path / "run"
+    p = run_lbfl(_fl_args(out, *bad), n=2, check=False, timeout=60)
+    assert p.returncode == 2, p.stdout + p.stderr
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("lbfl: error:")]
+    assert len(errors) == 1 and named in errors[0], p.stderr
+    assert not out.exists()
