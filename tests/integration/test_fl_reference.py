@@ -1,0 +1,110 @@
+"""Each federated algorithm and server optimizer of ``fl.clients > 0`` against a one-process reference
+written plainly here: a loop over rounds and sampled clients with torch.optim.SGD, the algorithm's
+gradient correction and aggregation written out, and the server update of Reddi et al. 2021. The
+batches come from the same loaders (the data stream is not under test)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+from lbfl_mpi.config import load_config
+from lbfl_mpi.data import ClientLoader, load_dataset, partition_indices
+from lbfl_mpi.fl.sampling import sample_clients
+from lbfl_mpi.models import build_model
+
+from ..conftest import run_lbfl, tiny_run_args
+from ..unit.test_fl_algorithms import _reference_server
+
+N, K, H, STEPS = 6, 3, 3, 12
+
+
+def reference_run(overrides: list[str]) -> dict:
+    cfg = load_config(None, overrides)
+    fl, tc, seed = cfg.fl, cfg.train, cfg.run.seed
+    bundle = load_dataset(cfg.data, seed)
+    parts = partition_indices(bundle.train_labels, N, cfg.data.partition, seed, cfg.data.labels_per_client,
+                              cfg.data.alpha)
+    loaders = [ClientLoader(bundle.train, parts[i], tc.batch_size, seed, i, device="cpu") for i in range(N)]
+    torch.manual_seed(seed)
+    model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.norm)
+    params = list(model.parameters())
+    x0 = torch.cat([p.detach().reshape(-1) for p in params]).clone()
+    x = x0.clone()
+    opts = {}  # client -> its SGD optimizer, kept between rounds (fl.client_state = keep)
+    c = torch.zeros_like(x)
+    c_i = {i: torch.zeros_like(x) for i in range(N)}
+    deltas_seen = []
+
+    def load(vec):
+        torch.nn.utils.vector_to_parameters(vec, params)
+
+    for r in range(STEPS // H):
+        sampled = sample_clients(N, K, r, seed, [len(p) for p in parts], fl.sampling == "weighted")
+        d_controls = torch.zeros_like(x)
+        contributions = []
+        for i in sampled:
+            load(x.clone())
+            if i not in opts or fl.algorithm == "fednova":
+                opts[i] = torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+            opt = opts[i]
+            samples = 0
+            for _ in range(H):
+                xb, yb = loaders[i].next_batch()
+                opt.zero_grad()
+                F.cross_entropy(model(xb), yb).backward()
+                w = torch.cat([p.detach().reshape(-1) for p in params])
+                g = torch.cat([p.grad.reshape(-1) for p in params])
+                if fl.algorithm == "fedprox":
+                    g = g + fl.prox_mu * (w - x)
+                if fl.algorithm == "scaffold":
+                    g = g + c - c_i[i]
+                torch.nn.utils.vector_to_parameters(g, [p.grad for p in params])
+                opt.step()
+                samples += len(yb)
+            y = torch.cat([p.detach().reshape(-1) for p in params]).clone()
+            if fl.algorithm == "scaffold":
+                new = c_i[i] - c + (x - y) / (H * tc.lr)
+                d_controls += new - c_i[i]
+                c_i[i] = new
+            rho = tc.momentum
+            a = H if rho == 0 else sum((1 - rho ** k) / (1 - rho) for k in range(1, H + 1))
+            contributions.append((y - x, samples, a))
+        n = sum(s for _, s, _ in contributions)
+        if fl.algorithm == "fednova":
+            tau_eff = sum(s / n * a for _, s, a in contributions)
+            delta = tau_eff * sum(s / n * d / a for d, s, a in contributions)
+        else:
+            delta = sum(s / n * d for d, s, _ in contributions)
+        deltas_seen.append(delta)
+        c = c + d_controls / N
+        # the server's state is a function of the deltas so far: replay them from the initial model
+        x = _reference_server(fl.server_optimizer, x0, deltas_seen, fl.server_lr, fl.server_momentum,
+                              *fl.server_betas, fl.server_tau)
+    load(x)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+CASES = {
+    "fedavg-sampled": ["fl.algorithm='fedavg'"],
+    "fedavg-weighted-dirichlet": ["fl.sampling='weighted'", "data.partition='dirichlet'"],
+    "fedprox": ["fl.algorithm='fedprox'", "fl.prox_mu=0.5"],
+    "scaffold": ["fl.algorithm='scaffold'"],
+    "fednova": ["fl.algorithm='fednova'"],
+    "server-sgd-lr": ["fl.server_lr=0.5"],
+    "server-momentum": ["fl.server_optimizer='momentum'", "fl.server_lr=0.5"],
+    "server-adam": ["fl.server_optimizer='adam'", "fl.server_lr=0.01"],
+    "server-yogi": ["fl.server_optimizer='yogi'", "fl.server_lr=0.01"],
+    "server-adagrad": ["fl.server_optimizer='adagrad'", "fl.server_lr=0.01"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_federated_run_equals_its_plain_one_process_reference(tmp_path, name):
+    sets = ["sync.mode='fedavg'", f"sync.period={H}", f"train.steps={STEPS}", "train.batch_size=8",
+            f"fl.clients={N}", f"fl.clients_per_round={K}", *CASES[name]]
+    run_lbfl(tiny_run_args(tmp_path / "run", *sets), n=1)
+    got = torch.load(tmp_path / "run" / "model.pt", map_location="cpu", weights_only=True)
+    want = reference_run(sets)
+    assert_close(got, want, rtol=1e-5, atol=1e-6)
