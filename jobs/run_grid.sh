@@ -21,6 +21,8 @@
 #   PYTHON        Python >= 3.11 (reads TOML)    [python3]
 #   PLOTS         also write lbfl analyze's charts to this directory  [none]
 #   SEEDS         seeds (non-negative integers, space-separated) to run each config with  [the TOML's]
+#   SKIP_DONE     1: skip a run whose out_dir already holds a summary.json with outcome "completed",
+#                 so that a grid interrupted at any point continues where it stopped  [0]
 # Each run's wall time and the grid's total go to stderr. The script stops at the first failing run
 # (set -euo pipefail); runs already finished keep their files; `lbfl analyze` then covers every run dir.
 # run.out_dir cannot be overridden with --set (analysis reads out_dir from the TOML files), nor
@@ -112,6 +114,17 @@ print(run.get("world_size", 0) or 1, out)
 launch_one() {
     local cfg=$1 ranks=$2 out_dir=$3 label=$4 t_run=$SECONDS
     shift 4
+    if [[ ${SKIP_DONE:-0} == 1 ]] && "$python" -c '
+import json, sys
+try:
+    sys.exit(0 if json.load(open(sys.argv[1])).get("outcome") == "completed" else 1)
+except (OSError, ValueError):
+    sys.exit(1)
+' "$out_dir/summary.json"; then
+        echo "=== $label: skipped, $out_dir/summary.json says completed (SKIP_DONE=1)" >&2
+        out_dirs+=("$out_dir")
+        return
+    fi
     echo "=== $label: $ranks ranks -> $out_dir" >&2
     "${mpiexec[@]}" -n "$ranks" "${mpiexec_args[@]}" \
         "${lbfl[@]}" train --config "$cfg" --set run.overwrite=true "$@"

@@ -22,6 +22,7 @@ from ..precision import LossScaler
 from ..run.stopping import StopAgreement
 from ..scaling.transform import GradTransform
 from ..sync.base import Synchronizer
+from ..telemetry import FL_GROUPS
 from ..train.build import _probe, start_warnings
 from ..train.client import Client
 from ..train.worker import Worker
@@ -42,6 +43,7 @@ class FederatedWorker(Worker):
     """A worker whose client slot trains the clients placed on this rank, round by round."""
 
     federation: Federation
+    log_groups = FL_GROUPS  # the rank file's ``clients`` and ``rounds`` groups
 
     def samples_seen(self) -> int:
         return self.federation.samples

@@ -24,20 +24,24 @@ from ..train.summary import Progress
 
 def train_federated(w) -> dict | None:
     cfg, comm, fed = w.cfg, w.comm, w.federation
-    ckpt = Checkpointer(w, states={"federation": fed})
+    ckpt = Checkpointer(w, states={"model": w.client.model, "federation": fed})  # the model: the global one
     resume_step = resume_or_start(w, ckpt)
     fed.start()
     log = open_log(w, resume_step)
     evaluator = Evaluator(w, log)
     timer = StepTimer(w.device)
     h, every = cfg.sync.period, cfg.train.eval_every
-    bar = Progress(comm.rank == 0, cfg.train.steps // h, w.start_step // h)
+    bar = Progress(comm.rank == 0, cfg.train.steps // h, w.start_step // h, unit="round")
     t0 = time.time()
     try:
         for round_ in range(w.start_step // h, cfg.train.steps // h):
             rows = fed.run_round(round_, timer)
             for row in rows:
                 log.log_row(row)
+            for row in fed.client_rows:
+                log.log_group("clients", row)
+            if comm.rank == 0:
+                log.log_group("rounds", fed.round_row)
             done = (round_ + 1) * h
             w.stops.check(done - 1)  # the ranks meet here anyway: agree on signals and non-finite values
             stop_if_nonfinite(w, log, t0)

@@ -22,6 +22,8 @@ round's last row (synced = 1, bytes_sent, t_sync).
 """
 from __future__ import annotations
 
+import time
+
 import torch
 
 from ..telemetry import StepRow, StepTimer
@@ -29,7 +31,7 @@ from ..train.step import run_step
 from .algorithms import RoundSums, nova_norm, prox_correct_, scaffold_control, scaffold_correct_
 from .sampling import place_balanced, sample_clients
 from .server import build_server_optimizer
-from .store import ClientStore, to_cpu
+from .store import ClientStore, state_bytes, to_cpu
 
 _SEED_STREAM = 1_000_003
 
@@ -83,6 +85,10 @@ class Federation:
         self.rounds_done = 0
         self.last_sampled: list[int] = []
         self.moved = 0
+        self.moves_last = 0
+        self.client_rows: list[dict] = []  # this round's ``clients`` rows (telemetry/h5log.py)
+        self.round_row: dict | None = None  # this round's ``rounds`` row
+        self._moved_bytes: dict[int, int] = {}
 
     def start(self) -> None:
         """After the initial broadcast (or a resume): x is the slot model's state."""
@@ -95,6 +101,8 @@ class Federation:
     # ----------------------------------------------------------------------------- one round
     def run_round(self, round_: int, timer: StepTimer) -> list[StepRow]:
         comm, cfg = self.comm, self.cfg
+        t_round = time.perf_counter()
+        self.client_rows = []
         sampled = sample_clients(self.n_clients, self.k, round_, cfg.run.seed, self.sizes,
                                  self.fl.sampling == "weighted")
         places = place_balanced(sampled, self.sizes, comm.world_size)
@@ -106,9 +114,15 @@ class Federation:
             for j, row in enumerate(rows):
                 per_step[j].append(row)
         timer.start()
+        x_old = self.x.clone()
         comm.allreduce_(sums.buf)
         self.apply(sums)
         timer.lap("sync")
+        last_step = (round_ + 1) * self.period - 1
+        self.round_row = {"step": last_step, "round": round_, "clients": len(sampled),
+                          "samples": int(sums.buf[sums.n_state]), "t_round": time.perf_counter() - t_round,
+                          "t_exchange": timer.get("sync"), "update_norm": float((self.x - x_old).norm()),
+                          "bytes_sent": sums.nbytes, "moves": self.moves_last}
         for r, cids in enumerate(places):
             for cid in cids:
                 self.owner[cid] = r
@@ -126,6 +140,8 @@ class Federation:
         comm = self.comm
         host = {cid: r for r, cids in enumerate(places) for cid in cids}
         moves = [(cid, self.owner[cid], r) for cid, r in host.items() if self.owner[cid] not in (-1, r)]
+        self.moves_last = len(moves)
+        self._moved_bytes = {}
         if not moves:
             return
         out = [{} for _ in range(comm.world_size)]
@@ -134,12 +150,14 @@ class Federation:
                 out[dst][cid] = self.store.pop(cid)
         for got in comm.alltoall_obj(out):
             for cid, state in got.items():
+                self._moved_bytes[cid] = state_bytes(state)
                 self.store.put(cid, state)
         self.moved += len(moves)
 
     def train_client(self, cid: int, round_: int, timer: StepTimer, sums: RoundSums) -> list[StepRow]:
         """Step 4 for one client: swap in, sync.period local steps, contribution, swap out."""
         c, fl, w = self.c, self.fl, self.w
+        t_swap = time.perf_counter()
         saved = self.store.pop(cid) or {}
         unflatten_(self.state, self.x)
         c.loader = self.loaders[cid]
@@ -160,7 +178,11 @@ class Federation:
         else:
             c.correction = None
         torch.manual_seed(client_seed(self.cfg.run.seed, round_, cid))
+        t_swap = time.perf_counter() - t_swap
+        t_train = time.perf_counter()
         rows = [run_step(w, c, round_ * self.period + j, timer) for j in range(self.period)]
+        t_train = time.perf_counter() - t_train
+        t_out = time.perf_counter()
         c.skips += sum(r.nonfinite_skip for r in rows)
         y = flatten(self.state)
         samples = sum(r.batch_size for r in rows)
@@ -173,10 +195,16 @@ class Federation:
             d_control = c_new - c_i
             state["control"] = c_new
         a_norm = nova_norm(self.period, self.cfg.train.momentum if self.cfg.train.optimizer == "sgd" else 0.0)
-        sums.add(y - self.x, samples, a_norm, d_control)
+        delta = y - self.x
+        sums.add(delta, samples, a_norm, d_control)
         if fl.client_state == "keep" and fl.algorithm != "fednova":
             state["optimizer"] = to_cpu(c.opt.state_dict())
         self.store.put(cid, state)
+        self.client_rows.append({
+            "step": (round_ + 1) * self.period - 1, "round": round_, "client": cid, "samples": samples,
+            "local_steps": len(rows), "loss_first": rows[0].loss, "loss_last": rows[-1].loss,
+            "delta_norm": float(delta.norm()), "t_train": t_train,
+            "t_swap": t_swap + time.perf_counter() - t_out, "bytes_moved": self._moved_bytes.get(cid, 0)})
         return rows
 
     @torch.no_grad()

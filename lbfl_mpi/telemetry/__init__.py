@@ -2,10 +2,11 @@
 
 ``StepTimer`` (timers.py) needs torch and is loaded on first use, so that ``lbfl analyze``, which reads
 rank files through this package, starts without importing torch."""
-from .h5log import EVAL_COLUMNS, STEP_COLUMNS, UNITS, RankLog, open_rank_file, read_group
+from .h5log import EVAL_COLUMNS, FL_GROUPS, STEP_COLUMNS, UNITS, RankLog, open_rank_file, read_group
 from .step_row import StepRow
 
-__all__ = ["EVAL_COLUMNS", "STEP_COLUMNS", "UNITS", "RankLog", "StepRow", "open_rank_file", "read_group", "StepTimer"]
+__all__ = ["EVAL_COLUMNS", "FL_GROUPS", "STEP_COLUMNS", "UNITS", "RankLog", "StepRow", "open_rank_file", "read_group",
+           "StepTimer"]
 
 
 def __getattr__(name: str):

@@ -30,8 +30,22 @@ PLAN_UNITS: dict[str, str] = {
     "batch": "samples", "held_out": "1", "mem_measured": "bytes", "mem_predicted": "bytes", "mem_err": "1",
     "mem_peak_cuda": "bytes", "t_compute": "s", "t_compute_predicted": "s", "t_compute_err": "1", "t_mov": "s",
     "samples_per_s": "samples/s", "global_batch": "samples", "t_sync": "s", "epoch_time": "s"}
+# the federated layer (fl.clients > 0): one ``clients`` row per (round, client) trained on the rank, and
+# on rank 0 one ``rounds`` row per round; ``step`` is the round's last 0-based step (resume truncates by it)
+CLIENT_COLUMNS: dict[str, str] = {"step": "i8", "round": "i8", "client": "i8", "samples": "i8", "local_steps": "i4",
+                                  "loss_first": "f8", "loss_last": "f8", "delta_norm": "f8", "t_train": "f8",
+                                  "t_swap": "f8", "bytes_moved": "i8"}
+CLIENT_UNITS: dict[str, str] = {"step": "1", "round": "1", "client": "1", "samples": "samples", "local_steps": "1",
+                                "loss_first": "1", "loss_last": "1", "delta_norm": "1", "t_train": "s", "t_swap": "s",
+                                "bytes_moved": "bytes"}
+ROUND_COLUMNS: dict[str, str] = {"step": "i8", "round": "i8", "clients": "i4", "samples": "i8", "t_round": "f8",
+                                 "t_exchange": "f8", "update_norm": "f8", "bytes_sent": "i8", "moves": "i4"}
+ROUND_UNITS: dict[str, str] = {"step": "1", "round": "1", "clients": "1", "samples": "samples", "t_round": "s",
+                               "t_exchange": "s", "update_norm": "1", "bytes_sent": "bytes", "moves": "1"}
+FL_GROUPS: dict[str, dict[str, str]] = {"clients": CLIENT_COLUMNS, "rounds": ROUND_COLUMNS}
 # group -> column -> the ``units`` attribute of its dataset
-UNITS: dict[str, dict[str, str]] = {"steps": STEP_UNITS, "eval": EVAL_UNITS, "plan": PLAN_UNITS}
+UNITS: dict[str, dict[str, str]] = {"steps": STEP_UNITS, "eval": EVAL_UNITS, "plan": PLAN_UNITS,
+                                    "clients": CLIENT_UNITS, "rounds": ROUND_UNITS}
 
 
 def open_rank_file(path: str | os.PathLike) -> h5py.File:
@@ -102,11 +116,12 @@ class RankLog:
     def __init__(self, path: str | os.PathLike, *, rank: int, world_size: int, config_json: str,
                  device: str, flush_every: int, resume_step: int | None = None,
                  step_columns: dict[str, str] | None = None, extra_attrs: dict | None = None,
-                 plan: dict | None = None):
+                 plan: dict | None = None, groups: dict[str, dict[str, str]] | None = None):
         self.path = Path(path)
         self.flush_every = flush_every
-        self.columns = {"steps": dict(step_columns or STEP_COLUMNS), "eval": dict(EVAL_COLUMNS)}
-        self.pending: dict[str, list[dict]] = {"steps": [], "eval": []}
+        self.columns = {"steps": dict(step_columns or STEP_COLUMNS), "eval": dict(EVAL_COLUMNS),
+                        **{g: dict(c) for g, c in (groups or {}).items()}}
+        self.pending: dict[str, list[dict]] = {g: [] for g in self.columns}
         kept = self._rows_before(resume_step) if resume_step is not None else None
         kept_rows = max((len(v) for g in (kept or {}).values() for v in g.values()), default=0)
         self._room(kept_rows)
@@ -140,15 +155,15 @@ class RankLog:
 
     def _rows_before(self, step: int) -> dict[str, dict[str, np.ndarray]]:
         if not self.path.exists():
-            return {"steps": {}, "eval": {}}
+            return {g: {} for g in self.columns}
         reason = check_rank_file(self.path)
         if reason is not None:  # the run directory check reports this first; never open a damaged file
             raise ValueError(f"{self.path}: {reason}")
         limit = 2 * os.path.getsize(self.path) + 2**26
         with open_rank_bounded(self.path) as old:
             out = {}
-            for group in ("steps", "eval"):
-                cols = read_group(old, group, max_bytes=limit)
+            for group in self.columns:
+                cols = read_group(old, group, max_bytes=limit) if group in old else {}
                 keep = int(np.searchsorted(cols["step"], step)) if "step" in cols else 0
                 out[group] = {k: v[:keep] for k, v in cols.items()}
         return out
@@ -170,6 +185,11 @@ class RankLog:
     def log_eval(self, step: int, test_loss: float, test_acc: float, t_eval: float = float("nan")) -> None:
         """One evaluation after 0-based step ``step``; ``t_eval``: its seconds on this rank."""
         self.pending["eval"].append({"step": step, "test_loss": test_loss, "test_acc": test_acc, "t_eval": t_eval})
+
+    def log_group(self, group: str, row: dict) -> None:
+        """One row of an extra group (``groups`` at construction: the federated layer's ``clients`` and
+        ``rounds``); written with the next flush."""
+        self.pending[group].append(row)
 
     def _room(self, rows: int) -> None:
         """Raise ENOSPC before HDF5 writes ``rows`` rows to a disk without room for them: libhdf5 does not

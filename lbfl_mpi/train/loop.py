@@ -93,7 +93,8 @@ def open_log(w, resume_step: int | None = None, path=None) -> RankLog:
     cfg, comm = w.cfg, w.comm
     return RankLog(path or rank_file(cfg.run.out_dir, comm.rank), rank=comm.rank, world_size=comm.world_size,
                    config_json=cfg.to_json(), device=str(w.device), flush_every=cfg.telemetry.flush_every,
-                   resume_step=resume_step, extra_attrs=w.data_plane_attrs(), plan=w.plan)
+                   resume_step=resume_step, extra_attrs=w.data_plane_attrs(), plan=w.plan,
+                   groups=getattr(w, "log_groups", None))
 
 
 def apply_plan_limits(w) -> None:

@@ -40,8 +40,9 @@ def write_summary(w, log, wall: float, samples: int, sizes: list[int], **outcome
 class Progress:
     """tqdm bar on rank 0 (plain lines when tqdm is missing or stderr is not a terminal)."""
 
-    def __init__(self, enabled: bool, total: int, initial: int):
+    def __init__(self, enabled: bool, total: int, initial: int, unit: str = "step"):
         self.bar = None
+        self.unit = unit
         self.enabled = enabled
         self.total, self.n = total, initial
         self.every = max(1, total // 20)
@@ -52,7 +53,7 @@ class Progress:
         except ImportError:
             return
         if sys.stderr.isatty():
-            self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=initial, desc="train", unit=unit, dynamic_ncols=True)
 
     def update(self, loss: float, acc: float | None) -> None:
         self.n += 1
@@ -64,7 +65,7 @@ class Progress:
             self.bar.update(1)
         elif self.enabled and (self.n % self.every == 0 or self.n == self.total):
             acc_s = f" test_acc {acc:.4f}" if acc is not None else ""
-            print(f"step {self.n}/{self.total} loss {loss:.4f}{acc_s}", file=sys.stderr, flush=True)
+            print(f"{self.unit} {self.n}/{self.total} loss {loss:.4f}{acc_s}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

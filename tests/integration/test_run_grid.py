@@ -138,3 +138,25 @@ def test_bad_arguments_exit_2_before_any_run(grid, args, env, reason):
     os.makedirs(runs, exist_ok=True)
     p, calls = run(*[a.format(cfgs=cfgs, runs=runs) for a in args], **env)
     assert p.returncode == 2 and reason in p.stderr and calls == [], p.stderr
+
+
+def test_skip_done_skips_completed_runs_only(grid):
+    """SKIP_DONE=1: a run whose summary.json says completed is not launched again; one without it (never
+    run, or killed) and one that stopped (outcome preempted) are; every run directory still goes to the
+    analysis."""
+    run, cfgs, single, runs, stubs = grid
+    p, calls = run(cfgs, SEEDS="0 1")
+    assert p.returncode == 0, p.stderr
+    shutil.rmtree(runs / "small" / "seed1")
+    shutil.rmtree(runs / "large" / "seed1")
+    p, calls = run(cfgs, SEEDS="0 1", SKIP_DONE="1")
+    assert p.returncode == 0, p.stderr
+    trains = [c for c in calls if c[0] == "lbfl" and c[1] == "train"]
+    assert [c[-1] for c in trains] == [f"run.out_dir={runs / 'large'}/seed1", f"run.out_dir={runs / 'small'}/seed1"]
+    assert p.stderr.count("skipped, ") == 2
+    assert calls[-1][:2] == ["lbfl", "analyze"] and len(calls[-1]) == 2 + 4
+    stopped = runs / "small" / "seed0" / "summary.json"
+    stopped.write_text(stopped.read_text().replace('"completed"', '"preempted"'))
+    p, calls = run(cfgs, SEEDS="0", SKIP_DONE="1")  # the stub then refuses the existing directory
+    assert f"=== {cfgs / 'b_small.toml'} seed 0: 2 ranks -> " in p.stderr
+    assert f"=== {cfgs / 'a_large.toml'} seed 0: skipped, " in p.stderr

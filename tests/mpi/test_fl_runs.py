@@ -76,3 +76,61 @@ def test_bad_federated_input_exits_2_in_one_line_and_writes_nothing(tmp_path, ba
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("lbfl: error:")]
     assert len(errors) == 1 and named in errors[0], p.stderr
     assert not out.exists()
+
+
+def test_client_and_round_telemetry_follow_the_sample_and_the_placement(tmp_path):
+    """Reference: sampling.sample_clients and place_balanced as the header of rounds.py says they are
+    used; the samples of the clients' rows add up to the rounds' and the steps' rows."""
+    from lbfl_mpi.fl.sampling import place_balanced, sample_clients
+
+    out = tmp_path / "run"
+    run_lbfl(_fl_args(out, "fl.clients=6", "fl.clients_per_round=4", "train.momentum=0.9"), n=2)
+    ranks = []
+    for r in range(2):
+        with open_rank_file(out / f"rank{r:04d}.h5") as f:
+            ranks.append((read_group(f, "clients"), read_group(f, "rounds"), read_group(f, "steps")))
+            assert f["clients/t_train"].attrs["units"] == "s" and f["clients/bytes_moved"].attrs["units"] == "bytes"
+    assert len(ranks[1][1].get("round", [])) == 0 and list(ranks[0][1]["round"]) == [0, 1, 2, 3]
+    sizes = None
+    host_before: dict[int, int] = {}
+    for rnd in range(4):
+        trained = {r: sorted(int(c) for c, rr in zip(ranks[r][0]["client"], ranks[r][0]["round"]) if rr == rnd)
+                   for r in range(2)}
+        sampled = sample_clients(6, 4, rnd, seed=0)
+        assert sorted(trained[0] + trained[1]) == sampled
+        if sizes is None:  # the digits partition over 6 clients: sizes as the run made them
+            from lbfl_mpi.config import load_config
+            from lbfl_mpi.data import load_dataset, partition_indices
+
+            cfg = load_config(None, ["fl.clients=6", "sync.mode='fedavg'"])
+            parts = partition_indices(load_dataset(cfg.data, 0).train_labels, 6, "iid", 0, 1, 0.5)
+            sizes = [len(p) for p in parts]
+        assert [trained[0], trained[1]] == place_balanced(sampled, sizes, 2)
+        total = sum(int(s) for r in range(2) for s, rr in zip(ranks[r][0]["samples"], ranks[r][0]["round"])
+                    if rr == rnd)
+        assert total == int(ranks[0][1]["samples"][rnd]) == 4 * 3 * 8
+        for r in range(2):
+            rows = slice(rnd * 3, rnd * 3 + 3)
+            assert (ranks[r][2]["batch_size"][rows] == 8 * len(trained[r])).all()
+            for c, rr, moved in zip(ranks[r][0]["client"], ranks[r][0]["round"], ranks[r][0]["bytes_moved"]):
+                if rr == rnd:  # a state travels exactly when its client changes rank
+                    assert (moved > 0) == (host_before.get(int(c), r) != r), (rnd, int(c))
+        for r in range(2):
+            host_before.update({c: r for c in trained[r]})
+    assert (ranks[0][0]["delta_norm"] > 0).all() and (ranks[0][1]["update_norm"] > 0).all()
+
+
+def test_a_federated_run_resumed_from_its_checkpoint_is_the_uninterrupted_run(tmp_path):
+    args = ("fl.clients=6", "fl.clients_per_round=4", "train.momentum=0.9", "fl.algorithm='scaffold'",
+            "run.checkpoint_every=6")
+    run_lbfl(_fl_args(tmp_path / "full", *args), n=2)
+    run_lbfl(_fl_args(tmp_path / "cut", *args, "train.steps=6"), n=2)
+    run_lbfl(_fl_args(tmp_path / "cut", *args, "run.resume=true"), n=2)
+    assert_close(_model(tmp_path / "cut"), _model(tmp_path / "full"), rtol=0, atol=0)
+    for r in range(2):
+        with open_rank_file(tmp_path / "full" / f"rank{r:04d}.h5") as a, \
+                open_rank_file(tmp_path / "cut" / f"rank{r:04d}.h5") as b:
+            for group in ("steps", "clients"):
+                ga, gb = read_group(a, group), read_group(b, group)
+                for col in ("loss", "batch_size") if group == "steps" else ("client", "samples", "loss_last"):
+                    assert_close(gb[col], ga[col], rtol=0, atol=0)
