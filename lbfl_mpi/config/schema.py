@@ -257,8 +257,13 @@ class FLConfig:
     sampling: str = _f("uniform", "How the K clients of a round are drawn, without replacement, from a "
                                   "generator seeded by run.seed and the round: uniform, or weighted by each "
                                   "client's sample count.", ("uniform", "weighted"))
-    placement: str = _f("balanced", "How a round's sampled clients are placed on ranks: balanced = by sample "
-                                    "count (largest first onto the least loaded rank).", ("balanced",))
+    placement: str = _f("balanced", "How a round's sampled clients are placed on ranks, largest first onto the "
+                                    "rank that finishes it soonest: balanced = by sample count; throughput = "
+                                    "by sample count x each rank's seconds per sample measured in the earlier "
+                                    "rounds (like dynamic batching: a slow rank gets fewer clients; balanced "
+                                    "until every rank has been measured). The model is the same up to the "
+                                    "summation order, but throughput placement depends on timings, so it is "
+                                    "not bit for bit reproducible.", ("balanced", "throughput"))
     algorithm: str = _f("fedavg", "fedavg (McMahan et al. 2017); fedprox: proximal term mu/2 |w - w_g|^2 "
                                   "(Li et al. 2020); scaffold: option II control variates (Karimireddy et al. "
                                   "2020); fednova: normalised averaging of local steps (Wang et al. 2020).",

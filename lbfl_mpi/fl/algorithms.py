@@ -65,10 +65,14 @@ class RoundSums:
     with s_i = |a_i|_1 under FedNova and 1 otherwise; after the allreduce, :meth:`mean_delta` and
     :meth:`control_sum` read the federation's totals."""
 
-    def __init__(self, algorithm: str, n_state: int, n_params: int, device, dtype=torch.float32):
+    def __init__(self, algorithm: str, n_state: int, n_params: int, device, dtype=torch.float32,
+                 world_size: int = 0):
         self.algorithm, self.n_state, self.n_params = algorithm, n_state, n_params
         extra = n_params if algorithm == "scaffold" else 0
-        self.buf = torch.zeros(n_state + 2 + extra, dtype=dtype, device=device)
+        self.world_size = world_size
+        # then two slots per rank: its training seconds and samples (fl.placement = throughput)
+        self.buf = torch.zeros(n_state + 2 + extra + 2 * world_size, dtype=dtype, device=device)
+        self._timing = n_state + 2 + extra
 
     def add(self, delta: torch.Tensor, samples: int, a_norm: float = 1.0, d_control: torch.Tensor | None = None):
         s = a_norm if self.algorithm == "fednova" else 1.0
@@ -89,7 +93,16 @@ class RoundSums:
         return mean
 
     def control_sum(self) -> torch.Tensor:
-        return self.buf[self.n_state + 2:]
+        return self.buf[self.n_state + 2:self._timing]
+
+    def add_timing(self, rank: int, seconds: float, samples: int) -> None:
+        self.buf[self._timing + 2 * rank] += seconds
+        self.buf[self._timing + 2 * rank + 1] += samples
+
+    def timings(self) -> list[tuple[float, int]]:
+        """(seconds, samples) of every rank's training in the round, after the allreduce."""
+        t = self.buf[self._timing:].tolist()
+        return [(t[2 * r], int(t[2 * r + 1])) for r in range(self.world_size)]
 
     @property
     def nbytes(self) -> int:

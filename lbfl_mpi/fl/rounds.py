@@ -3,7 +3,8 @@
 A round t, identically ordered on every rank:
 
     1. sample     the K clients of the round (sampling.py), the same on every rank
-    2. place      balanced onto the ranks (sampling.place_balanced)
+    2. place      onto the ranks by sample count (sampling.place_balanced), or also by each rank's
+                  seconds per sample measured in earlier rounds (place_throughput)
     3. move       clients whose state another rank holds are sent to their new host
                   (one object alltoall, issued only when some client moves: every rank knows)
     4. train      for each client placed here: the slot model <- the global model x, the client's
@@ -29,7 +30,7 @@ import torch
 from ..telemetry import StepRow, StepTimer
 from ..train.step import run_step
 from .algorithms import RoundSums, nova_norm, prox_correct_, scaffold_control, scaffold_correct_
-from .sampling import place_balanced, sample_clients
+from .sampling import place_balanced, place_throughput, sample_clients
 from .server import build_server_optimizer
 from .store import ClientStore, state_bytes, to_cpu
 
@@ -89,6 +90,7 @@ class Federation:
         self.client_rows: list[dict] = []  # this round's ``clients`` rows (telemetry/h5log.py)
         self.round_row: dict | None = None  # this round's ``rounds`` row
         self._moved_bytes: dict[int, int] = {}
+        self.seconds_per_sample: list[float | None] = [None] * w.comm.world_size  # measured, identical everywhere
 
     def start(self) -> None:
         """After the initial broadcast (or a resume): x is the slot model's state."""
@@ -105,9 +107,10 @@ class Federation:
         self.client_rows = []
         sampled = sample_clients(self.n_clients, self.k, round_, cfg.run.seed, self.sizes,
                                  self.fl.sampling == "weighted")
-        places = place_balanced(sampled, self.sizes, comm.world_size)
+        places = self.place(sampled)
         self.move(places)
-        sums = RoundSums(self.fl.algorithm, self.x.numel(), self.n_params, self.x.device)
+        sums = RoundSums(self.fl.algorithm, self.x.numel(), self.n_params, self.x.device,
+                         world_size=comm.world_size)
         per_step: list[list[StepRow]] = [[] for _ in range(self.period)]
         for cid in places[comm.rank]:
             rows = self.train_client(cid, round_, timer, sums)
@@ -118,6 +121,9 @@ class Federation:
         comm.allreduce_(sums.buf)
         self.apply(sums)
         timer.lap("sync")
+        for r, (seconds, samples) in enumerate(sums.timings()):
+            if samples > 0:
+                self.seconds_per_sample[r] = seconds / samples
         last_step = (round_ + 1) * self.period - 1
         self.round_row = {"step": last_step, "round": round_, "clients": len(sampled),
                           "samples": int(sums.buf[sums.n_state]), "t_round": time.perf_counter() - t_round,
@@ -134,6 +140,13 @@ class Federation:
         last.t_sync += timer.get("sync")
         last.t_step += timer.get("sync")
         return rows
+
+    def place(self, sampled: list[int]) -> list[list[int]]:
+        """Step 2 (identical on every rank: the measured speeds came through the allreduce)."""
+        spr = self.seconds_per_sample
+        if self.fl.placement == "throughput" and all(v is not None and v > 0 for v in spr):
+            return place_throughput(sampled, self.sizes, spr)
+        return place_balanced(sampled, self.sizes, self.comm.world_size)
 
     def move(self, places: list[list[int]]) -> None:
         """Step 3: states held by another rank than the client's host this round travel to it."""
@@ -197,6 +210,7 @@ class Federation:
         a_norm = nova_norm(self.period, self.cfg.train.momentum if self.cfg.train.optimizer == "sgd" else 0.0)
         delta = y - self.x
         sums.add(delta, samples, a_norm, d_control)
+        sums.add_timing(self.comm.rank, t_train, samples)
         if fl.client_state == "keep" and fl.algorithm != "fednova":
             state["optimizer"] = to_cpu(c.opt.state_dict())
         self.store.put(cid, state)
@@ -222,7 +236,8 @@ class Federation:
     def state_dict(self) -> dict:
         return {"x": to_cpu(self.x), "server": to_cpu(self.server.state_dict()),
                 "control": to_cpu(self.control), "owner": list(self.owner), "rounds_done": self.rounds_done,
-                "samples": self.samples, "clients": {cid: self.store.get(cid) for cid in self.store.ids()}}
+                "samples": self.samples, "seconds_per_sample": list(self.seconds_per_sample),
+                "clients": {cid: self.store.get(cid) for cid in self.store.ids()}}
 
     def load_state_dict(self, d: dict) -> None:
         dev = self.c.device
@@ -231,6 +246,7 @@ class Federation:
         self.control = d["control"].to(dev) if d["control"] is not None else None
         self.owner = [int(o) for o in d["owner"]]
         self.rounds_done, self.samples = int(d["rounds_done"]), int(d["samples"])
+        self.seconds_per_sample = list(d.get("seconds_per_sample", self.seconds_per_sample))
         for cid, state in d["clients"].items():
             self.store.put(int(cid), state)
         unflatten_(self.state, self.x)

@@ -35,3 +35,18 @@ def place_balanced(clients: list[int], sizes, world_size: int) -> list[list[int]
         out[r].append(c)
         load[r] += int(sizes[c])
     return [sorted(o) for o in out]
+
+
+def place_throughput(clients: list[int], sizes, seconds_per_sample) -> list[list[int]]:
+    """Clients per rank by measured speed: largest first (ties by client id), each onto the rank that
+    would finish it soonest, (samples so far + the client's) x that rank's seconds per sample (ties by
+    rank), the LPT rule for uniformly related machines. A slow rank gets fewer samples; with equal
+    speeds this is :func:`place_balanced`."""
+    spr = [float(v) for v in seconds_per_sample]
+    load = [0] * len(spr)
+    out: list[list[int]] = [[] for _ in spr]
+    for c in sorted(clients, key=lambda c: (-int(sizes[c]), c)):
+        r = min(range(len(spr)), key=lambda r: ((load[r] + int(sizes[c])) * spr[r], r))
+        out[r].append(c)
+        load[r] += int(sizes[c])
+    return [sorted(o) for o in out]

@@ -134,3 +134,18 @@ def test_a_federated_run_resumed_from_its_checkpoint_is_the_uninterrupted_run(tm
                 ga, gb = read_group(a, group), read_group(b, group)
                 for col in ("loss", "batch_size") if group == "steps" else ("client", "samples", "loss_last"):
                     assert_close(gb[col], ga[col], rtol=0, atol=0)
+
+
+def test_throughput_placement_gives_an_emulated_slow_rank_fewer_clients_and_the_same_model(tmp_path):
+    args = ("fl.clients=8", "train.steps=18", "hetero.slowdown=[1.0, 6.0]")
+    run_lbfl(_fl_args(tmp_path / "bal", *args), n=2)
+    run_lbfl(_fl_args(tmp_path / "thr", *args, "fl.placement='throughput'"), n=2)
+    per_rank = {}
+    for name in ("bal", "thr"):
+        for r in range(2):
+            with open_rank_file(tmp_path / name / f"rank{r:04d}.h5") as f:
+                c = read_group(f, "clients")
+                per_rank[name, r] = [int((c["round"] == k).sum()) for k in range(6)]
+    assert per_rank["bal", 0] == per_rank["bal", 1] == [4] * 6
+    assert per_rank["thr", 0][0] == 4 and all(n > 4 for n in per_rank["thr", 0][1:]), per_rank
+    assert_close(_model(tmp_path / "thr"), _model(tmp_path / "bal"), rtol=1e-5, atol=1e-6)

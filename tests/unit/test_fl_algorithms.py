@@ -11,7 +11,7 @@ import torch
 from torch.testing import assert_close
 
 from lbfl_mpi.fl.algorithms import RoundSums, nova_norm, prox_correct_, scaffold_control, scaffold_correct_
-from lbfl_mpi.fl.sampling import place_balanced, sample_clients
+from lbfl_mpi.fl.sampling import place_balanced, place_throughput, sample_clients
 from lbfl_mpi.fl.server import ServerOptimizer
 from lbfl_mpi.fl.store import ClientStore
 
@@ -48,6 +48,20 @@ def test_balanced_placement_is_lpt_and_within_four_thirds_of_the_best():
                    for a in itertools.product(range(3), repeat=7))
         assert _makespan(groups, sizes) <= 4 / 3 * best + 1e-9
     assert place_balanced([0, 1, 2, 3], [5, 5, 5, 5], 4) == [[0], [1], [2], [3]]
+
+
+def test_throughput_placement_gives_a_slow_rank_less_and_is_balanced_at_equal_speeds():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        sizes = rng.integers(1, 100, size=8).tolist()
+        assert place_throughput(list(range(8)), sizes, [0.5, 0.5, 0.5]) == place_balanced(list(range(8)), sizes, 3)
+        groups = place_throughput(list(range(8)), sizes, [1.0, 4.0])
+        finish = [sum(sizes[c] for c in g) * s for g, s in zip(groups, [1.0, 4.0])]
+        best = min(max(sum(sizes[c] for c in range(8) if a[c] == 0) * 1.0,
+                       sum(sizes[c] for c in range(8) if a[c] == 1) * 4.0)
+                   for a in itertools.product(range(2), repeat=8))
+        assert max(finish) <= 2 * best  # LPT on related machines (Gonzalez et al. 1977: < 2)
+        assert sum(sizes[c] for c in groups[1]) <= sum(sizes[c] for c in groups[0])
 
 
 def _reference_server(name, x, deltas, lr, beta=0.9, b1=0.9, b2=0.99, tau=1e-3):
