@@ -43,9 +43,11 @@ OWNED_FILES = (re.compile(r"config\.toml"), re.compile(r"summary\.json"), re.com
                re.compile(r"checkpoints/\.latest\.json\.[A-Za-z0-9_]+\.tmp"),
                re.compile(r"checkpoints/step_\d{8}/\.(rank\d{4}\.pt|meta\.json)\.[A-Za-z0-9_]+\.tmp"),
                # spilled client states of the federated layer (fl/store.py)
-               re.compile(r"clients/rank\d{4}/(client_\d{6}\.pt|\.client_\d{6}\.pt\.[A-Za-z0-9_]+\.tmp)"))
+               re.compile(r"clients/rank\d{4}/(client_\d{6}\.pt|\.client_\d{6}\.pt\.[A-Za-z0-9_]+\.tmp)"),
+               # rank files of an earlier, larger job of a federated run (fl/resume.py)
+               re.compile(r"segments/step_\d{8}/rank\d{4}\.h5"))
 OWNED_DIRS = (re.compile(r"checkpoints/step_\d{8}"), re.compile(r"checkpoints"), re.compile(r"clients/rank\d{4}"),
-              re.compile(r"clients"))
+              re.compile(r"clients"), re.compile(r"segments/step_\d{8}"), re.compile(r"segments"))
 
 
 _KINDS = ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),

@@ -80,7 +80,7 @@ class RoundSums:
         self.buf[self.n_state] += samples
         self.buf[self.n_state + 1] += samples * a_norm
         if d_control is not None:
-            self.buf[self.n_state + 2:].add_(d_control)
+            self.buf[self.n_state + 2:self._timing].add_(d_control)
 
     def mean_delta(self) -> torch.Tensor:
         """Delta over the whole state: FedAvg's sum_S p_i Delta_i, or FedNova's normalised form."""

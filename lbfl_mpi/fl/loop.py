@@ -5,6 +5,7 @@ taken, at round ends: an evaluation after the first round whose end reaches a mu
 train.eval_every, a checkpoint every run.checkpoint_every steps (a multiple of sync.period)."""
 from __future__ import annotations
 
+import sys
 import time
 
 from ..telemetry import StepTimer
@@ -20,12 +21,17 @@ from ..train.loop import (
     stop_if_nothing_applied,
 )
 from ..train.summary import Progress
+from .resume import load_federated, retire_rank_files
 
 
 def train_federated(w) -> dict | None:
     cfg, comm, fed = w.cfg, w.comm, w.federation
     ckpt = Checkpointer(w, states={"model": w.client.model, "federation": fed})  # the model: the global one
-    resume_step = resume_or_start(w, ckpt)
+    resume_step = resume_or_start(w, ckpt, load=load_federated)
+    if resume_step is not None and comm.rank == 0:
+        for moved in retire_rank_files(cfg.run.out_dir, comm.world_size, resume_step):
+            print(f"lbfl: {moved.name} of the earlier, larger job moved to {moved.parent}", file=sys.stderr,
+                  flush=True)
     fed.start()
     log = open_log(w, resume_step)
     evaluator = Evaluator(w, log)

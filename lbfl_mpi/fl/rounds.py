@@ -246,7 +246,9 @@ class Federation:
         self.control = d["control"].to(dev) if d["control"] is not None else None
         self.owner = [int(o) for o in d["owner"]]
         self.rounds_done, self.samples = int(d["rounds_done"]), int(d["samples"])
-        self.seconds_per_sample = list(d.get("seconds_per_sample", self.seconds_per_sample))
+        spr = list(d.get("seconds_per_sample", []))
+        if len(spr) == self.comm.world_size:  # measured on these ranks; another rank count measures anew
+            self.seconds_per_sample = spr
         for cid, state in d["clients"].items():
             self.store.put(int(cid), state)
         unflatten_(self.state, self.x)

@@ -128,6 +128,7 @@ def _wrong_kind(out: Path) -> str | None:
 class Decision:
     error: str | None = None
     resume_steps: list[int] = field(default_factory=list)  # newest first; empty: a fresh run
+    resume_worlds: list[int] = field(default_factory=list)  # the rank count that wrote each of them
     clean: bool = False                                     # delete the earlier run's files first
     note: str | None = None                                 # a one-line warning for the user
 
@@ -144,7 +145,9 @@ def _decide(cfg: Config, world_size: int) -> Decision:
         metas = checkpoint_metas(out)
         key = f"run.resume={'true' if mode is True else 'auto'}"
         if metas:
-            if metas[0]["world_size"] != world_size:
+            # the federated layer's checkpoints hold client states by client, not by rank (fl/resume.py)
+            any_world = cfg.fl.clients > 0
+            if metas[0]["world_size"] != world_size and not any_world:
                 return Decision(error=f"{key}: the checkpoint was written by {metas[0]['world_size']} ranks, "
                                       f"this job has {world_size}")
             if metas[0]["step"] > cfg.train.steps:
@@ -159,7 +162,8 @@ def _decide(cfg: Config, world_size: int) -> Decision:
             if damaged:  # reported here, once, instead of each rank hanging or failing on its own file
                 return Decision(error=f"{key}: damaged rank file in {cfg.run.out_dir}: {damaged[0]}; "
                                       "move it away to resume without its rows")
-            return Decision(resume_steps=[m["step"] for m in metas if m["world_size"] == world_size])
+            usable = [m for m in metas if any_world or m["world_size"] == world_size]
+            return Decision(resume_steps=[m["step"] for m in usable], resume_worlds=[m["world_size"] for m in usable])
         if mode is True:
             return Decision(error=f"run.resume=true but run.out_dir={cfg.run.out_dir!r} holds no checkpoint "
                                   "(set run.checkpoint_every to write them)")

@@ -116,14 +116,19 @@ def apply_plan_limits(w) -> None:
     w.set_batch_sizes(w.batcher.sizes)
 
 
-def resume_or_start(w, ckpt: Checkpointer) -> int | None:
+def _load_own(comm, out_dir, decision):
+    return load_latest_valid(comm, out_dir, decision.resume_steps)
+
+
+def resume_or_start(w, ckpt: Checkpointer, load=_load_own) -> int | None:
     """Collective: lock and check the run directory, load the newest checkpoint every rank can
-    read (falling back past damaged ones), or start from rank 0's initial model."""
+    read (falling back past damaged ones; ``load(comm, out_dir, decision)`` -> (step, payload,
+    warnings), by default each rank its own file), or start from rank 0's initial model."""
     cfg, comm = w.cfg, w.comm
     decision = prepare_run_dir(cfg, comm)
     resume_step = None
     if decision.resume_steps:
-        resume_step, payload, warnings = load_latest_valid(comm, cfg.run.out_dir, decision.resume_steps)
+        resume_step, payload, warnings = load(comm, cfg.run.out_dir, decision)
         if resume_step is None:  # identical on every rank: the load results were exchanged
             raise ConfigError(f"run.resume: no checkpoint in {cfg.run.out_dir} can be loaded ({warnings[-1]})")
         ckpt.restore(resume_step, payload)

@@ -149,3 +149,31 @@ def test_throughput_placement_gives_an_emulated_slow_rank_fewer_clients_and_the_
     assert per_rank["bal", 0] == per_rank["bal", 1] == [4] * 6
     assert per_rank["thr", 0][0] == 4 and all(n > 4 for n in per_rank["thr", 0][1:]), per_rank
     assert_close(_model(tmp_path / "thr"), _model(tmp_path / "bal"), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("before,after", [(4, 2), (2, 4)])
+def test_a_federated_run_resumes_on_another_rank_count(tmp_path, before, after):
+    """Preempted on `before` ranks, continued on `after`: the same sampled clients, the same model as
+    the uninterrupted run up to the summation order; the larger job's extra rank files are kept."""
+    args = ("fl.clients=8", "fl.clients_per_round=4", "train.momentum=0.9", "fl.algorithm='scaffold'",
+            "run.checkpoint_every=6")
+    run_lbfl(_fl_args(tmp_path / "full", *args), n=after)
+    run_lbfl(_fl_args(tmp_path / "cut", *args, "train.steps=6"), n=before)
+    p = run_lbfl(_fl_args(tmp_path / "cut", *args, "run.resume=true"), n=after)
+    assert f"resuming the {before}-rank checkpoint of step 6 on {after} ranks" in p.stderr
+    assert_close(_model(tmp_path / "cut"), _model(tmp_path / "full"), rtol=1e-5, atol=1e-6)
+    assert sorted(f.name for f in (tmp_path / "cut").glob("rank*.h5")) == [f"rank{r:04d}.h5" for r in range(after)]
+    if before > after:
+        kept = sorted(f.name for f in (tmp_path / "cut" / "segments" / "step_00000006").glob("rank*.h5"))
+        assert kept == [f"rank{r:04d}.h5" for r in range(after, before)]
+    trained = {}
+    for d in ("full", "cut"):
+        rows = []
+        for f in (tmp_path / d).glob("rank*.h5"):
+            with open_rank_file(f) as h:
+                c = read_group(h, "clients")
+                rows += [(int(r), int(k)) for r, k in zip(c["round"], c["client"]) if r >= 2]
+        trained[d] = sorted(rows)
+    assert trained["cut"] == trained["full"]  # rounds after the resume trained the same clients
+    summary = __import__("json").loads((tmp_path / "cut" / "summary.json").read_text())
+    assert summary["world_size"] == after and summary["outcome"] == "completed"
