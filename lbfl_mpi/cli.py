@@ -218,7 +218,7 @@ def cmd_plan(args) -> int:
 def cmd_analyze(args) -> int:
     from .analysis import analyze_main
 
-    return analyze_main(args.run_dirs, plots=args.plots, as_json=args.json)
+    return analyze_main(args.run_dirs, plots=args.plots, as_json=args.json, trace=args.trace)
 
 
 def cmd_config_help(args) -> int:
@@ -264,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a run directory, or a directory of them (each run up to 3 levels below it)")
     a.add_argument("--plots", metavar="DIR", help="write PNG charts to DIR")
     a.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    a.add_argument("--trace", metavar="FILE.json",
+                   help="also write one run's timeline as a Chrome/Perfetto trace (ui.perfetto.dev, chrome://tracing)")
     a.set_defaults(func=cmd_analyze)
     c = sub.add_parser("config", help="list every config key with its default and meaning")
     c.add_argument("--toml", action="store_true",

@@ -73,15 +73,26 @@ def _write_plots(runs: list[RunData], out: Path) -> int:
     return 0
 
 
-def analyze_main(run_dirs: list[str], plots: str | None = None, as_json: bool = False) -> int:
+def analyze_main(run_dirs: list[str], plots: str | None = None, as_json: bool = False,
+                 trace: str | None = None) -> int:
     try:
         paths, notes = expand_run_dirs(run_dirs)  # a directory of runs stands for each run in it
         for note in notes:
             print(f"lbfl analyze: {note}", file=sys.stderr)
+        if trace is not None and len(paths) != 1:
+            raise AnalysisError(f"--trace {trace}: needs exactly one run directory, got {len(paths)}")
         runs = [read_run(d) for d in paths]
         out = plots_dir(plots) if plots else None
     except AnalysisError as e:
         return _error(str(e))
+    if trace is not None:
+        from .trace import write_trace
+
+        try:
+            n = write_trace(runs[0], trace)
+        except OSError as e:
+            return _error(f"--trace {trace}: {e.strerror or e}")
+        print(f"lbfl analyze: wrote {trace}: {n} trace events of {len(runs[0].ranks)} ranks", file=sys.stderr)
     records = [run_record(r) for r in runs]
     groups = group_seeds(runs)
     summaries = summarise(groups, runs, records)

@@ -40,6 +40,8 @@ class RankData:
     attrs: dict
     steps: dict[str, np.ndarray]
     eval: dict[str, np.ndarray]
+    clients: dict[str, np.ndarray] = field(default_factory=dict)  # the federated layer's groups
+    rounds: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def as_float(x) -> float:
@@ -132,7 +134,8 @@ def read_summary(path: Path) -> dict | None:
 
 
 def read_rank(path: Path, index: int) -> RankData:
-    """One rank file's attributes and ``steps``/``eval`` groups."""
+    """One rank file's attributes and ``steps``/``eval`` groups (and ``clients``/``rounds`` where the
+    federated layer wrote them)."""
     reason = check_rank_file(path)
     if reason is not None:
         raise _bad(path, reason)
@@ -141,13 +144,14 @@ def read_rank(path: Path, index: int) -> RankData:
         with _open_rank(path) as h:
             attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in h.attrs.items()}
             steps, ev = read_group(h, "steps", max_bytes=limit), read_group(h, "eval", max_bytes=limit)
+            clients, rounds = read_group(h, "clients", max_bytes=limit), read_group(h, "rounds", max_bytes=limit)
     except BadFile as e:
         raise _bad(path, str(e)) from None
     except (OSError, KeyError, IndexError, RuntimeError, ValueError, TypeError) as e:
         raise _bad(path, f"unreadable HDF5 file ({_first_line(e)})") from None
     rank = attrs.get("rank", index)
     return RankData(rank=int(rank) if isinstance(rank, (int, np.integer)) else index, attrs=attrs,
-                    steps=steps, eval=ev)
+                    steps=steps, eval=ev, clients=clients, rounds=rounds)
 
 
 def read_run(path: str | Path) -> RunData:
