@@ -154,6 +154,7 @@ def _check_federated(cfg: Config) -> None:
         for key, value, default in (("fl.algorithm", fl.algorithm, "fedavg"),
                                     ("fl.server_optimizer", fl.server_optimizer, "sgd"),
                                     ("fl.clients_per_round", fl.clients_per_round, 0),
+                                    ("fl.bn", fl.bn, "average"),
                                     ("fl.server_lr", fl.server_lr, 1.0)):
             _check(value == default, key, value, "needs fl.clients > 0 (the federated client layer; "
                                                  "fl.clients = ranks gives one client per rank)")

@@ -269,6 +269,12 @@ class FLConfig:
                                   "2020); fednova: normalised averaging of local steps (Wang et al. 2020).",
                         ("fedavg", "fedprox", "scaffold", "fednova"))
     prox_mu: float = _f(0.01, "fedprox: mu, the weight of the proximal term.", min=0)
+    bn: str = _f("average", "BatchNorm layers' affine parameters and running statistics: average = like every "
+                            "other entry of the model; local = FedBN (Li et al. 2021): each client keeps its "
+                            "own and trains from them every round. The global model's BatchNorm entries are "
+                            "still the weighted mean of the round's clients: they are what the global model is "
+                            "evaluated and saved with, and where a client's first round starts. Needs a model "
+                            "with BatchNorm (bncnn, or model.norm='batch').", ("average", "local"))
     client_state: str = _f("keep", "The client optimizer's state (momentum, Adam moments) between the rounds a "
                                    "client takes part in: keep = the client's own, swapped in and out with it; "
                                    "reset = fresh every round (fednova always resets, as Wang et al.).",

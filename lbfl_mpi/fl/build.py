@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..data import ClientLoader, DataError, load_dataset, partition_indices
 from ..data.fits import batch_problem
 from ..models import build_model
@@ -93,6 +93,9 @@ def build_federated_worker(cfg: Config, comm=None, batches=None, signals=None, d
     torch.manual_seed(seed)
     model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.norm).to(device)
     _probe(model, cfg, bundle.input_shape, device)
+    if cfg.fl.bn == "local" and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ConfigError(f"fl.bn='local': model.name={cfg.model.name!r} with model.norm={cfg.model.norm!r} has no "
+                          "BatchNorm layer (use bncnn, or model.norm='batch')")
     model.train()
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)

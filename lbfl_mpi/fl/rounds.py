@@ -77,6 +77,8 @@ class Federation:
         self.period = cfg.sync.period
         self.params, self.state = self.c.sync.params, self.c.sync.state
         self.n_params = sum(p.numel() for p in self.params)
+        # FedBN: the entries of x that belong to BatchNorm layers stay with each client
+        self.bn_mask = bn_mask(self.c.model, self.state) if cfg.fl.bn == "local" else None
         self.server = build_server_optimizer(cfg.fl)
         self.x: torch.Tensor | None = None  # set by start() once the initial model is everywhere
         self.control = None
@@ -172,7 +174,12 @@ class Federation:
         c, fl, w = self.c, self.fl, self.w
         t_swap = time.perf_counter()
         saved = self.store.pop(cid) or {}
-        unflatten_(self.state, self.x)
+        if self.bn_mask is not None and "bn" in saved:  # FedBN: the client's own BatchNorm
+            start = self.x.clone()
+            start[self.bn_mask] = saved["bn"].to(start.device)
+            unflatten_(self.state, start)
+        else:
+            unflatten_(self.state, self.x)
         c.loader = self.loaders[cid]
         if "loader" in saved:
             c.loader.load_state_dict(saved["loader"])
@@ -202,6 +209,8 @@ class Federation:
         self.samples += samples
         d_control = None
         state = {"loader": c.loader.state_dict()}
+        if self.bn_mask is not None:
+            state["bn"] = y[self.bn_mask]
         if fl.algorithm == "scaffold":
             lr_sum = sum(r.lr for r in rows)
             c_new = scaffold_control(c_i, self.control, self.x[:self.n_params], y[:self.n_params], lr_sum)
@@ -252,6 +261,14 @@ class Federation:
         for cid, state in d["clients"].items():
             self.store.put(int(cid), state)
         unflatten_(self.state, self.x)
+
+
+def bn_mask(model: torch.nn.Module, state: list[torch.Tensor]) -> torch.Tensor:
+    """Which entries of the flat state (``state``'s tensors in order) belong to BatchNorm layers: their
+    weight, bias, running_mean and running_var (FedBN, Li et al., ICLR 2021, Algorithm 1)."""
+    ids = {id(t) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+           for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]}
+    return torch.cat([torch.full((t.numel(),), id(t) in ids, dtype=torch.bool, device=t.device) for t in state])
 
 
 def merge_rows(step: int, rows: list[StepRow]) -> StepRow:

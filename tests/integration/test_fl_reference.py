@@ -30,22 +30,40 @@ def reference_run(overrides: list[str]) -> dict:
     torch.manual_seed(seed)
     model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.norm)
     params = list(model.parameters())
-    x0 = torch.cat([p.detach().reshape(-1) for p in params]).clone()
-    x = x0.clone()
-    opts = {}  # client -> its SGD optimizer, kept between rounds (fl.client_state = keep)
-    c = torch.zeros_like(x)
-    c_i = {i: torch.zeros_like(x) for i in range(N)}
-    deltas_seen = []
+    buffers = [b for b in model.buffers() if b.is_floating_point()]  # BatchNorm running statistics
+    n_p = sum(p.numel() for p in params)
+    bn = [isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()]
+    bn_ids = {id(t) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)
+              for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]}
+    local = torch.cat([torch.full((t.numel(),), id(t) in bn_ids) for t in params + buffers]) \
+        if fl.bn == "local" and any(bn) else None
+
+    def get():
+        return torch.cat([t.detach().reshape(-1) for t in params + buffers]).clone()
 
     def load(vec):
-        torch.nn.utils.vector_to_parameters(vec, params)
+        i = 0
+        with torch.no_grad():
+            for t in params + buffers:
+                t.copy_(vec[i:i + t.numel()].view_as(t))
+                i += t.numel()
 
+    x0 = get()
+    x = x0.clone()
+    opts = {}  # client -> its SGD optimizer, kept between rounds (fl.client_state = keep)
+    c = torch.zeros(n_p)
+    c_i = {i: torch.zeros(n_p) for i in range(N)}
+    own_bn = {}  # FedBN: each client's BatchNorm entries
+    deltas_seen = []
     for r in range(STEPS // H):
         sampled = sample_clients(N, K, r, seed, [len(p) for p in parts], fl.sampling == "weighted")
-        d_controls = torch.zeros_like(x)
+        d_controls = torch.zeros(n_p)
         contributions = []
         for i in sampled:
-            load(x.clone())
+            start = x.clone()
+            if local is not None and i in own_bn:
+                start[local] = own_bn[i]
+            load(start)
             if i not in opts or fl.algorithm == "fednova":
                 opts[i] = torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
             opt = opts[i]
@@ -57,15 +75,17 @@ def reference_run(overrides: list[str]) -> dict:
                 w = torch.cat([p.detach().reshape(-1) for p in params])
                 g = torch.cat([p.grad.reshape(-1) for p in params])
                 if fl.algorithm == "fedprox":
-                    g = g + fl.prox_mu * (w - x)
+                    g = g + fl.prox_mu * (w - x[:n_p])
                 if fl.algorithm == "scaffold":
                     g = g + c - c_i[i]
                 torch.nn.utils.vector_to_parameters(g, [p.grad for p in params])
                 opt.step()
                 samples += len(yb)
-            y = torch.cat([p.detach().reshape(-1) for p in params]).clone()
+            y = get()
+            if local is not None:
+                own_bn[i] = y[local]
             if fl.algorithm == "scaffold":
-                new = c_i[i] - c + (x - y) / (H * tc.lr)
+                new = c_i[i] - c + (x[:n_p] - y[:n_p]) / (H * tc.lr)
                 d_controls += new - c_i[i]
                 c_i[i] = new
             rho = tc.momentum
@@ -77,11 +97,13 @@ def reference_run(overrides: list[str]) -> dict:
             delta = tau_eff * sum(s / n * d / a for d, s, a in contributions)
         else:
             delta = sum(s / n * d for d, s, _ in contributions)
-        deltas_seen.append(delta)
+        deltas_seen.append(delta[:n_p])
         c = c + d_controls / N
-        # the server's state is a function of the deltas so far: replay them from the initial model
-        x = _reference_server(fl.server_optimizer, x0, deltas_seen, fl.server_lr, fl.server_momentum,
-                              *fl.server_betas, fl.server_tau)
+        # the server's state is a function of the deltas so far: replay them from the initial model;
+        # BatchNorm statistics take the plain mean delta
+        x = torch.cat([_reference_server(fl.server_optimizer, x0[:n_p], deltas_seen, fl.server_lr,
+                                         fl.server_momentum, *fl.server_betas, fl.server_tau),
+                       x[n_p:] + delta[n_p:]])
     load(x)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -97,6 +119,9 @@ CASES = {
     "server-adam": ["fl.server_optimizer='adam'", "fl.server_lr=0.01"],
     "server-yogi": ["fl.server_optimizer='yogi'", "fl.server_lr=0.01"],
     "server-adagrad": ["fl.server_optimizer='adagrad'", "fl.server_lr=0.01"],
+    "bn-average": ["model.name='bncnn'"],
+    "fedbn-local": ["model.name='bncnn'", "fl.bn='local'"],
+    "fedbn-adam": ["model.name='bncnn'", "fl.bn='local'", "fl.server_optimizer='adam'", "fl.server_lr=0.01"],
 }
 
 

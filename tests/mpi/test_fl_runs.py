@@ -68,6 +68,8 @@ def test_the_algorithms_train_different_models(tmp_path):
     (["fl.clients=4", "sync.mode='bsp'"], "sync.mode"),
     (["fl.clients=4", "train.steps=13"], "train.steps"),
     (["fl.clients=4", "compress.method='topk'"], "compress.method"),
+    (["fl.clients=4", "fl.bn='local'"], "fl.bn"),                             # cnn has no BatchNorm
+    (["fl.bn='local'"], "fl.bn"),                                             # needs fl.clients > 0
 ])
 def test_bad_federated_input_exits_2_in_one_line_and_writes_nothing(tmp_path, bad, named):
     out = tmp_path / "run"
