@@ -11,7 +11,8 @@
   series (Fig. 3; series as in batch.py), only when the runs have at least 2 distinct B; error bars
   (std over seeds) only where a point has 2 or more seeds;
 - ``accuracy_vs_samples.png``, ``accuracy_vs_bytes.png``, ``time_breakdown.png`` and
-  ``batch_allocation.png``: see plots_cost.py.
+  ``batch_allocation.png``: see plots_cost.py;
+- ``federated.png`` (runs with ``fl.clients > 0``): see plots_fl.py.
 
 Every figure uses matplotlib's constrained layout, long titles are wrapped and legend labels are cut
 to :data:`LABEL_CHARS` characters (the text tables keep the full labels), so nothing is clipped.
@@ -185,6 +186,7 @@ def write_plots(runs: list[RunData], out_dir: str | Path) -> list[Path]:
     except ImportError as e:  # optional dependency
         raise RuntimeError("--plots needs matplotlib: pip install 'lbfl_mpi[plots]'") from e
     from .plots_cost import cost_plots
+    from .plots_fl import fl_plots
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -192,4 +194,4 @@ def write_plots(runs: list[RunData], out_dir: str | Path) -> list[Path]:
     series = batch_series(runs)
     if len(batches(series)) > 1:
         written.append(_accuracy_vs_batch(series, out, plt))
-    return written + cost_plots(runs, out, plt)
+    return written + cost_plots(runs, out, plt) + fl_plots(runs, out, plt)

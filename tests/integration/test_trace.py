@@ -39,6 +39,8 @@ def test_a_trace_of_a_two_rank_federated_run_sums_to_the_logged_times(tmp_path):
         assert_close([e["dur"] for e in client_events], [float(t) * 1e6 for t in clients["t_train"]])
     names = {e["args"]["name"] for e in events if e["ph"] == "M"}
     assert {"rank 0", "rank 1", "steps", "clients"} <= names
+    run_lbfl(["analyze", str(out), "--plots", str(tmp_path / "plots")])
+    assert (tmp_path / "plots" / "federated.png").stat().st_size > 10_000
 
 
 def test_trace_needs_exactly_one_run(tmp_path):
