@@ -137,7 +137,6 @@ def validate(cfg: Config) -> None:
 
 # what the federated client layer (fl.clients > 0) does not combine with yet, and why
 _FL_NOT_YET = (
-    ("compress.method", lambda c: c.compress.method, "none", "client deltas are exchanged dense"),
     ("scaling.method", lambda c: c.scaling.method, "none", "the gradient transforms run per rank"),
     ("batching.mode", lambda c: c.batching.mode, "static", "batches are per client, not per rank"),
     ("batching.plan_at_start", lambda c: c.batching.plan_at_start, False, "the plan sizes per-rank batches"),

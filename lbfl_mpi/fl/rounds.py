@@ -27,6 +27,7 @@ import time
 
 import torch
 
+from ..compress.topk import TopKCompressor
 from ..telemetry import StepRow, StepTimer
 from ..train.step import run_step
 from .algorithms import RoundSums, nova_norm, prox_correct_, scaffold_control, scaffold_correct_
@@ -79,6 +80,11 @@ class Federation:
         self.n_params = sum(p.numel() for p in self.params)
         # FedBN: the entries of x that belong to BatchNorm layers stay with each client
         self.bn_mask = bn_mask(self.c.model, self.state) if cfg.fl.bn == "local" else None
+        # top-k with error feedback on each client's delta (Eq. 9), the residual kept by the client
+        self.compressor = None
+        if cfg.compress.method == "topk":
+            self.compressor = TopKCompressor(cfg.compress, sum(t.numel() for t in self.state), self.c.device,
+                                             [t.numel() for t in self.state])
         self.server = build_server_optimizer(cfg.fl)
         self.x: torch.Tensor | None = None  # set by start() once the initial model is everywhere
         self.control = None
@@ -218,6 +224,12 @@ class Federation:
             state["control"] = c_new
         a_norm = nova_norm(self.period, self.cfg.train.momentum if self.cfg.train.optimizer == "sgd" else 0.0)
         delta = y - self.x
+        uplink = delta.numel() * delta.element_size()
+        if self.compressor is not None and round_ * self.period >= self.cfg.compress.warmup_steps:
+            delta, uplink = self.compress(cid, saved, delta)
+            state["compressor"] = to_cpu(self.compressor.state_dict())
+        elif self.compressor is not None and "compressor" in saved:
+            state["compressor"] = saved["compressor"]
         sums.add(delta, samples, a_norm, d_control)
         sums.add_timing(self.comm.rank, t_train, samples)
         if fl.client_state == "keep" and fl.algorithm != "fednova":
@@ -227,8 +239,24 @@ class Federation:
             "step": (round_ + 1) * self.period - 1, "round": round_, "client": cid, "samples": samples,
             "local_steps": len(rows), "loss_first": rows[0].loss, "loss_last": rows[-1].loss,
             "delta_norm": float(delta.norm()), "t_train": t_train,
-            "t_swap": t_swap + time.perf_counter() - t_out, "bytes_moved": self._moved_bytes.get(cid, 0)})
+            "t_swap": t_swap + time.perf_counter() - t_out, "bytes_moved": self._moved_bytes.get(cid, 0),
+            "uplink_bytes": uplink})
         return rows
+
+    def compress(self, cid: int, saved: dict, delta: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The client's delta as top-k of (delta + its residual), dense again for the rank's sum, and
+        the bytes a client would send: k values (float32) and k indices (int32)."""
+        comp = self.compressor
+        if "compressor" in saved:
+            comp.load_state_dict(saved["compressor"])
+        else:  # a client's first compressed round: no residual, its own selection stream
+            comp.residual.zero_()
+            comp.steps = 0
+            comp.generator.manual_seed(self.cfg.run.seed * 1_000_003 + cid + 7919)
+        values, idx = comp.compress(delta)
+        sent = torch.zeros_like(delta)
+        sent[idx] = values
+        return sent, int(values.numel()) * 8
 
     @torch.no_grad()
     def apply(self, sums: RoundSums) -> None:

@@ -34,10 +34,10 @@ PLAN_UNITS: dict[str, str] = {
 # on rank 0 one ``rounds`` row per round; ``step`` is the round's last 0-based step (resume truncates by it)
 CLIENT_COLUMNS: dict[str, str] = {"step": "i8", "round": "i8", "client": "i8", "samples": "i8", "local_steps": "i4",
                                   "loss_first": "f8", "loss_last": "f8", "delta_norm": "f8", "t_train": "f8",
-                                  "t_swap": "f8", "bytes_moved": "i8"}
+                                  "t_swap": "f8", "bytes_moved": "i8", "uplink_bytes": "i8"}
 CLIENT_UNITS: dict[str, str] = {"step": "1", "round": "1", "client": "1", "samples": "samples", "local_steps": "1",
                                 "loss_first": "1", "loss_last": "1", "delta_norm": "1", "t_train": "s", "t_swap": "s",
-                                "bytes_moved": "bytes"}
+                                "bytes_moved": "bytes", "uplink_bytes": "bytes"}
 ROUND_COLUMNS: dict[str, str] = {"step": "i8", "round": "i8", "clients": "i4", "samples": "i8", "t_round": "f8",
                                  "t_exchange": "f8", "update_norm": "f8", "bytes_sent": "i8", "moves": "i4"}
 ROUND_UNITS: dict[str, str] = {"step": "1", "round": "1", "clients": "1", "samples": "samples", "t_round": "s",

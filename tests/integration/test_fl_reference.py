@@ -54,6 +54,7 @@ def reference_run(overrides: list[str]) -> dict:
     c = torch.zeros(n_p)
     c_i = {i: torch.zeros(n_p) for i in range(N)}
     own_bn = {}  # FedBN: each client's BatchNorm entries
+    residual = {}  # top-k error feedback: each client's unsent remainder (Eq. 9)
     deltas_seen = []
     for r in range(STEPS // H):
         sampled = sample_clients(N, K, r, seed, [len(p) for p in parts], fl.sampling == "weighted")
@@ -90,7 +91,15 @@ def reference_run(overrides: list[str]) -> dict:
                 c_i[i] = new
             rho = tc.momentum
             a = H if rho == 0 else sum((1 - rho ** k) / (1 - rho) for k in range(1, H + 1))
-            contributions.append((y - x, samples, a))
+            d = y - x
+            if cfg.compress.method == "topk":
+                acc = d + residual.get(i, torch.zeros_like(d))
+                k = max(1, round(cfg.compress.density * acc.numel()))
+                idx = torch.topk(acc.abs(), k).indices
+                d = torch.zeros_like(acc)
+                d[idx] = acc[idx]
+                residual[i] = acc - d
+            contributions.append((d, samples, a))
         n = sum(s for _, s, _ in contributions)
         if fl.algorithm == "fednova":
             tau_eff = sum(s / n * a for _, s, a in contributions)
@@ -120,6 +129,8 @@ CASES = {
     "server-yogi": ["fl.server_optimizer='yogi'", "fl.server_lr=0.01"],
     "server-adagrad": ["fl.server_optimizer='adagrad'", "fl.server_lr=0.01"],
     "bn-average": ["model.name='bncnn'"],
+    "topk-error-feedback": ["compress.method='topk'", "compress.density=0.05"],
+    "topk-scaffold": ["compress.method='topk'", "compress.density=0.2", "fl.algorithm='scaffold'"],
     "fedbn-local": ["model.name='bncnn'", "fl.bn='local'"],
     "fedbn-adam": ["model.name='bncnn'", "fl.bn='local'", "fl.server_optimizer='adam'", "fl.server_lr=0.01"],
 }

@@ -37,12 +37,14 @@ def test_one_client_per_rank_is_the_fedavg_path(tmp_path):
     ("fl.algorithm='scaffold'", "fl.server_optimizer='adam'", "fl.server_lr=0.01", "fl.state_budget_mb=0"),
     ("fl.algorithm='fedprox'", "fl.prox_mu=0.1", "fl.sampling='weighted'", "data.partition='dirichlet'"),
     ("fl.algorithm='fednova'", "fl.server_optimizer='momentum'"),
-], ids=["fedavg", "scaffold-adam-spill", "fedprox-weighted-dirichlet", "fednova-momentum"])
+    ("fl.algorithm='fedavg'", "compress.method='topk'", "compress.density=0.1", "fl.state_budget_mb=0",
+     "train.momentum=0.9"),
+], ids=["fedavg", "scaffold-adam-spill", "fedprox-weighted-dirichlet", "fednova-momentum", "topk-spill"])
 def test_eight_clients_give_the_same_model_on_one_two_and_four_ranks(tmp_path, extra):
     args = ("fl.clients=8", "fl.clients_per_round=4", *extra)
     run_lbfl(_fl_args(tmp_path / "n1", *args), n=1)
     ref = _model(tmp_path / "n1")
-    for n in (2, 4) if extra[0] == "fl.algorithm='fedavg'" else (2,):
+    for n in (2, 4) if extra == ("fl.algorithm='fedavg'",) else (2,):
         run_lbfl(_fl_args(tmp_path / f"n{n}", *args), n=n)
         assert_close(_model(tmp_path / f"n{n}"), ref, rtol=1e-5, atol=1e-6)
     if "fl.state_budget_mb=0" in extra:  # every state was spilled to the run directory between rounds
@@ -67,7 +69,7 @@ def test_the_algorithms_train_different_models(tmp_path):
     (["fl.algorithm='fedprox'"], "fl.algorithm"),                             # needs fl.clients > 0
     (["fl.clients=4", "sync.mode='bsp'"], "sync.mode"),
     (["fl.clients=4", "train.steps=13"], "train.steps"),
-    (["fl.clients=4", "compress.method='topk'"], "compress.method"),
+    (["fl.clients=4", "scaling.method='step'"], "scaling.method"),
     (["fl.clients=4", "fl.bn='local'"], "fl.bn"),                             # cnn has no BatchNorm
     (["fl.bn='local'"], "fl.bn"),                                             # needs fl.clients > 0
 ])
