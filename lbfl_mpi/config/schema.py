@@ -277,7 +277,8 @@ class FLConfig:
                             "with BatchNorm (bncnn, or model.norm='batch').", ("average", "local"))
     client_state: str = _f("keep", "The client optimizer's state (momentum, Adam moments) between the rounds a "
                                    "client takes part in: keep = the client's own, swapped in and out with it; "
-                                   "reset = fresh every round (fednova always resets, as Wang et al.).",
+                                   "reset = fresh every round (fednova and scaffold always reset, so that their "
+                                   "step counting holds with momentum).",
                            ("keep", "reset"))
     server_optimizer: str = _f("sgd", "Server update from the pseudo-gradient -Delta, Delta the weighted mean "
                                       "client delta (Reddi et al. 2021): sgd (w += server_lr Delta; FedAvg at "

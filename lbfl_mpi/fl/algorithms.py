@@ -12,7 +12,10 @@ the sampled set S, N the number of clients.
   and client control variates c_i (0 at the start):
     1. every local step uses g_i(y) - c_i + c (:func:`scaffold_correct_`);
     2. c_i+ = c_i - c + (x - y_i) / (sum_k eta_k), the sum of the tau_i local learning rates (the
-       paper's K eta for a constant lr) (:func:`scaffold_control`);
+       paper's K eta for a constant lr) (:func:`scaffold_control`). With SGD momentum rho, started
+       from a zero buffer every round, the steps move the model |a_i|_1 / tau_i times further per
+       unit of lr (FedNova's |a_i|_1 below), so the sum is scaled by that factor: without it the
+       control variates are 1/(1 - rho) too large, and runs with rho = 0.9 diverged;
     3. the client sends Delta_i and Delta c_i = c_i+ - c_i;
     4. the server takes Delta = sum_S p_i Delta_i and c += (1/N) sum_S Delta c_i.
 - **FedNova** (Wang et al., NeurIPS 2020, Eq. 6 and Sec. 4): with local SGD of momentum rho,

@@ -80,6 +80,9 @@ class Federation:
         self.n_params = sum(p.numel() for p in self.params)
         # FedBN: the entries of x that belong to BatchNorm layers stay with each client
         self.bn_mask = bn_mask(self.c.model, self.state) if cfg.fl.bn == "local" else None
+        # FedNova's |a|_1 and SCAFFOLD's option II assume local SGD from a zero momentum buffer
+        self.keeps_optimizer = cfg.fl.client_state == "keep" and cfg.fl.algorithm not in ("fednova", "scaffold")
+        self.rho = cfg.train.momentum if cfg.train.optimizer == "sgd" else 0.0
         # top-k with error feedback on each client's delta (Eq. 9), the residual kept by the client
         self.compressor = None
         if cfg.compress.method == "topk":
@@ -189,7 +192,7 @@ class Federation:
         c.loader = self.loaders[cid]
         if "loader" in saved:
             c.loader.load_state_dict(saved["loader"])
-        if fl.client_state == "keep" and fl.algorithm != "fednova" and saved.get("optimizer") is not None:
+        if self.keeps_optimizer and saved.get("optimizer") is not None:
             c.opt.load_state_dict(saved["optimizer"])
         else:
             c.opt.state.clear()
@@ -218,11 +221,12 @@ class Federation:
         if self.bn_mask is not None:
             state["bn"] = y[self.bn_mask]
         if fl.algorithm == "scaffold":
-            lr_sum = sum(r.lr for r in rows)
+            # with momentum rho the tau steps move the model by |a|_1 / tau times more per unit lr
+            lr_sum = sum(r.lr for r in rows) * nova_norm(len(rows), self.rho) / len(rows)
             c_new = scaffold_control(c_i, self.control, self.x[:self.n_params], y[:self.n_params], lr_sum)
             d_control = c_new - c_i
             state["control"] = c_new
-        a_norm = nova_norm(self.period, self.cfg.train.momentum if self.cfg.train.optimizer == "sgd" else 0.0)
+        a_norm = nova_norm(self.period, self.rho)
         delta = y - self.x
         uplink = delta.numel() * delta.element_size()
         if self.compressor is not None and round_ * self.period >= self.cfg.compress.warmup_steps:
@@ -232,7 +236,7 @@ class Federation:
             state["compressor"] = saved["compressor"]
         sums.add(delta, samples, a_norm, d_control)
         sums.add_timing(self.comm.rank, t_train, samples)
-        if fl.client_state == "keep" and fl.algorithm != "fednova":
+        if self.keeps_optimizer:
             state["optimizer"] = to_cpu(c.opt.state_dict())
         self.store.put(cid, state)
         self.client_rows.append({

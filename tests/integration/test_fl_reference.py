@@ -65,7 +65,7 @@ def reference_run(overrides: list[str]) -> dict:
             if local is not None and i in own_bn:
                 start[local] = own_bn[i]
             load(start)
-            if i not in opts or fl.algorithm == "fednova":
+            if i not in opts or fl.algorithm in ("fednova", "scaffold"):
                 opts[i] = torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
             opt = opts[i]
             samples = 0
@@ -85,12 +85,12 @@ def reference_run(overrides: list[str]) -> dict:
             y = get()
             if local is not None:
                 own_bn[i] = y[local]
-            if fl.algorithm == "scaffold":
-                new = c_i[i] - c + (x[:n_p] - y[:n_p]) / (H * tc.lr)
-                d_controls += new - c_i[i]
-                c_i[i] = new
             rho = tc.momentum
             a = H if rho == 0 else sum((1 - rho ** k) / (1 - rho) for k in range(1, H + 1))
+            if fl.algorithm == "scaffold":  # option II with the momentum's |a|_1 in place of K
+                new = c_i[i] - c + (x[:n_p] - y[:n_p]) / (a * tc.lr)
+                d_controls += new - c_i[i]
+                c_i[i] = new
             d = y - x
             if cfg.compress.method == "topk":
                 acc = d + residual.get(i, torch.zeros_like(d))
@@ -122,6 +122,7 @@ CASES = {
     "fedavg-weighted-dirichlet": ["fl.sampling='weighted'", "data.partition='dirichlet'"],
     "fedprox": ["fl.algorithm='fedprox'", "fl.prox_mu=0.5"],
     "scaffold": ["fl.algorithm='scaffold'"],
+    "scaffold-momentum": ["fl.algorithm='scaffold'", "train.momentum=0.9"],
     "fednova": ["fl.algorithm='fednova'"],
     "server-sgd-lr": ["fl.server_lr=0.5"],
     "server-momentum": ["fl.server_optimizer='momentum'", "fl.server_lr=0.5"],
