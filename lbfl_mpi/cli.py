@@ -101,7 +101,7 @@ def cmd_train(args) -> int:
 
     def setup(cfg, comm):
         validate_for_world(cfg, comm.world_size)
-        if cfg.fl.clients:  # the federated layer: clients decoupled from ranks (fl/)
+        if cfg.fl.clients and cfg.sync.mode == "fedavg":  # federated rounds, clients decoupled from ranks (fl/)
             from .fl.build import build_federated_worker as build_worker
         else:
             from .train import build_worker

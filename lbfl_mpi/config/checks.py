@@ -158,8 +158,20 @@ def _check_federated(cfg: Config) -> None:
             _check(value == default, key, value, "needs fl.clients > 0 (the federated client layer; "
                                                  "fl.clients = ranks gives one client per rank)")
         return
-    _check(sy.mode == "fedavg", "sync.mode", sy.mode, f"must be 'fedavg' with fl.clients={fl.clients}: "
-                                                       "clients train in rounds of sync.period local steps")
+    _check(sy.mode in ("fedavg", "bsp"), "sync.mode", sy.mode, f"must be 'fedavg' (rounds) or 'bsp' (every client "
+                                                             f"every step) with fl.clients={fl.clients}")
+    if sy.mode == "bsp":  # every client's batch in every step's gradient: no rounds, no server
+        for key, value, default in (("fl.algorithm", fl.algorithm, "fedavg"),
+                                    ("fl.server_optimizer", fl.server_optimizer, "sgd"),
+                                    ("fl.server_lr", fl.server_lr, 1.0), ("fl.bn", fl.bn, "average")):
+            _check(value == default, key, value, "applies to sync.mode='fedavg' rounds, not to BSP")
+        _check(fl.clients_per_round in (0, fl.clients), "fl.clients_per_round", fl.clients_per_round,
+               "must be 0 (all) under sync.mode='bsp': every client contributes to every step")
+        for key, get, want, why in _FL_NOT_YET:
+            _check(get(cfg) == want, key, get(cfg), f"must be {shown(want)} with fl.clients > 0 for now: {why}")
+        _check(cfg.compress.method == "none", "compress.method", cfg.compress.method,
+               "must be 'none' under sync.mode='bsp' with fl.clients > 0 for now")
+        return
     _check(fl.clients_per_round <= fl.clients, "fl.clients_per_round", fl.clients_per_round,
            f"must be at most fl.clients={fl.clients}")
     _check(cfg.train.steps % sy.period == 0, "train.steps", cfg.train.steps,

@@ -246,11 +246,13 @@ class ScalingConfig:
 
 @dataclass
 class FLConfig:
-    clients: int = _f(0, "Federated clients N, independent of the rank count (0: one client per rank, the "
-                         "sync.mode path). N > 0 needs sync.mode='fedavg' and N >= ranks: data.partition is "
-                         "made over N clients, each rank hosts the clients placed on it each round, and a "
-                         "round runs sync.period local steps of every sampled client from the global model, "
-                         "then one weighted exchange (docs/methods.md#federated-clients).",
+    clients: int = _f(0, "Federated clients N, independent of the rank count (0: one client per rank). N >= "
+                         "ranks; data.partition is made over the N clients. sync.mode='fedavg': each rank "
+                         "hosts the clients placed on it each round, and a round runs sync.period local steps "
+                         "of every sampled client from the global model, then one weighted exchange; "
+                         "sync.mode='bsp': each rank hosts a fixed share of the clients and every step's "
+                         "gradient is that of all N clients' batches, the rank's concatenated, then one "
+                         "exchange (docs/methods.md#federated-clients).",
                       min=0, max=1_000_000)
     clients_per_round: int = _f(0, "K: clients sampled each round (0: all N). At least the rank count, so that "
                                    "no rank idles.", min=0, max=1_000_000)
@@ -372,7 +374,12 @@ def uses_micro_batches(cfg: Config, world_size: int) -> bool:
 
 
 def global_batch(cfg: Config, world_size: int) -> int:
-    """sum_c b_c: batching.global_batch in dynamic mode when set, else train.batch_size x ranks."""
+    """sum_c b_c: batching.global_batch in dynamic mode when set; with fl.clients > 0,
+    train.batch_size x the clients that train at once (all N under BSP, K of a FedAvg round); else
+    train.batch_size x ranks."""
     if cfg.batching.mode == "dynamic" and cfg.batching.global_batch:
         return cfg.batching.global_batch
+    if cfg.fl.clients:
+        k = cfg.fl.clients if cfg.sync.mode == "bsp" else (cfg.fl.clients_per_round or cfg.fl.clients)
+        return cfg.train.batch_size * k
     return cfg.train.batch_size * world_size

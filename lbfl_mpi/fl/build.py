@@ -27,6 +27,7 @@ from ..train.build import _probe, start_warnings
 from ..train.client import Client
 from ..train.worker import Worker
 from .rounds import Federation
+from .sampling import client_partition_problem
 
 
 class LocalSync(Synchronizer):
@@ -53,22 +54,6 @@ class FederatedWorker(Worker):
         return {**super().data_plane_attrs(), "exchange": "federated", "fl_clients": fl.clients,
                 "fl_clients_per_round": fl.clients_per_round or fl.clients, "fl_algorithm": fl.algorithm,
                 "fl_server_optimizer": fl.server_optimizer}
-
-
-def client_partition_problem(parts, batch_size: int, cfg: Config) -> str | None:
-    """A client with no samples, or fewer than its batch, named with the partition that made it."""
-    how = f"data.partition={cfg.data.partition!r}"
-    if cfg.data.partition == "dirichlet":
-        how += f" with data.alpha={cfg.data.alpha:g}"
-    elif cfg.data.partition == "labels":
-        how += f" with data.labels_per_client={cfg.data.labels_per_client}"
-    for cid, p in enumerate(parts):
-        if len(p) == 0:
-            return f"fl.clients={len(parts)}: {how} leaves client {cid} no samples (use more data or fewer clients)"
-        if len(p) < batch_size:
-            return (f"fl.clients={len(parts)}: {how} leaves client {cid} {len(p)} samples, fewer than "
-                    f"train.batch_size={batch_size}")
-    return None
 
 
 def build_federated_worker(cfg: Config, comm=None, batches=None, signals=None, device: str = "auto"):

@@ -50,3 +50,19 @@ def place_throughput(clients: list[int], sizes, seconds_per_sample) -> list[list
         out[r].append(c)
         load[r] += int(sizes[c])
     return [sorted(o) for o in out]
+
+
+def client_partition_problem(parts, batch_size: int, cfg) -> str | None:
+    """A client with no samples, or fewer than its batch, named with the partition that made it."""
+    how = f"data.partition={cfg.data.partition!r}"
+    if cfg.data.partition == "dirichlet":
+        how += f" with data.alpha={cfg.data.alpha:g}"
+    elif cfg.data.partition == "labels":
+        how += f" with data.labels_per_client={cfg.data.labels_per_client}"
+    for cid, p in enumerate(parts):
+        if len(p) == 0:
+            return f"fl.clients={len(parts)}: {how} leaves client {cid} no samples (use more data or fewer clients)"
+        if len(p) < batch_size:
+            return (f"fl.clients={len(parts)}: {how} leaves client {cid} {len(p)} samples, fewer than "
+                    f"train.batch_size={batch_size}")
+    return None

@@ -146,7 +146,7 @@ def _decide(cfg: Config, world_size: int) -> Decision:
         key = f"run.resume={'true' if mode is True else 'auto'}"
         if metas:
             # the federated layer's checkpoints hold client states by client, not by rank (fl/resume.py)
-            any_world = cfg.fl.clients > 0
+            any_world = cfg.fl.clients > 0 and cfg.sync.mode == "fedavg"
             if metas[0]["world_size"] != world_size and not any_world:
                 return Decision(error=f"{key}: the checkpoint was written by {metas[0]['world_size']} ranks, "
                                       f"this job has {world_size}")

@@ -52,10 +52,15 @@ def build_worker(cfg: Config, comm=None, batches=None, signals=None, device: str
         budget = cfg.batching.memory_budget_gb * 1e9 or None
         plan = plan_rank(cfg, comm, budget, list(cfg.batching.plan_probes), [], rounds=2, repeats=2)
     bundle = load_dataset(cfg.data, seed)
-    parts = partition_indices(bundle.train_labels, comm.world_size, cfg.data.partition, seed,
+    n = cfg.fl.clients or comm.world_size  # fl.clients > 0 here: BSP over N clients (fl/bsp.py)
+    parts = partition_indices(bundle.train_labels, n, cfg.data.partition, seed,
                               cfg.data.labels_per_client, cfg.data.alpha)
-    check_local_batch(cfg, comm, bundle.input_shape, len(parts[comm.rank]), device)
-    client = _build_client(cfg, comm, device, bundle, parts[comm.rank], seed)
+    loader = None
+    if cfg.fl.clients:
+        loader = _clients_loader(cfg, comm, device, bundle, parts)
+    else:
+        check_local_batch(cfg, comm, bundle.input_shape, len(parts[comm.rank]), device)
+    client = _build_client(cfg, comm, device, bundle, parts[comm.rank] if loader is None else None, seed, loader)
     gb = global_batch(cfg, comm.world_size)
     batcher = DynamicBatcher(cfg.batching, comm.world_size, gb) if cfg.batching.mode == "dynamic" else None
     worker = Worker(cfg, comm, device=device, backend=backend, stops=stops, plan=plan, test_set=bundle.test,
@@ -70,7 +75,7 @@ def start_warnings(cfg: Config, world_size: int, bundle, parts, batcher) -> list
     """The one-line warnings rank 0 prints once before training: the scaling config, a split that
     leaves classes to no client or a client fewer samples than its batch, a preemption signal that
     cannot be honoured before the end."""
-    sizes = batcher.sizes if batcher is not None else [cfg.train.batch_size] * world_size
+    sizes = batcher.sizes if batcher is not None else [cfg.train.batch_size] * len(parts)
     y = getattr(bundle.test, "y", None)  # TensorData; torchvision sets have targets, or neither (train labels)
     test_labels = y.cpu().numpy() if isinstance(y, torch.Tensor) else getattr(bundle.test, "targets", None)
     return [*scaling_warnings(cfg),
@@ -93,10 +98,27 @@ def check_local_batch(cfg: Config, comm, input_shape, partition_size: int, devic
         raise DataError(problem)
 
 
-def _build_client(cfg: Config, comm, device, bundle, indices, seed: int) -> Client:
+def _clients_loader(cfg: Config, comm, device, bundle, parts):
+    """BSP over fl.clients: the rank's fixed share of the clients, their batches drawn together."""
+    from ..fl.bsp import ClientsLoader
+    from ..fl.sampling import client_partition_problem, place_balanced
+
+    b = cfg.train.batch_size
+    hosted = place_balanced(list(range(len(parts))), [len(p) for p in parts], comm.world_size)[comm.rank]
+    problem = client_partition_problem(parts, b, cfg) or batch_problem(
+        f"{len(hosted)} clients x train.batch_size={b}", b * len(hosted), bundle.input_shape,
+        sum(len(parts[i]) for i in hosted), device, who=f"rank {comm.rank}'s")
+    if problem:
+        raise DataError(problem)
+    return ClientsLoader([ClientLoader(bundle.train, parts[i], b, cfg.run.seed, i, cfg.data.workers, device=device)
+                          for i in hosted], hosted)
+
+
+def _build_client(cfg: Config, comm, device, bundle, indices, seed: int, loader=None) -> Client:
     # in-memory datasets live on the rank's device: batches are gathered there, no per-step copy
-    loader = ClientLoader(bundle.train, indices, cfg.train.batch_size, seed, comm.rank, cfg.data.workers,
-                          device=device)
+    if loader is None:
+        loader = ClientLoader(bundle.train, indices, cfg.train.batch_size, seed, comm.rank, cfg.data.workers,
+                              device=device)
     torch.manual_seed(seed)  # same init everywhere; rank 0's copy is broadcast anyway
     model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.norm).to(device)
     _probe(model, cfg, bundle.input_shape, device)

@@ -145,3 +145,33 @@ def test_a_federated_run_equals_its_plain_one_process_reference(tmp_path, name):
     got = torch.load(tmp_path / "run" / "model.pt", map_location="cpu", weights_only=True)
     want = reference_run(sets)
     assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def bsp_reference(sets: list[str], n_clients: int, steps: int) -> dict:
+    """BSP over N clients, plainly: every step, one SGD step on the mean loss of the concatenation of
+    every client's batch (the global batch of N x train.batch_size samples)."""
+    cfg = load_config(None, sets)
+    tc, seed = cfg.train, cfg.run.seed
+    bundle = load_dataset(cfg.data, seed)
+    parts = partition_indices(bundle.train_labels, n_clients, cfg.data.partition, seed, cfg.data.labels_per_client,
+                              cfg.data.alpha)
+    loaders = [ClientLoader(bundle.train, parts[i], tc.batch_size, seed, i, device="cpu") for i in range(n_clients)]
+    torch.manual_seed(seed)
+    model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.norm)
+    opt = torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    for _ in range(steps):
+        xs, ys = zip(*(ld.next_batch() for ld in loaders))
+        opt.zero_grad()
+        F.cross_entropy(model(torch.cat(xs)), torch.cat(ys)).backward()
+        opt.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_bsp_over_more_clients_than_ranks_is_the_global_batch_step(tmp_path):
+    sets = ["sync.mode='bsp'", "fl.clients=8", "model.norm='group'", "train.steps=6", "train.batch_size=8",
+            "train.momentum=0.9"]
+    want = bsp_reference(sets, 8, 6)
+    for n in (1, 2, 4):
+        run_lbfl(tiny_run_args(tmp_path / f"n{n}", *sets), n=n)
+        got = torch.load(tmp_path / f"n{n}" / "model.pt", map_location="cpu", weights_only=True)
+        assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -67,7 +67,9 @@ def test_the_algorithms_train_different_models(tmp_path):
     (["fl.clients=1"], "fl.clients"),                                        # fewer clients than ranks
     (["fl.clients=4", "fl.algorithm='scaffold'", "train.optimizer='adam'"], "train.optimizer"),
     (["fl.algorithm='fedprox'"], "fl.algorithm"),                             # needs fl.clients > 0
-    (["fl.clients=4", "sync.mode='bsp'"], "sync.mode"),
+    (["fl.clients=4", "sync.mode='postlocal'"], "sync.mode"),
+    (["fl.clients=4", "sync.mode='bsp'", "fl.algorithm='fedprox'"], "fl.algorithm"),   # rounds only
+    (["fl.clients=4", "sync.mode='bsp'", "fl.clients_per_round=2"], "fl.clients_per_round"),
     (["fl.clients=4", "train.steps=13"], "train.steps"),
     (["fl.clients=4", "scaling.method='step'"], "scaling.method"),
     (["fl.clients=4", "fl.bn='local'"], "fl.bn"),                             # cnn has no BatchNorm
