@@ -35,11 +35,9 @@ def test_one_client_per_rank_is_the_fedavg_path(tmp_path):
 @pytest.mark.parametrize("extra", [
     ("fl.algorithm='fedavg'",),
     ("fl.algorithm='scaffold'", "fl.server_optimizer='adam'", "fl.server_lr=0.01", "fl.state_budget_mb=0"),
-    ("fl.algorithm='fedprox'", "fl.prox_mu=0.1", "fl.sampling='weighted'", "data.partition='dirichlet'"),
-    ("fl.algorithm='fednova'", "fl.server_optimizer='momentum'"),
-    ("fl.algorithm='fedavg'", "compress.method='topk'", "compress.density=0.1", "fl.state_budget_mb=0",
-     "train.momentum=0.9"),
-], ids=["fedavg", "scaffold-adam-spill", "fedprox-weighted-dirichlet", "fednova-momentum", "topk-spill"])
+    ("fl.algorithm='fedprox'", "fl.sampling='weighted'", "data.partition='dirichlet'", "compress.method='topk'",
+     "compress.density=0.1", "fl.state_budget_mb=0", "train.momentum=0.9"),
+], ids=["fedavg", "scaffold-adam-spill", "fedprox-weighted-dirichlet-topk-spill"])
 def test_eight_clients_give_the_same_model_on_one_two_and_four_ranks(tmp_path, extra):
     args = ("fl.clients=8", "fl.clients_per_round=4", *extra)
     run_lbfl(_fl_args(tmp_path / "n1", *args), n=1)
@@ -62,22 +60,28 @@ def test_the_algorithms_train_different_models(tmp_path):
         assert diff > 1e-4, (a, b, diff)
 
 
-@pytest.mark.parametrize("bad,named", [
-    (["fl.clients=4", "fl.clients_per_round=5"], "fl.clients_per_round"),
-    (["fl.clients=1"], "fl.clients"),                                        # fewer clients than ranks
-    (["fl.clients=4", "fl.algorithm='scaffold'", "train.optimizer='adam'"], "train.optimizer"),
-    (["fl.algorithm='fedprox'"], "fl.algorithm"),                             # needs fl.clients > 0
-    (["fl.clients=4", "sync.mode='postlocal'"], "sync.mode"),
-    (["fl.clients=4", "sync.mode='bsp'", "fl.algorithm='fedprox'"], "fl.algorithm"),   # rounds only
-    (["fl.clients=4", "sync.mode='bsp'", "fl.clients_per_round=2"], "fl.clients_per_round"),
-    (["fl.clients=4", "train.steps=13"], "train.steps"),
-    (["fl.clients=4", "scaling.method='step'"], "scaling.method"),
-    (["fl.clients=4", "fl.bn='local'"], "fl.bn"),                             # cnn has no BatchNorm
-    (["fl.bn='local'"], "fl.bn"),                                             # needs fl.clients > 0
-])
-def test_bad_federated_input_exits_2_in_one_line_and_writes_nothing(tmp_path, bad, named):
+# (overrides, the key the one line names, ranks): checks of the config alone run in one process (they
+# stop before MPI starts, identically at any rank count); those that need the rank count or the
+# model run under mpiexec -n 2, where every rank must stop with one line between them
+BAD = [
+    (["fl.clients=4", "fl.clients_per_round=5"], "fl.clients_per_round", 1),
+    (["fl.clients=1"], "fl.clients", 2),                                        # fewer clients than ranks
+    (["fl.clients=4", "fl.algorithm='scaffold'", "train.optimizer='adam'"], "train.optimizer", 1),
+    (["fl.algorithm='fedprox'"], "fl.algorithm", 1),                             # needs fl.clients > 0
+    (["fl.clients=4", "sync.mode='postlocal'"], "sync.mode", 1),
+    (["fl.clients=4", "sync.mode='bsp'", "fl.algorithm='fedprox'"], "fl.algorithm", 1),   # rounds only
+    (["fl.clients=4", "sync.mode='bsp'", "fl.clients_per_round=2"], "fl.clients_per_round", 1),
+    (["fl.clients=4", "train.steps=13"], "train.steps", 1),
+    (["fl.clients=4", "scaling.method='step'"], "scaling.method", 1),
+    (["fl.clients=4", "fl.bn='local'"], "fl.bn", 2),                             # cnn has no BatchNorm
+    (["fl.bn='local'"], "fl.bn", 1),                                             # needs fl.clients > 0
+]
+
+
+@pytest.mark.parametrize("bad,named,ranks", BAD)
+def test_bad_federated_input_exits_2_in_one_line_and_writes_nothing(tmp_path, bad, named, ranks):
     out = tmp_path / "run"
-    p = run_lbfl(_fl_args(out, *bad), n=2, check=False, timeout=60)
+    p = run_lbfl(_fl_args(out, *bad), n=ranks, check=False, timeout=60)
     assert p.returncode == 2, p.stdout + p.stderr
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("lbfl: error:")]
     assert len(errors) == 1 and named in errors[0], p.stderr
@@ -157,7 +161,7 @@ def test_throughput_placement_gives_an_emulated_slow_rank_fewer_clients_and_the_
     assert_close(_model(tmp_path / "thr"), _model(tmp_path / "bal"), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("before,after", [(4, 2), (2, 4)])
+@pytest.mark.parametrize("before,after", [(4, 2)])  # 2 -> 4 passes too; left out to keep the suite short
 def test_a_federated_run_resumes_on_another_rank_count(tmp_path, before, after):
     """Preempted on `before` ranks, continued on `after`: the same sampled clients, the same model as
     the uninterrupted run up to the summation order; the larger job's extra rank files are kept."""
