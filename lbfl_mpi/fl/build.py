@@ -19,11 +19,10 @@ from ..data.fits import batch_problem
 from ..models import build_model
 from ..optim import build_optimizer
 from ..precision import LossScaler
-from ..run.stopping import StopAgreement
 from ..scaling.transform import GradTransform
 from ..sync.base import Synchronizer
 from ..telemetry import FL_GROUPS
-from ..train.build import _probe, start_warnings
+from ..train.build import _probe, start_rank, start_warnings
 from ..train.client import Client
 from ..train.worker import Worker
 from .rounds import Federation
@@ -57,14 +56,7 @@ class FederatedWorker(Worker):
 
 
 def build_federated_worker(cfg: Config, comm=None, batches=None, signals=None, device: str = "auto"):
-    if comm is None:
-        from ..comm.world import Comm
-
-        comm = Comm()
-    stops = StopAgreement(comm, signals, enabled=bool(cfg.run.preempt_signals) or cfg.train.nonfinite != "ignore")
-    device = comm.pick_device(device)
-    backend = comm.start_backend(cfg.dist.backend, cfg.dist.timeout_s)
-    comm.wait_poll_s = cfg.sync.wait_poll_us * 1e-6
+    comm, stops, device, backend = start_rank(cfg, comm, signals, device)
     seed, b, n = cfg.run.seed, cfg.train.batch_size, cfg.fl.clients
     bundle = load_dataset(cfg.data, seed)
     parts = partition_indices(bundle.train_labels, n, cfg.data.partition, seed, cfg.data.labels_per_client,

@@ -8,18 +8,10 @@ from __future__ import annotations
 import sys
 import time
 
+from ..files import io_failure
 from ..telemetry import StepTimer
 from ..train.components import Checkpointer, Evaluator
-from ..train.loop import (
-    check_final_model,
-    finish,
-    note_late_signal,
-    open_log,
-    preempt,
-    resume_or_start,
-    stop_if_nonfinite,
-    stop_if_nothing_applied,
-)
+from ..train.loop import after_steps, end_of_training, open_log, resume_or_start
 from ..train.summary import Progress
 from .resume import load_federated, retire_rank_files
 
@@ -50,30 +42,16 @@ def train_federated(w) -> dict | None:
                 log.log_group("rounds", fed.round_row)
             done = (round_ + 1) * h
             w.stops.check(done - 1)  # the ranks meet here anyway: agree on signals and non-finite values
-            stop_if_nonfinite(w, log, t0)
-            if every and done // every > (done - h) // every or done == cfg.train.steps:
-                evaluator.run(done - 1)
-            if ckpt.due(done):
-                log.flush()
-                ckpt.save(done, t0)
-                stop_if_nonfinite(w, log, t0)
-            if w.stops.preempt is not None and done < cfg.train.steps:
-                preempt(w, ckpt, log, done, t0)
+            evaluate = bool(every) and done // every > (done - h) // every or done == cfg.train.steps
+            after_steps(w, log, ckpt, evaluator, done, t0, evaluate)
             bar.update(rows[-1].loss, evaluator.last_acc)
-        if w.stops.signals is not None:
-            w.stops.signals.finished = True
-        log.flush()
-        done = cfg.train.steps
-        if ckpt.due_at_end(done):
-            ckpt.save(done, t0)
-        check_final_model(w, done, evaluator.last_loss)
-        stop_if_nonfinite(w, log, t0)
-        stop_if_nothing_applied(w, log, t0)
-        note_late_signal(w)
-        w.save_global_model()
-        summary = finish(w, log, t0, "completed", fl_rounds=fed.rounds_done, fl_clients=fed.n_clients,
-                         fl_clients_per_round=fed.k, fl_algorithm=cfg.fl.algorithm,
-                         fl_server_optimizer=cfg.fl.server_optimizer)
+        summary = end_of_training(w, log, ckpt, evaluator, t0, fl_rounds=fed.rounds_done, fl_clients=fed.n_clients,
+                                  fl_clients_per_round=fed.k, fl_algorithm=cfg.fl.algorithm,
+                                  fl_server_optimizer=cfg.fl.server_optimizer)
+    except (OSError, RuntimeError) as e:  # a write failed (disk full, quota): the CLI reports it on one line
+        if io_failure(e):
+            log.abandon()
+        raise
     finally:
         bar.close()
         log.close()

@@ -34,16 +34,7 @@ def build_worker(cfg: Config, comm=None, batches=None, signals=None, device: str
     """The rank's worker with its client. ``comm`` defaults to a Comm over MPI_COMM_WORLD; ``signals``
     is the SignalWatch of preemption signals (``lbfl train`` starts it before MPI); ``device`` "cpu"
     keeps the worker on the CPU also where a GPU exists (benchmarks), "auto" picks the rank's GPU."""
-    if comm is None:
-        from ..comm.world import Comm
-
-        comm = Comm()
-    # nothing to agree on without signals to catch and without the non-finite guard
-    stops = StopAgreement(comm, signals, enabled=bool(cfg.run.preempt_signals) or cfg.train.nonfinite != "ignore")
-    device = comm.pick_device(device)
-    # first, before anything that may fail on one rank only: choosing the backend is collective
-    backend = comm.start_backend(cfg.dist.backend, cfg.dist.timeout_s)
-    comm.wait_poll_s = cfg.sync.wait_poll_us * 1e-6
+    comm, stops, device, backend = start_rank(cfg, comm, signals, device)
     seed = cfg.run.seed
     plan = None
     if cfg.batching.plan_at_start:  # before any seeding below: probes draw random batches
@@ -69,6 +60,22 @@ def build_worker(cfg: Config, comm=None, batches=None, signals=None, device: str
     for warning in start_warnings(cfg, comm.world_size, bundle, parts, batcher) if comm.rank == 0 else ():
         print(f"lbfl: warning: {warning}", file=sys.stderr, flush=True)
     return worker
+
+
+def start_rank(cfg: Config, comm, signals, device: str):
+    """The rank's communicator (a Comm over MPI_COMM_WORLD by default), stop agreement, device and
+    data plane, started before anything that may fail on one rank only: choosing the backend is
+    collective."""
+    if comm is None:
+        from ..comm.world import Comm
+
+        comm = Comm()
+    # nothing to agree on without signals to catch and without the non-finite guard
+    stops = StopAgreement(comm, signals, enabled=bool(cfg.run.preempt_signals) or cfg.train.nonfinite != "ignore")
+    device = comm.pick_device(device)
+    backend = comm.start_backend(cfg.dist.backend, cfg.dist.timeout_s)
+    comm.wait_poll_s = cfg.sync.wait_poll_us * 1e-6
+    return comm, stops, device, backend
 
 
 def start_warnings(cfg: Config, world_size: int, bundle, parts, batcher) -> list[str]:

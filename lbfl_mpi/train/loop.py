@@ -53,29 +53,10 @@ def train(w) -> dict | None:
             log.log_row(row)
             c.skips += row.nonfinite_skip
             done = step + 1
-            stop_if_nonfinite(w, log, t0)
-            if evaluator.due(done):
-                evaluator.run(step)
-            if ckpt.due(done):
-                log.flush()
-                ckpt.save(done, t0)
-                stop_if_nonfinite(w, log, t0)
-            if w.stops.preempt is not None and done < cfg.train.steps:
-                preempt(w, ckpt, log, done, t0)
+            after_steps(w, log, ckpt, evaluator, done, t0, evaluator.due(done))
             rebatcher.maybe_reallocate(step)
             bar.update(row.loss, evaluator.last_acc)
-        if w.stops.signals is not None:  # every step is done: a signal now cannot undo the run
-            w.stops.signals.finished = True
-        log.flush()
-        done = cfg.train.steps
-        if ckpt.due_at_end(done):
-            ckpt.save(done, t0)
-        check_final_model(w, done, evaluator.last_loss)
-        stop_if_nonfinite(w, log, t0)
-        stop_if_nothing_applied(w, log, t0)
-        note_late_signal(w)
-        w.save_global_model()
-        summary = finish(w, log, t0, "completed")
+        summary = end_of_training(w, log, ckpt, evaluator, t0)
     except (OSError, RuntimeError) as e:  # a write failed (disk full, quota): the CLI reports it on one line
         if io_failure(e):
             log.abandon()
@@ -85,6 +66,37 @@ def train(w) -> dict | None:
         log.close()
         w.close()
     return summary
+
+
+def after_steps(w, log: RankLog, ckpt: Checkpointer, evaluator, done: int, t0: float, evaluate: bool) -> None:
+    """After ``done`` steps, in this order: stop on an agreed non-finite value, evaluate (when
+    ``evaluate``), checkpoint when due, stop on an agreed preemption signal."""
+    stop_if_nonfinite(w, log, t0)
+    if evaluate:
+        evaluator.run(done - 1)
+    if ckpt.due(done):
+        log.flush()
+        ckpt.save(done, t0)
+        stop_if_nonfinite(w, log, t0)
+    if w.stops.preempt is not None and done < w.cfg.train.steps:
+        preempt(w, ckpt, log, done, t0)
+
+
+def end_of_training(w, log: RankLog, ckpt: Checkpointer, evaluator, t0: float, **extra) -> dict | None:
+    """Collective, once every step is done: a resumable final checkpoint, the final model's checks,
+    the global model and summary.json (``extra``: more summary fields)."""
+    if w.stops.signals is not None:  # every step is done: a signal now cannot undo the run
+        w.stops.signals.finished = True
+    log.flush()
+    done = w.cfg.train.steps
+    if ckpt.due_at_end(done):
+        ckpt.save(done, t0)
+    check_final_model(w, done, evaluator.last_loss)
+    stop_if_nonfinite(w, log, t0)
+    stop_if_nothing_applied(w, log, t0)
+    note_late_signal(w)
+    w.save_global_model()
+    return finish(w, log, t0, "completed", **extra)
 
 
 def open_log(w, resume_step: int | None = None, path=None) -> RankLog:

@@ -20,15 +20,23 @@ from ..unit.test_fl_algorithms import _reference_server
 N, K, H, STEPS = 6, 3, 3, 12
 
 
-def reference_run(overrides: list[str]) -> dict:
+def _setup(overrides: list[str], n_clients: int):
+    """The config, the partition over the clients, a loader per client and the initial model, as a
+    run with these overrides makes them."""
     cfg = load_config(None, overrides)
-    fl, tc, seed = cfg.fl, cfg.train, cfg.run.seed
+    seed = cfg.run.seed
     bundle = load_dataset(cfg.data, seed)
-    parts = partition_indices(bundle.train_labels, N, cfg.data.partition, seed, cfg.data.labels_per_client,
+    parts = partition_indices(bundle.train_labels, n_clients, cfg.data.partition, seed, cfg.data.labels_per_client,
                               cfg.data.alpha)
-    loaders = [ClientLoader(bundle.train, parts[i], tc.batch_size, seed, i, device="cpu") for i in range(N)]
+    loaders = [ClientLoader(bundle.train, parts[i], cfg.train.batch_size, seed, i, device="cpu")
+               for i in range(n_clients)]
     torch.manual_seed(seed)
-    model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.norm)
+    return cfg, parts, loaders, build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.norm)
+
+
+def reference_run(overrides: list[str]) -> dict:
+    cfg, parts, loaders, model = _setup(overrides, N)
+    fl, tc, seed = cfg.fl, cfg.train, cfg.run.seed
     params = list(model.parameters())
     buffers = [b for b in model.buffers() if b.is_floating_point()]  # BatchNorm running statistics
     n_p = sum(p.numel() for p in params)
@@ -150,14 +158,8 @@ def test_a_federated_run_equals_its_plain_one_process_reference(tmp_path, name):
 def bsp_reference(sets: list[str], n_clients: int, steps: int) -> dict:
     """BSP over N clients, plainly: every step, one SGD step on the mean loss of the concatenation of
     every client's batch (the global batch of N x train.batch_size samples)."""
-    cfg = load_config(None, sets)
-    tc, seed = cfg.train, cfg.run.seed
-    bundle = load_dataset(cfg.data, seed)
-    parts = partition_indices(bundle.train_labels, n_clients, cfg.data.partition, seed, cfg.data.labels_per_client,
-                              cfg.data.alpha)
-    loaders = [ClientLoader(bundle.train, parts[i], tc.batch_size, seed, i, device="cpu") for i in range(n_clients)]
-    torch.manual_seed(seed)
-    model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.norm)
+    cfg, _, loaders, model = _setup(sets, n_clients)
+    tc = cfg.train
     opt = torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
     for _ in range(steps):
         xs, ys = zip(*(ld.next_batch() for ld in loaders))
