@@ -219,13 +219,13 @@ class Federation:
         d_control = None
         state = {"loader": c.loader.state_dict()}
         if self.bn_mask is not None:
-            state["bn"] = y[self.bn_mask]
+            state["bn"] = to_cpu(y[self.bn_mask], copy=False)
         if fl.algorithm == "scaffold":
             # with momentum rho the tau steps move the model by |a|_1 / tau times more per unit lr
             lr_sum = sum(r.lr for r in rows) * nova_norm(len(rows), self.rho) / len(rows)
             c_new = scaffold_control(c_i, self.control, self.x[:self.n_params], y[:self.n_params], lr_sum)
             d_control = c_new - c_i
-            state["control"] = c_new
+            state["control"] = to_cpu(c_new, copy=False)
         a_norm = nova_norm(self.period, self.rho)
         delta = y - self.x
         uplink = delta.numel() * delta.element_size()
@@ -233,12 +233,12 @@ class Federation:
             delta, uplink = self.compress(cid, saved, delta)
             state["compressor"] = to_cpu(self.compressor.state_dict())
         elif self.compressor is not None and "compressor" in saved:
-            state["compressor"] = saved["compressor"]
+            state["compressor"] = saved["compressor"]  # popped from the store: nobody else holds it
         sums.add(delta, samples, a_norm, d_control)
         sums.add_timing(self.comm.rank, t_train, samples)
         if self.keeps_optimizer:
-            state["optimizer"] = to_cpu(c.opt.state_dict())
-        self.store.put(cid, state)
+            state["optimizer"] = to_cpu(c.opt.state_dict())  # copies: the live buffers are the slot's
+        self.store.put(cid, state, copy=False)  # every tensor in it is a fresh copy or a new result
         self.client_rows.append({
             "step": (round_ + 1) * self.period - 1, "round": round_, "client": cid, "samples": samples,
             "local_steps": len(rows), "loss_first": rows[0].loss, "loss_last": rows[-1].loss,

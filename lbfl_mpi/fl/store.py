@@ -30,16 +30,17 @@ def state_bytes(state) -> int:
     return 0
 
 
-def to_cpu(state):
-    """A copy of a (nested) state whose tensors live on the CPU (the store's and MPI's side)."""
+def to_cpu(state, copy: bool = True):
+    """A (nested) state whose tensors live on the CPU (the store's and MPI's side): copies, or with
+    ``copy=False`` the tensors themselves where they already are there (fresh ones nobody else holds)."""
     if isinstance(state, torch.Tensor):
-        return state.detach().to("cpu", copy=True)
+        return state.detach().to("cpu", copy=copy)
     if isinstance(state, dict):
-        return {k: to_cpu(v) for k, v in state.items()}
+        return {k: to_cpu(v, copy) for k, v in state.items()}
     if isinstance(state, list):
-        return [to_cpu(v) for v in state]
+        return [to_cpu(v, copy) for v in state]
     if isinstance(state, tuple):
-        return tuple(to_cpu(v) for v in state)
+        return tuple(to_cpu(v, copy) for v in state)
     return state
 
 
@@ -58,9 +59,11 @@ class ClientStore:
     def ids(self) -> list[int]:
         return sorted({*self.memory, *self.spilled})
 
-    def put(self, cid: int, state: dict) -> None:
+    def put(self, cid: int, state: dict, copy: bool = True) -> None:
+        """Keep the client's state (copied, unless ``copy=False`` says its tensors are the caller's own
+        fresh ones)."""
         self.pop(cid)
-        state = to_cpu(state)
+        state = to_cpu(state, copy)
         self.memory[cid] = state
         self.bytes += state_bytes(state)
         while self.spill_dir is not None and self.bytes > self.budget and self.memory:
@@ -85,7 +88,7 @@ class ClientStore:
         """The client's state, left in the store."""
         state = self.pop(cid)
         if state is not None:
-            self.put(cid, state)
+            self.put(cid, state, copy=False)
         return state
 
     def _path(self, cid: int) -> Path:
