@@ -173,7 +173,7 @@ def test_bsp_over_more_clients_than_ranks_is_the_global_batch_step(tmp_path):
     sets = ["sync.mode='bsp'", "fl.clients=8", "model.norm='group'", "train.steps=6", "train.batch_size=8",
             "train.momentum=0.9"]
     want = bsp_reference(sets, 8, 6)
-    for n in (1, 2, 4):
+    for n in (1, 3):  # 3 ranks: 3, 3 and 2 clients, unequal batches weighted by the exchange
         run_lbfl(tiny_run_args(tmp_path / f"n{n}", *sets), n=n)
         got = torch.load(tmp_path / f"n{n}" / "model.pt", map_location="cpu", weights_only=True)
         assert_close(got, want, rtol=1e-5, atol=1e-6)
