@@ -33,10 +33,6 @@ class ClientsLoader:
         return sum(ld.samples_seen for ld in self.loaders)
 
     @property
-    def indices(self):
-        return [i for ld in self.loaders for i in ld.indices]
-
-    @property
     def epoch(self) -> float:
         return self.samples_seen / sum(len(ld.indices) for ld in self.loaders)
 

@@ -95,8 +95,6 @@ class Federation:
         self.store = ClientStore(cfg.fl.state_budget_mb, spill_dir)
         self.samples = 0  # samples this rank's clients processed
         self.rounds_done = 0
-        self.last_sampled: list[int] = []
-        self.moved = 0
         self.moves_last = 0
         self.client_rows: list[dict] = []  # this round's ``clients`` rows (telemetry/h5log.py)
         self.round_row: dict | None = None  # this round's ``rounds`` row
@@ -143,7 +141,6 @@ class Federation:
         for r, cids in enumerate(places):
             for cid in cids:
                 self.owner[cid] = r
-        self.last_sampled = sampled
         self.rounds_done = round_ + 1
         rows = [merge_rows(round_ * self.period + j, per_step[j]) for j in range(self.period)]
         last = rows[-1]
@@ -176,7 +173,6 @@ class Federation:
             for cid, state in got.items():
                 self._moved_bytes[cid] = state_bytes(state)
                 self.store.put(cid, state)
-        self.moved += len(moves)
 
     def train_client(self, cid: int, round_: int, timer: StepTimer, sums: RoundSums) -> list[StepRow]:
         """Step 4 for one client: swap in, sync.period local steps, contribution, swap out."""
@@ -200,8 +196,8 @@ class Federation:
         c_i = saved.get("control")
         if fl.algorithm == "scaffold":
             c_i = torch.zeros_like(self.control) if c_i is None else c_i.to(self.x.device)
-            c.correction = lambda: scaffold_correct_(c.params, views(self.control, self.params),
-                                                     views(c_i, self.params))
+            c_views, c_i_views = views(self.control, self.params), views(c_i, self.params)  # once per client
+            c.correction = lambda: scaffold_correct_(c.params, c_views, c_i_views)
         elif fl.algorithm == "fedprox":
             c.correction = lambda: prox_correct_(c.params, anchor, fl.prox_mu)
         else:
