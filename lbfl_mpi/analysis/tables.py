@@ -262,8 +262,9 @@ def format_run(rec: dict) -> str:
     r0 = rec["ranks"][0] if rec["ranks"] else None
     if r0 and not math.isnan(r0["bytes_per_sync"]):
         head += (f"\n   traffic (rank 0): {r0['bytes_per_sync']:.0f} bytes per sync = "
-                 f"{100 * r0['bytes_vs_dense']:.2f} % of dense ({r0['dense_bytes']} bytes), density "
-                 f"{r0['mean_density']:.4g}, mean t_compress {r0['mean_t_compress'] * 1e3:.2f} ms")
+                 f"{100 * r0['bytes_vs_dense']:.2f} % of dense ({r0['dense_bytes']} bytes)")
+        if not math.isnan(r0["mean_density"]):  # no density without compression (nothing selected)
+            head += f", density {r0['mean_density']:.4g}, mean t_compress {r0['mean_t_compress'] * 1e3:.2f} ms"
     return "\n".join([head, *rank_table(rec["ranks"])])
 
 

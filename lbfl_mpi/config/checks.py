@@ -154,7 +154,8 @@ def _check_federated(cfg: Config) -> None:
                                     ("fl.server_optimizer", fl.server_optimizer, "sgd"),
                                     ("fl.clients_per_round", fl.clients_per_round, 0),
                                     ("fl.bn", fl.bn, "average"),
-                                    ("fl.server_lr", fl.server_lr, 1.0)):
+                                    ("fl.server_lr", fl.server_lr, 1.0),
+                                    ("fl.local_epochs", fl.local_epochs, 0.0)):
             _check(value == default, key, value, "needs fl.clients > 0 (the federated client layer; "
                                                  "fl.clients = ranks gives one client per rank)")
         return
@@ -163,7 +164,8 @@ def _check_federated(cfg: Config) -> None:
     if sy.mode == "bsp":  # every client's batch in every step's gradient: no rounds, no server
         for key, value, default in (("fl.algorithm", fl.algorithm, "fedavg"),
                                     ("fl.server_optimizer", fl.server_optimizer, "sgd"),
-                                    ("fl.server_lr", fl.server_lr, 1.0), ("fl.bn", fl.bn, "average")):
+                                    ("fl.server_lr", fl.server_lr, 1.0), ("fl.bn", fl.bn, "average"),
+                                    ("fl.local_epochs", fl.local_epochs, 0.0)):
             _check(value == default, key, value, "applies to sync.mode='fedavg' rounds, not to BSP")
         _check(fl.clients_per_round in (0, fl.clients), "fl.clients_per_round", fl.clients_per_round,
                "must be 0 (all) under sync.mode='bsp': every client contributes to every step")

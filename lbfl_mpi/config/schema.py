@@ -266,6 +266,14 @@ class FLConfig:
                                     "until every rank has been measured). The model is the same up to the "
                                     "summation order, but throughput placement depends on timings, so it is "
                                     "not bit for bit reproducible.", ("balanced", "throughput"))
+    local_epochs: float = _f(0.0, "E > 0: client i takes tau_i = ceil(E n_i / train.batch_size) local steps a "
+                                  "round (n_i its samples; the loader's position carries over between rounds, "
+                                  "so these are E epochs' worth of samples), in place of sync.period steps. "
+                                  "sync.period stays the round's span on the step axis (train.steps, "
+                                  "eval_every, checkpoints and lr schedules count on it) and must be at least "
+                                  "the largest tau_i: the run says which when it is not. Unequal tau_i is "
+                                  "what fl.algorithm='fednova' normalises. 0: sync.period steps each.",
+                             min=0, max=1_000_000)
     algorithm: str = _f("fedavg", "fedavg (McMahan et al. 2017); fedprox: proximal term mu/2 |w - w_g|^2 "
                                   "(Li et al. 2020); scaffold: option II control variates (Karimireddy et al. "
                                   "2020); fednova: normalised averaging of local steps (Wang et al. 2020).",

@@ -1,5 +1,5 @@
 """The training loop of a federated worker (``fl.clients > 0``): train/loop.py's start, stops,
-evaluation, checkpoints and end, with a round of sync.period local steps (rounds.py) where that
+evaluation, checkpoints and end, with a round (sync.period steps on the step axis; rounds.py) where that
 loop has a step. The ranks meet once per round, so stops are agreed, evaluations and checkpoints
 taken, at round ends: an evaluation after the first round whose end reaches a multiple of
 train.eval_every, a checkpoint every run.checkpoint_every steps (a multiple of sync.period)."""

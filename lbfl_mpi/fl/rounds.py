@@ -10,7 +10,8 @@ A round t, identically ordered on every rank:
     4. train      for each client placed here: the slot model <- the global model x, the client's
                   loader, optimizer state and control variate swapped in, the torch seed set from
                   (run.seed, t, client) so that dropout does not depend on the placement, then
-                  sync.period local steps (train/step.py, with the algorithm's gradient correction),
+                  tau_i local steps (sync.period, or ceil(E n_i / B) with fl.local_epochs = E;
+                  train/step.py, with the algorithm's gradient correction),
                   and its contribution added to this rank's RoundSums (algorithms.py)
     5. exchange   one allreduce of the rank's sums
     6. server     x += the server optimizer's update of the mean delta (server.py) on the trainable
@@ -31,7 +32,7 @@ from ..compress.topk import TopKCompressor
 from ..telemetry import StepRow, StepTimer
 from ..train.step import run_step
 from .algorithms import RoundSums, nova_norm, prox_correct_, scaffold_control, scaffold_correct_
-from .sampling import place_balanced, place_throughput, sample_clients
+from .sampling import local_steps, place_balanced, place_throughput, sample_clients
 from .server import build_server_optimizer
 from .store import ClientStore, state_bytes, to_cpu
 
@@ -75,7 +76,9 @@ class Federation:
         self.loaders, self.sizes = loaders, sizes
         self.n_clients = cfg.fl.clients
         self.k = cfg.fl.clients_per_round or cfg.fl.clients
-        self.period = cfg.sync.period
+        self.period = cfg.sync.period  # the round's span of step indices
+        # each client's local steps a round: sync.period, or ceil(E n_i / B) with fl.local_epochs = E
+        self.taus = local_steps(sizes, cfg.train.batch_size, cfg.fl.local_epochs, self.period)
         self.params, self.state = self.c.sync.params, self.c.sync.state
         self.n_params = sum(p.numel() for p in self.params)
         # FedBN: the entries of x that belong to BatchNorm layers stay with each client
@@ -142,7 +145,8 @@ class Federation:
             for cid in cids:
                 self.owner[cid] = r
         self.rounds_done = round_ + 1
-        rows = [merge_rows(round_ * self.period + j, per_step[j]) for j in range(self.period)]
+        # local step indices no client of this rank reached (fl.local_epochs: tau_i < sync.period) get no row
+        rows = [merge_rows(round_ * self.period + j, per_step[j]) for j in range(self.period) if per_step[j]]
         last = rows[-1]
         last.synced, last.bytes_sent = 1, sums.nbytes
         last.t_sync += timer.get("sync")
@@ -175,7 +179,8 @@ class Federation:
                 self.store.put(cid, state)
 
     def train_client(self, cid: int, round_: int, timer: StepTimer, sums: RoundSums) -> list[StepRow]:
-        """Step 4 for one client: swap in, sync.period local steps, contribution, swap out."""
+        """Step 4 for one client: swap in, its tau_i local steps (sync.period, or fl.local_epochs'
+        ceil(E n_i / B)), contribution, swap out."""
         c, fl, w = self.c, self.fl, self.w
         t_swap = time.perf_counter()
         saved = self.store.pop(cid) or {}
@@ -205,7 +210,7 @@ class Federation:
         torch.manual_seed(client_seed(self.cfg.run.seed, round_, cid))
         t_swap = time.perf_counter() - t_swap
         t_train = time.perf_counter()
-        rows = [run_step(w, c, round_ * self.period + j, timer) for j in range(self.period)]
+        rows = [run_step(w, c, round_ * self.period + j, timer) for j in range(self.taus[cid])]
         t_train = time.perf_counter() - t_train
         t_out = time.perf_counter()
         c.skips += sum(r.nonfinite_skip for r in rows)
@@ -222,7 +227,7 @@ class Federation:
             c_new = scaffold_control(c_i, self.control, self.x[:self.n_params], y[:self.n_params], lr_sum)
             d_control = c_new - c_i
             state["control"] = to_cpu(c_new, copy=False)
-        a_norm = nova_norm(self.period, self.rho)
+        a_norm = nova_norm(len(rows), self.rho)
         delta = y - self.x
         uplink = delta.numel() * delta.element_size()
         if self.compressor is not None and round_ * self.period >= self.cfg.compress.warmup_steps:

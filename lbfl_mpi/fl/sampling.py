@@ -5,6 +5,9 @@ counts), so every rank computes the same sample and the same placement without a
 """
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import numpy as np
 
 _SAMPLING_STREAM = 0x5A3D  # keeps the round's draw independent of every other seeded stream
@@ -52,8 +55,18 @@ def place_throughput(clients: list[int], sizes, seconds_per_sample) -> list[list
     return [sorted(o) for o in out]
 
 
+def local_steps(sizes, batch_size: int, epochs: float, period: int) -> list[int]:
+    """Each client's local steps a round: tau_i = ceil(E n_i / B) for ``fl.local_epochs`` = E > 0, else
+    sync.period for every client."""
+    if epochs <= 0:
+        return [period] * len(sizes)
+    e = Fraction(repr(float(epochs)))  # exact decimal: E = 0.1 of 320 samples at B = 32 is 1 step, not 2
+    return [max(1, math.ceil(e * int(n) / batch_size)) for n in sizes]
+
+
 def client_partition_problem(parts, batch_size: int, cfg) -> str | None:
-    """A client with no samples, or fewer than its batch, named with the partition that made it."""
+    """A client with no samples, or fewer than its batch, named with the partition that made it; with
+    ``fl.local_epochs``, a client whose tau_i exceeds sync.period, the round's span of steps."""
     how = f"data.partition={cfg.data.partition!r}"
     if cfg.data.partition == "dirichlet":
         how += f" with data.alpha={cfg.data.alpha:g}"
@@ -65,4 +78,11 @@ def client_partition_problem(parts, batch_size: int, cfg) -> str | None:
         if len(p) < batch_size:
             return (f"fl.clients={len(parts)}: {how} leaves client {cid} {len(p)} samples, fewer than "
                     f"train.batch_size={batch_size}")
+    taus = local_steps([len(p) for p in parts], batch_size, cfg.fl.local_epochs, cfg.sync.period)
+    if max(taus) > cfg.sync.period:
+        cid = taus.index(max(taus))
+        return (f"fl.local_epochs={cfg.fl.local_epochs:g}: client {cid} ({len(parts[cid])} samples, "
+                f"train.batch_size={batch_size}) takes {taus[cid]} local steps a round, more than "
+                f"sync.period={cfg.sync.period}: set sync.period to at least {taus[cid]} (the round's span of "
+                f"steps; train.steps a multiple of it)")
     return None

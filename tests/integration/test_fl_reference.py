@@ -4,6 +4,8 @@ gradient correction and aggregation written out, and the server update of Reddi 
 batches come from the same loaders (the data stream is not under test)."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +15,7 @@ from lbfl_mpi.config import load_config
 from lbfl_mpi.data import ClientLoader, load_dataset, partition_indices
 from lbfl_mpi.fl.sampling import sample_clients
 from lbfl_mpi.models import build_model
+from lbfl_mpi.telemetry import open_rank_file, read_group
 
 from ..conftest import run_lbfl, tiny_run_args
 from ..unit.test_fl_algorithms import _reference_server
@@ -64,7 +67,8 @@ def reference_run(overrides: list[str]) -> dict:
     own_bn = {}  # FedBN: each client's BatchNorm entries
     residual = {}  # top-k error feedback: each client's unsent remainder (Eq. 9)
     deltas_seen = []
-    for r in range(STEPS // H):
+    h = cfg.sync.period
+    for r in range(tc.steps // h):
         sampled = sample_clients(N, K, r, seed, [len(p) for p in parts], fl.sampling == "weighted")
         d_controls = torch.zeros(n_p)
         contributions = []
@@ -77,7 +81,9 @@ def reference_run(overrides: list[str]) -> dict:
                 opts[i] = torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
             opt = opts[i]
             samples = 0
-            for _ in range(H):
+            # fl.local_epochs = E: ceil(E n_i / B) local steps, else sync.period
+            tau = math.ceil(fl.local_epochs * len(parts[i]) / tc.batch_size) if fl.local_epochs else h
+            for _ in range(tau):
                 xb, yb = loaders[i].next_batch()
                 opt.zero_grad()
                 F.cross_entropy(model(xb), yb).backward()
@@ -94,7 +100,7 @@ def reference_run(overrides: list[str]) -> dict:
             if local is not None:
                 own_bn[i] = y[local]
             rho = tc.momentum
-            a = H if rho == 0 else sum((1 - rho ** k) / (1 - rho) for k in range(1, H + 1))
+            a = tau if rho == 0 else sum((1 - rho ** k) / (1 - rho) for k in range(1, tau + 1))
             if fl.algorithm == "scaffold":  # option II with the momentum's |a|_1 in place of K
                 new = c_i[i] - c + (x[:n_p] - y[:n_p]) / (a * tc.lr)
                 d_controls += new - c_i[i]
@@ -153,6 +159,38 @@ def test_a_federated_run_equals_its_plain_one_process_reference(tmp_path, name):
     got = torch.load(tmp_path / "run" / "model.pt", map_location="cpu", weights_only=True)
     want = reference_run(sets)
     assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("algorithm", ["fedavg", "fednova"])
+def test_local_epochs_give_each_client_its_own_step_count(tmp_path, algorithm):
+    """fl.local_epochs = 0.25 on a Dirichlet split: tau_i = ceil(E n_i / B) differs between clients, and
+    FedNova's normalised average differs from FedAvg's (checked apart, so that the case is not moot)."""
+    base = ["sync.mode='fedavg'", "train.batch_size=8", "data.partition='dirichlet'", f"fl.clients={N}",
+            f"fl.clients_per_round={K}", "fl.local_epochs=0.25", "train.momentum=0.5"]
+    _, parts, _, _ = _setup(base, N)
+    taus = [math.ceil(0.25 * len(p) / 8) for p in parts]
+    assert len(set(taus)) > 2, taus
+    h = max(taus)
+    sets = [*base, f"sync.period={h}", f"train.steps={3 * h}", f"train.eval_every={h}",
+            f"fl.algorithm='{algorithm}'"]
+    run_lbfl(tiny_run_args(tmp_path / "run", *sets), n=1)
+    got = torch.load(tmp_path / "run" / "model.pt", map_location="cpu", weights_only=True)
+    assert_close(got, reference_run(sets), rtol=1e-5, atol=1e-6)
+    with open_rank_file(tmp_path / "run" / "rank0000.h5") as f:
+        rows = read_group(f, "clients")
+    assert [int(t) for t in rows["local_steps"]] == [taus[c] for c in rows["client"]]
+    other = "fedavg" if algorithm == "fednova" else "fednova"
+    with pytest.raises(AssertionError):
+        assert_close(got, reference_run([*sets, f"fl.algorithm='{other}'"]), rtol=1e-5, atol=1e-6)
+
+
+def test_local_epochs_longer_than_the_round_span_are_refused_naming_the_client(tmp_path):
+    sets = ["sync.mode='fedavg'", "sync.period=2", "train.steps=4", f"fl.clients={N}", "fl.local_epochs=1"]
+    r = run_lbfl(tiny_run_args(tmp_path / "run", *sets), n=1, check=False)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "fl.local_epochs=1" in ln]
+    assert len(lines) == 1 and "set sync.period to at least" in lines[0], r.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def bsp_reference(sets: list[str], n_clients: int, steps: int) -> dict:

@@ -75,6 +75,9 @@ BAD = [
     (["fl.clients=4", "scaling.method='step'"], "scaling.method", 1),
     (["fl.clients=4", "fl.bn='local'"], "fl.bn", 2),                             # cnn has no BatchNorm
     (["fl.bn='local'"], "fl.bn", 1),                                             # needs fl.clients > 0
+    (["fl.local_epochs=1"], "fl.local_epochs", 1),                               # needs fl.clients > 0
+    (["fl.clients=4", "sync.mode='bsp'", "fl.local_epochs=1"], "fl.local_epochs", 1),     # rounds only
+    (["fl.clients=4", "fl.local_epochs=-1"], "fl.local_epochs", 1),
 ]
 
 

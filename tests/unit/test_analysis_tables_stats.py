@@ -76,3 +76,18 @@ def test_units_map_names_every_time_key():
     for key in ("wall_time_s", "eval_time_s", "epoch_time_s"):
         assert RECORD_UNITS[key] == "s"
     assert RECORD_UNITS["samples_per_s_no_eval"] == "samples/s" and RECORD_UNITS["ranks.idle_wait_share"] == "1"
+
+
+def test_traffic_line_names_a_density_only_where_something_was_compressed():
+    run = _run(None)
+    for rank in run.ranks:
+        rank.attrs["dense_bytes"] = 400
+        rank.steps["synced"] = np.array([0, 1] * 5)
+        rank.steps["bytes_sent"] = np.array([0, 100] * 5)
+        rank.steps["density_actual"] = np.full(10, np.nan)  # dense exchange: nothing selected
+    dense = next(x for x in format_run(run_record(run)).splitlines() if "traffic" in x)
+    assert dense.strip() == "traffic (rank 0): 100 bytes per sync = 25.00 % of dense (400 bytes)"
+    run.ranks[0].steps["density_actual"] = np.array([np.nan, 0.25] * 5)
+    run.ranks[0].steps["t_compress"] = np.full(10, 2 * MS)
+    sparse = next(x for x in format_run(run_record(run)).splitlines() if "traffic" in x)
+    assert sparse.strip().endswith("(400 bytes), density 0.25, mean t_compress 2.00 ms")
