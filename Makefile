@@ -37,13 +37,19 @@ demo: install
 	$(BIN)/lbfl analyze $(DEMO_DIR)/bsp $(DEMO_DIR)/fedavg --plots $(DEMO_DIR)/plots
 
 # the suite in two parts: everything but the clock-budget tests on 2 workers (pytest-xdist, a test
-# file per worker at a time; many tests wait on sleeps and signals), then the `serial` tests alone
-# (tests/conftest.py lists them)
+# file per worker at a time; many tests wait on sleeps and signals), then the `serial` tests
+# (tests/conftest.py lists them) in two processes side by side: tests/slurm, which mostly waits on
+# its private Slurm (its log is printed after), and the other clock-budget tests
 TEST_WORKERS ?= 2
 test: install
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest tests -q -ra --durations=15 -m "not serial" \
 		-n $(TEST_WORKERS) --dist loadfile
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest tests -q -ra --durations=15 -m serial
+	@mkdir -p .venv/test-logs
+	PATH=$(abspath $(BIN)):$$PATH; \
+	$(BIN)/python -m pytest tests/slurm -q -ra --durations=8 -m serial > .venv/test-logs/slurm.log 2>&1 & slurm=$$!; \
+	$(BIN)/python -m pytest tests -q -ra --durations=15 -m serial --ignore=tests/slurm; rest=$$?; \
+	wait $$slurm; srl=$$?; echo "== tests/slurm (run beside the other serial tests):"; cat .venv/test-logs/slurm.log; \
+	test $$rest -eq 0 -a $$srl -eq 0
 
 check: install
 	$(BIN)/ruff check lbfl_mpi tests benchmarks

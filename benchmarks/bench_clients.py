@@ -1,9 +1,9 @@
 """Overhead of the federated layer (``fl.clients > 0``; lbfl_mpi/fl/), as ratios from one run.
 
 Run:  python benchmarks/bench_clients.py [--ranks 2] [--clients 100] [--per-round 10] [--rounds 20]
-          [--period 5] [--markdown FILE]
+          [--period 5] [--batch 8] [--markdown FILE]
 
-(1) One ``lbfl train`` under ``mpiexec -n RANKS`` (digits, cnn, batch 8, FedAvg rounds of PERIOD local
+(1) One ``lbfl train`` under ``mpiexec -n RANKS`` (digits, cnn, batch BATCH, FedAvg rounds of PERIOD local
     steps, CLIENTS clients of which PER_ROUND train each round, SCAFFOLD so that every client has a
     control variate and momentum to swap and move). From its rank files, per round: t_round (rank 0's
     ``rounds`` row: moves, local training, exchange, server update) against the ideal, the local
@@ -38,7 +38,7 @@ from lbfl_mpi.telemetry import open_rank_file, read_group  # noqa: E402
 
 def run_rounds(args, out: Path) -> None:
     mpiexec = str(Path(sys.executable).parent / "mpiexec")
-    sets = {"run.out_dir": str(out), "data.name": "'digits'", "model.name": "'cnn'", "train.batch_size": 8,
+    sets = {"run.out_dir": str(out), "data.name": "'digits'", "model.name": "'cnn'", "train.batch_size": args.batch,
             "train.momentum": 0.9, "sync.mode": "'fedavg'", "sync.period": args.period,
             "train.steps": args.period * args.rounds, "train.eval_every": 0, "fl.clients": args.clients,
             "fl.clients_per_round": args.per_round, "fl.algorithm": "'scaffold'"}
@@ -106,6 +106,7 @@ def main(argv=None) -> int:
     ap.add_argument("--per-round", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--period", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=8, help="train.batch_size: more local work per step")
     ap.add_argument("--markdown", type=Path)
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,7 +115,7 @@ def main(argv=None) -> int:
         rr = round_ratios(out, args.ranks)
     st = store_size(args.clients)
     lines = [f"federated layer overhead: {args.clients} clients, {args.per_round} per round, {args.ranks} ranks, "
-             f"{args.rounds} rounds of {args.period} local steps (digits, cnn, batch 8, SCAFFOLD), "
+             f"{args.rounds} rounds of {args.period} local steps (digits, cnn, batch {args.batch}, SCAFFOLD), "
              f"{os.cpu_count()} cores",
              "| quantity | value | target |", "| --- | --- | --- |",
              f"| round time / ideal (median over rounds 1-{rr['rounds']}) | {rr['round_over_ideal']:.3f} | <= 1.10 |",
