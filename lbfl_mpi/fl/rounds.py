@@ -235,6 +235,8 @@ class Federation:
             state["compressor"] = to_cpu(self.compressor.state_dict())
         elif self.compressor is not None and "compressor" in saved:
             state["compressor"] = saved["compressor"]  # popped from the store: nobody else holds it
+        if d_control is not None:  # SCAFFOLD's client also sends Delta c_i (dense)
+            uplink += d_control.numel() * d_control.element_size()
         sums.add(delta, samples, a_norm, d_control)
         sums.add_timing(self.comm.rank, t_train, samples)
         if self.keeps_optimizer:

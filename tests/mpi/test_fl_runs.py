@@ -58,6 +58,12 @@ def test_the_algorithms_train_different_models(tmp_path):
     for a, b in (("fedavg", "fedprox"), ("fedavg", "scaffold")):
         diff = max(float((models[a][k].float() - models[b][k].float()).abs().max()) for k in models[a])
         assert diff > 1e-4, (a, b, diff)
+    # each client's uplink: its dense float32 delta, and under SCAFFOLD also its control-variate delta
+    n = sum(v.numel() for v in models["fedavg"].values())  # cnn: every entry is a trainable parameter
+    for alg, per_entry in (("fedavg", 4), ("fedprox", 4), ("scaffold", 8)):
+        with open_rank_file(tmp_path / alg / "rank0000.h5") as f:
+            uplink = read_group(f, "clients")["uplink_bytes"]
+        assert len(uplink) == 16 and set(int(u) for u in uplink) == {per_entry * n}, (alg, set(uplink))
 
 
 # (overrides, the key the one line names, ranks): checks of the config alone run in one process (they
