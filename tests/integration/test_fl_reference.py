@@ -184,6 +184,22 @@ def test_local_epochs_give_each_client_its_own_step_count(tmp_path, algorithm):
         assert_close(got, reference_run([*sets, f"fl.algorithm='{other}'"]), rtol=1e-5, atol=1e-6)
 
 
+def test_fednova_with_equal_local_steps_is_fedavg_with_the_momentum_reset(tmp_path):
+    """With equal tau_i, |a_i|_1 is the same for every client and FedNova's average is FedAvg's
+    (Wang et al. 2020, Sec. 4); FedNova also restarts the client momentum each round, so it must equal
+    FedAvg with fl.client_state='reset' (the control of the NIID table), and differ from 'keep'."""
+    base = ["sync.mode='fedavg'", f"sync.period={H}", f"train.steps={STEPS}", "train.batch_size=8",
+            f"fl.clients={N}", f"fl.clients_per_round={K}", "train.momentum=0.9", "data.partition='dirichlet'"]
+    models = {}
+    for name, extra in (("nova", "fl.algorithm='fednova'"), ("reset", "fl.client_state='reset'"),
+                        ("keep", "fl.client_state='keep'")):
+        run_lbfl(tiny_run_args(tmp_path / name, *base, extra), n=1)
+        models[name] = torch.load(tmp_path / name / "model.pt", map_location="cpu", weights_only=True)
+    assert_close(models["nova"], models["reset"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(AssertionError):
+        assert_close(models["keep"], models["reset"], rtol=1e-5, atol=1e-6)
+
+
 def test_local_epochs_longer_than_the_round_span_are_refused_naming_the_client(tmp_path):
     sets = ["sync.mode='fedavg'", "sync.period=2", "train.steps=4", f"fl.clients={N}", "fl.local_epochs=1"]
     r = run_lbfl(tiny_run_args(tmp_path / "run", *sets), n=1, check=False)
