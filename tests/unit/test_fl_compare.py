@@ -1,16 +1,14 @@
 """jobs/fl_compare.py: the difference of means, Welch's t and the seed-paired difference, against
 values computed by hand; a run that did not complete is left out."""
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("fl_compare", REPO / "jobs" / "fl_compare.py")
-fl_compare = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fl_compare)
+from ._jobs import load_job
+
+fl_compare = load_job("fl_compare")
 
 
 def _summary(d: Path, acc: float, outcome: str = "completed") -> None:

@@ -1,13 +1,11 @@
 """jobs/fl_table.py: means over completed seeds only, sample std, runs not completed named apart."""
-import importlib.util
 import json
 import statistics
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("fl_table", REPO / "jobs" / "fl_table.py")
-fl_table = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fl_table)
+from ._jobs import load_job
+
+fl_table = load_job("fl_table")
 
 
 def _summary(d: Path, acc: float, outcome: str = "completed") -> None:
