@@ -147,6 +147,8 @@ class Federation:
         self.rounds_done = round_ + 1
         # local step indices no client of this rank reached (fl.local_epochs: tau_i < sync.period) get no row
         rows = [merge_rows(round_ * self.period + j, per_step[j]) for j in range(self.period) if per_step[j]]
+        if not rows:  # throughput placement gave this (slow) rank no client: a row for the exchange alone
+            rows = [merge_rows(last_step, [])]
         last = rows[-1]
         last.synced, last.bytes_sent = 1, sums.nbytes
         last.t_sync += timer.get("sync")
