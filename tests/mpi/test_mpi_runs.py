@@ -78,11 +78,12 @@ def test_four_rank_run_writes_contract_files(tmp_path):
     # non-zero residual, the anchor of step 7 and 3 steps of samples since the last average
     (10, ["sync.mode='postlocal'", "sync.switch_step=4", "sync.period=4", "train.momentum=0.9",
           "compress.method=topk", "compress.density=0.05", "compress.selection=sampled"]),
-    # compressed BSP: the gradient residual and the sampler's generator are in the checkpoint
-    (6, ["train.momentum=0.9", "compress.method=topk", "compress.density=0.05", "compress.selection=sampled"]),
-    # the teacher's weights, Adam state, sigma^2 EMA, schedule and the EWMA detector and noise-scale EMAs;
-    # pretraining runs on the fresh start only (the resumed segment takes the teacher from the checkpoint)
-    (6, ["scaling.method=teacher", "scaling.small_batch=4", "scaling.teacher_steps=3", "scaling.ewma=0.5",
+    # compressed BSP with the teacher, one run for both: the gradient residual and the sampler's generator,
+    # and the teacher's weights, Adam state, sigma^2 EMA, schedule and the EWMA detector and noise-scale
+    # EMAs are in the checkpoint; pretraining runs on the fresh start only (the resumed segment takes the
+    # teacher from the checkpoint)
+    (6, ["train.momentum=0.9", "compress.method=topk", "compress.density=0.05", "compress.selection=sampled",
+         "scaling.method=teacher", "scaling.small_batch=4", "scaling.teacher_steps=3", "scaling.ewma=0.5",
          "scaling.teacher_refresh=8", "scaling.teacher_pretrain_steps=2"]),
 ])
 def test_two_rank_resume_continues_identically(tmp_path, cut, common):
