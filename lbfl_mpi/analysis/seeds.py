@@ -6,10 +6,13 @@ equal once the keys in :data:`BOOKKEEPING` are left out: the seed itself, where 
 and what it was called, and settings that only decide when files are written or how a job reacts to
 a scheduler. Anything that may change what is computed (data, model, optimiser, sync, backend,
 precision, emulated slowdowns, ...) keeps runs apart. A run without ``config.toml`` is a group of
-its own.
+its own. A key that a run's config.toml lacks (the run predates the key) counts as the key's default,
+which by the project's rule computes what the run computed then: upgrading lbfl_mpi between seeds
+does not split a group.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -36,16 +39,31 @@ def flat(config: dict) -> dict:
     return out
 
 
+@functools.cache
+def _defaults() -> dict:
+    """``{"section.key": default}`` of every key the schema has now."""
+    from ..config.schema import Config
+
+    return flat(Config().to_dict())
+
+
+def resolved(config: dict) -> dict:
+    """:func:`flat` of ``config`` with every key it lacks set to today's default (empty stays empty)."""
+    return {**_defaults(), **flat(config)} if config else {}
+
+
 def config_key(config: dict, drop: frozenset | set = BOOKKEEPING) -> str | None:
-    """A canonical string of ``config`` without the keys in ``drop``; None without a config."""
+    """A canonical string of ``config`` (missing keys at their defaults) without the keys in ``drop``;
+    None without a config."""
     if not config:
         return None
-    return json.dumps({k: v for k, v in flat(config).items() if k not in drop}, sort_keys=True, default=str)
+    return json.dumps({k: v for k, v in resolved(config).items() if k not in drop}, sort_keys=True, default=str)
 
 
 def differing(configs: list[dict], drop: frozenset | set = BOOKKEEPING) -> list[str]:
-    """Keys (outside ``drop``) whose value is not the same in every config, in sorted order."""
-    flats = [flat(c) for c in configs]
+    """Keys (outside ``drop``) whose value is not the same in every config (missing keys at their
+    defaults), in sorted order."""
+    flats = [resolved(c) for c in configs]
     keys = sorted(set().union(*flats) - set(drop)) if flats else []
     missing = object()
     return [k for k in keys if len({json.dumps(f.get(k, missing), default=str) for f in flats}) > 1]
@@ -61,7 +79,7 @@ def disambiguate(labels: list[str], configs: list[dict], drop: frozenset | set =
             continue
         keys = differing([configs[i] for i in idx], drop)
         for i in idx:
-            f = flat(configs[i])
+            f = resolved(configs[i])
             if keys:
                 out[i] = f"{label} [" + ", ".join(f"{k}={f.get(k, '-')}" for k in keys) + "]"
     for label in set(out):

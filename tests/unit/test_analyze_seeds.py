@@ -181,3 +181,21 @@ def test_runs_with_the_same_seed_count_once(tmp_path):
     assert "0,1,2 (5 runs)" in format_seed_groups([summ])
     (point,) = batch_series(runs)[0].points
     assert point["n"] == 3 and point["final_test_acc_std"] == pytest.approx(np.std(per_seed, ddof=1))
+
+
+def test_a_key_missing_from_an_older_config_counts_as_its_default(tmp_path):
+    """A run written before a key existed (its config.toml lacks train.nesterov) groups with a newer
+    run at that key's default, and not with one that sets it otherwise."""
+    import tomllib
+
+    from lbfl_mpi.config import dump_toml
+
+    dirs = [fake_run(tmp_path / f"s{i}", seed=i, name="x", final=0.5, train=train)
+            for i, train in enumerate([{}, {}, {"nesterov": True, "momentum": 0.9}])]
+    old = tomllib.loads((dirs[0] / "config.toml").read_text())
+    del old["train"]["nesterov"], old["train"]["betas"]
+    (dirs[0] / "config.toml").write_text(dump_toml(old))
+    dirs.append(fake_run(tmp_path / "s3", seed=3, name="x", final=0.5, train={"momentum": 0.9}))
+    groups = group_seeds([load_run(d) for d in dirs])
+    assert [g.members for g in groups] == [[0, 1], [2], [3]]
+    assert "train.nesterov=True" in groups[1].label and "train.nesterov=False" in groups[2].label
