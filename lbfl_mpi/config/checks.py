@@ -129,10 +129,20 @@ def validate(cfg: Config) -> None:
            "must be 0 (no limit) or >= batching.min_batch")
     _check(bool(bt.plan_probes), "batching.plan_probes", bt.plan_probes,
            "must be a non-empty list of integers >= 1")
+    _check_optimizer(cfg.train)
     sc = cfg.scaling
     _check(sc.method not in ("gain", "teacher") or sc.small_batch >= 1, "scaling.small_batch", sc.small_batch,
            f"must be >= 1 with scaling.method={sc.method!r}")
     _check_federated(cfg)
+
+
+def _check_optimizer(tc) -> None:
+    """train.nesterov and train.betas: what torch and the optimizers of optim/ accept."""
+    _check(len(tc.betas) == 2, "train.betas", tc.betas, "must be [beta1, beta2]")
+    if tc.nesterov:
+        _check(tc.optimizer in ("sgd", "lars"), "train.nesterov", tc.nesterov,
+               f"applies to train.optimizer='sgd' or 'lars', not {tc.optimizer!r}")
+        _check(tc.momentum > 0, "train.nesterov", tc.nesterov, "needs train.momentum > 0")
 
 
 # what the federated client layer (fl.clients > 0) does not combine with yet, and why
@@ -182,6 +192,8 @@ def _check_federated(cfg: Config) -> None:
            f"must be a multiple of sync.period={sy.period} with fl.clients > 0 (checkpoints end rounds)")
     _check(fl.algorithm != "scaffold" or cfg.train.optimizer == "sgd", "train.optimizer", cfg.train.optimizer,
            "must be 'sgd' with fl.algorithm='scaffold' (its control variates correct SGD steps)")
+    _check(fl.algorithm != "fednova" or not cfg.train.nesterov, "train.nesterov", cfg.train.nesterov,
+           "must be false with fl.algorithm='fednova' (its |a_i|_1 is derived for heavy-ball momentum)")
     for key, get, want, why in _FL_NOT_YET:
         _check(get(cfg) == want, key, get(cfg), f"must be {shown(want)} with fl.clients > 0 for now: {why}")
 

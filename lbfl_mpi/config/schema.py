@@ -91,9 +91,22 @@ class TrainConfig:
                          min=1, max=INT_MAX)
     # no upper bound: a huge lr is a legitimate way to provoke (and test) the non-finite guard
     lr: float = _f(0.05, "Learning rate.", min=0, min_open=True)
-    momentum: float = _f(0.0, "SGD momentum (optimizer='sgd').", min=0, max=1, max_open=True)
-    weight_decay: float = _f(0.0, "L2 weight decay.", min=0)
-    optimizer: str = _f("sgd", "Optimizer; its state stays local to each client.", ("sgd", "adam"))
+    momentum: float = _f(0.0, "Momentum of optimizer='sgd' and 'lars' (heavy ball).", min=0, max=1, max_open=True)
+    weight_decay: float = _f(0.0, "Weight decay: L2 for sgd and adam, decoupled for adamw and lamb, the beta of "
+                                  "Eq. 'lambda = eta ||w|| / (||g|| + beta ||w||)' for lars.", min=0)
+    optimizer: str = _f("sgd", "Optimizer; its state stays local to each client. lars: You et al. 2017 "
+                               "(train.trust_coefficient); lamb: You et al. 2020, with bias correction; "
+                               "adamw: Adam with decoupled weight decay (Loshchilov & Hutter 2019).",
+                        ("sgd", "adam", "adamw", "lars", "lamb"))
+    nesterov: bool = _f(False, "Nesterov momentum for sgd and lars (needs train.momentum > 0).")
+    trust_coefficient: float = _f(0.001, "LARS trust coefficient eta of the layer-wise lr.", min=0, min_open=True)
+    betas: list = _f([0.9, 0.999], "Adam, AdamW and LAMB moment decays [beta1, beta2], each in [0, 1).",
+                     item="float", min=0, max=1, max_open=True)
+    eps: float = _f(0.0, "Adam, AdamW and LAMB epsilon; 0: the optimizer's default (1e-8 Adam and AdamW, "
+                         "1e-6 LAMB).", min=0)
+    exclude_bias_norm: bool = _f(True, "lars, lamb, adamw: tensors of one dimension or fewer (biases, "
+                                       "normalisation weights) get neither the trust ratio nor weight decay, "
+                                       "as in the LARS/LAMB papers; sgd and adam decay every parameter.")
     schedule: str = _f("constant", "Learning-rate schedule after warm-up; cosine decays to 0 at train.steps.",
                        ("constant", "cosine"))
     warmup_steps: int = _f(0, "Linear warm-up: step t < warmup_steps uses lr * (t + 1) / warmup_steps.",

@@ -85,7 +85,7 @@ class Federation:
         self.bn_mask = bn_mask(self.c.model, self.state) if cfg.fl.bn == "local" else None
         # FedNova's |a|_1 and SCAFFOLD's option II assume local SGD from a zero momentum buffer
         self.keeps_optimizer = cfg.fl.client_state == "keep" and cfg.fl.algorithm not in ("fednova", "scaffold")
-        self.rho = cfg.train.momentum if cfg.train.optimizer == "sgd" else 0.0
+        self.rho = cfg.train.momentum if cfg.train.optimizer in ("sgd", "lars") else 0.0
         # top-k with error feedback on each client's delta (Eq. 9), the residual kept by the client
         self.compressor = None
         if cfg.compress.method == "topk":

@@ -41,7 +41,7 @@ __all__ = [
     "static_bytes",
 ]
 
-_OPT_BUFFERS = {"adam": 2, "adamw": 2}
+_OPT_BUFFERS = {"adam": 2, "adamw": 2, "lamb": 2}
 
 
 @dataclass
@@ -120,20 +120,20 @@ def static_bytes(model: nn.Module, optimizer: str, momentum: float = 0.9) -> tup
 
     ``M_model`` counts parameters and buffers (BatchNorm statistics live on the device too);
     ``M_grad`` one gradient per trainable parameter; ``M_opt`` the optimizer state per trainable
-    parameter: SGD keeps one momentum buffer when ``momentum > 0`` and none otherwise, Adam keeps two
-    moment estimates.
+    parameter: SGD and LARS keep one momentum buffer when ``momentum > 0`` and none otherwise; Adam,
+    AdamW and LAMB keep two moment estimates.
     """
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
     model_b = _tensor_bytes(params) + _tensor_bytes(model.buffers())
     grad_b = _tensor_bytes(trainable)
     name = optimizer.lower()
-    if name == "sgd":
+    if name in ("sgd", "lars"):
         n_buffers = 1 if momentum > 0 else 0
     elif name in _OPT_BUFFERS:
         n_buffers = _OPT_BUFFERS[name]
     else:
-        raise ValueError(f"optimizer={optimizer!r} is not modelled; choose one of: adam, adamw, sgd")
+        raise ValueError(f"optimizer={optimizer!r} is not modelled; choose one of: adam, adamw, lamb, lars, sgd")
     return model_b, grad_b, n_buffers * grad_b
 
 
@@ -216,14 +216,12 @@ def measure_peak_bytes(model: nn.Module, input_shape, num_classes: int, b: int, 
     model.to(device)
     model.train()
     name = optimizer.lower()
-    if name == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    elif name == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-    elif name == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    else:
-        raise ValueError(f"optimizer={optimizer!r} is not modelled; choose one of: adam, adamw, sgd")
+    if name not in ("sgd", "lars", *_OPT_BUFFERS):
+        raise ValueError(f"optimizer={optimizer!r} is not modelled; choose one of: adam, adamw, lamb, lars, sgd")
+    from ..config.schema import TrainConfig
+    from ..optim import build_optimizer
+
+    opt = build_optimizer(TrainConfig(optimizer=name, lr=lr, momentum=momentum), model.parameters())
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     x, y = _random_batch(input_shape, num_classes, b, device)

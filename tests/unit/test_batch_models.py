@@ -56,8 +56,17 @@ def test_static_bytes_frozen_params_have_no_grad_or_state():
 
 
 def test_static_bytes_rejects_unknown_optimizer():
-    with pytest.raises(ValueError, match="lamb"):
-        static_bytes(nn.Linear(2, 2), "lamb")
+    with pytest.raises(ValueError, match="lion"):
+        static_bytes(nn.Linear(2, 2), "lion")
+
+
+def test_static_bytes_of_lars_and_lamb():
+    """LARS keeps SGD's one momentum buffer (none without momentum), LAMB Adam's two moments."""
+    model = nn.Linear(4, 3)
+    n = (4 * 3 + 3) * 4
+    assert static_bytes(model, "lars", momentum=0.9) == (n, n, n)
+    assert static_bytes(model, "lars", momentum=0.0) == (n, n, 0)
+    assert static_bytes(model, "lamb") == (n, n, 2 * n)
 
 
 # ---------------------------------------------------------------- activations
