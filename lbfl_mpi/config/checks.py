@@ -130,10 +130,24 @@ def validate(cfg: Config) -> None:
     _check(bool(bt.plan_probes), "batching.plan_probes", bt.plan_probes,
            "must be a non-empty list of integers >= 1")
     _check_optimizer(cfg.train)
+    _check_micro_batch(cfg)
     sc = cfg.scaling
     _check(sc.method not in ("gain", "teacher") or sc.small_batch >= 1, "scaling.small_batch", sc.small_batch,
            f"must be >= 1 with scaling.method={sc.method!r}")
     _check_federated(cfg)
+
+
+def _check_micro_batch(cfg) -> None:
+    """train.micro_batch: divides a static batch it splits; one micro-batch size serves the statistics too."""
+    tc, sc = cfg.train, cfg.scaling
+    mb = tc.micro_batch
+    if 0 < mb < tc.batch_size:
+        _check(cfg.batching.mode == "dynamic" or tc.batch_size % mb == 0, "train.micro_batch", mb,
+               f"must divide train.batch_size={tc.batch_size} (equal micro-batches)")
+    if mb and sc.method in ("gain", "teacher"):
+        _check(sc.small_batch == mb, "scaling.small_batch", sc.small_batch,
+               f"must equal train.micro_batch={mb} with scaling.method={sc.method!r}: one micro-batch pass "
+               "serves accumulation and the small-batch statistics")
 
 
 def _check_optimizer(tc) -> None:

@@ -98,6 +98,12 @@ class TrainConfig:
                                "(train.trust_coefficient); lamb: You et al. 2020, with bias correction; "
                                "adamw: Adam with decoupled weight decay (Loshchilov & Hutter 2019).",
                         ("sgd", "adam", "adamw", "lars", "lamb"))
+    micro_batch: int = _f(0, "Gradient accumulation: each client's batch runs as micro-batches of this many "
+                             "samples whose gradients add up before the exchange (one batch's gradient for a "
+                             "model without BatchNorm); it must divide a static batch, and one at least the "
+                             "batch is one pass. 0: off; -1: the largest divisor of the batch that "
+                             "Eq. 3's memory model fits in batching.memory_budget_gb on the rank's device.",
+                          min=-1, max=INT_MAX)
     nesterov: bool = _f(False, "Nesterov momentum for sgd and lars (needs train.momentum > 0).")
     trust_coefficient: float = _f(0.001, "LARS trust coefficient eta of the layer-wise lr.", min=0, min_open=True)
     betas: list = _f([0.9, 0.999], "Adam, AdamW and LAMB moment decays [beta1, beta2], each in [0, 1).",
@@ -205,8 +211,9 @@ class BatchingConfig:
     plan_probes: list = _f([1, 2, 4, 8, 16, 32], "plan_at_start: probe batch sizes.", item="int",
                            min=1, max=INT_MAX)
     # 1e6 GB = 1 PB per device: anything above is a typo
-    memory_budget_gb: float = _f(0.0, "plan_at_start: device memory budget in GB for the largest permissible "
-                                      "batch (0: the GPU's total memory; no limit on CPU).", min=0, max=1_000_000)
+    memory_budget_gb: float = _f(0.0, "plan_at_start and train.micro_batch=-1: device memory budget in GB for "
+                                      "the largest permissible batch (0: the GPU's total memory; no limit on "
+                                      "CPU, where train.micro_batch=-1 needs a budget).", min=0, max=1_000_000)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from ..data import ClientLoader, DataError, load_dataset, partition_indices
 from ..data.fits import batch_problem
 from ..models import build_model
 from ..optim import build_optimizer
+from ..plan.micro_batch import micro_batch_of
 from ..precision import LossScaler
 from ..scaling.transform import GradTransform
 from ..sync.base import Synchronizer
@@ -81,7 +82,8 @@ def build_federated_worker(cfg: Config, comm=None, batches=None, signals=None, d
     transform = GradTransform(cfg, comm, sync.params, b, device)
     slot = Client(-1, model=model, opt=opt, scaler=LossScaler() if cfg.train.precision == "fp16" else None,
                   loader=loaders[0], sync=sync, transform=transform, micro_batch=0, precision=cfg.train.precision,
-                  channels_last=cfg.train.channels_last, device=device)
+                  channels_last=cfg.train.channels_last, device=device,
+                  accumulate=micro_batch_of(cfg, model, bundle, device, comm.rank))
     sizes = [len(p) for p in parts]
     w = FederatedWorker(cfg, comm, device=device, backend=backend, stops=stops, plan=None, test_set=bundle.test,
                         partition_sizes=sizes, global_batch=b * (cfg.fl.clients_per_round or n), batcher=None,

@@ -46,7 +46,7 @@ class GradTransform:
 
     # ------------------------------------------------------------------------------ inputs
     def _update_noise(self, summed: torch.Tensor | None, micro: torch.Tensor | None, b: int,
-                      big_sq: torch.Tensor) -> float:
+                      big_sq: torch.Tensor, small: tuple | None = None) -> float:
         """One noise-scale update; returns the batch of the gradient the transform sees."""
         W = self.comm.world_size
         if summed is not None:  # BSP: mean local |g_i|^2 at the harmonic-mean b, against the synced G
@@ -59,6 +59,8 @@ class GradTransform:
             small_sq = torch.stack([micro_layer.double().pow(2).sum(1).mean() for micro_layer in
                                     micro.split(self.sizes, dim=1)])
             self.noise.update(small_sq, big_sq, self.sc.small_batch, b)
+        elif small is not None:  # accumulated micro-batches (train.micro_batch): their mean |g_j|^2
+            self.noise.update(small[0].to(big_sq), big_sq, small[1], b)
         return float(b)
 
     def _unflatten(self, flat: torch.Tensor) -> list[torch.Tensor]:
@@ -85,7 +87,8 @@ class GradTransform:
         # one pass, shared by the noise scale, Eq. 8 and the teacher; ``layer_sq`` when the caller
         # already has the per-layer squared norms of exactly these gradients (not synchronised since)
         sq = stats.layer_sq if stats.layer_sq is not None else layer_sq_norms(grads)
-        b_large = self._update_noise(summed, micro, b, sq)
+        small = (stats.small_sq, stats.small_batch) if stats.small_sq is not None else None
+        b_large = self._update_noise(summed, micro, b, sq, small)
         delta = self.detector.update(float(sq.sum()))
         critical = is_critical(delta, self.sc.threshold)
         out = {**self.skipped(), "grad_change": delta, "phase": int(critical), "noise_scale": self.noise.b_simple(),
@@ -161,11 +164,19 @@ def scaling_warnings(cfg) -> list[str]:
 
     Adam divides each coordinate's first moment by the root of its second moment, so a gradient scaled
     by a constant c (U(X) of Eq. 6/7 within a phase, or the per-layer gain r_l) gives the same update
-    once both moments have adapted: the scale acts only through their transients after it changes."""
+    once both moments have adapted: the scale acts only through their transients after it changes.
+    LARS divides each layer's gradient by its norm (the trust ratio), so a per-layer constant scale
+    cancels there at once (exactly without weight decay); LAMB adds that on top of Adam's invariance."""
     sc, opt = cfg.scaling, cfg.train.optimizer
-    if sc.method in ("step", "gain") and opt in ("adam", "adamw"):
-        what = "U(X)" if sc.method == "step" else "gain"
+    if sc.method not in ("step", "gain"):
+        return []
+    what = "U(X)" if sc.method == "step" else "gain"
+    if opt in ("adam", "adamw"):
         return [f"scaling.method={sc.method!r} with train.optimizer={opt!r}: Adam is invariant to a constant "
                 f"gradient scale, so {what} scaling changes the update only through the moment estimates' "
                 "transients"]
+    if opt in ("lars", "lamb"):
+        return [f"scaling.method={sc.method!r} with train.optimizer={opt!r}: the layer-wise trust ratio "
+                f"normalises each layer's update, so {what} scaling of a layer's gradient by a constant "
+                "changes almost nothing (only the weight-decay share and the excluded bias/norm tensors)"]
     return []

@@ -22,6 +22,7 @@ from ..data.fits import batch_problem
 from ..data.partition import partition_warnings
 from ..models import ModelError, build_model
 from ..optim import build_optimizer
+from ..plan.micro_batch import micro_batch_of
 from ..precision import LossScaler
 from ..run.stopping import StopAgreement, preemption_warnings
 from ..scaling.transform import GradTransform, scaling_warnings
@@ -137,10 +138,12 @@ def _build_client(cfg: Config, comm, device, bundle, indices, seed: int, loader=
     sync = build_sync(cfg, comm, model)
     opt = build_optimizer(cfg.train, sync.params)
     micro = cfg.scaling.small_batch if uses_micro_batches(cfg, comm.world_size) else 0
+    # accumulation feeds the noise scale where the free BSP estimate is missing (scaling/stats.py)
+    small_stats = cfg.sync.mode != "bsp" or comm.world_size == 1
     transform = GradTransform(cfg, comm, sync.params, global_batch(cfg, comm.world_size), device)
     return Client(comm.rank, model=model, opt=opt, scaler=scaler, loader=loader, sync=sync, transform=transform,
                   micro_batch=micro, precision=cfg.train.precision, channels_last=cfg.train.channels_last,
-                  device=device)
+                  device=device, accumulate=micro_batch_of(cfg, model, bundle, device, comm.rank), small_stats=small_stats)
 
 
 def _probe(model: torch.nn.Module, cfg: Config, shape: tuple, device: torch.device) -> None:

@@ -22,13 +22,15 @@ from ..scaling.stats import GradStatsPass
 
 class Client:
     def __init__(self, cid: int, *, model, opt, scaler, loader, sync, transform, micro_batch: int,
-                 precision: str, channels_last: bool, device: torch.device):
+                 precision: str, channels_last: bool, device: torch.device, accumulate: int = 0,
+                 small_stats: bool = False):
         self.cid = cid
         self.model, self.opt, self.scaler, self.loader = model, opt, scaler, loader
         self.sync, self.transform = sync, transform
         self.precision, self.device = precision, device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.grad_pass = GradStatsPass(sync.params, micro_batch)
+        # micro_batch: scaling.small_batch rows; accumulate: train.micro_batch (scaling/stats.py)
+        self.grad_pass = GradStatsPass(sync.params, micro_batch, accumulate, small_stats)
         self.skips = 0  # updates dropped on a non-finite value (train.nonfinite='skip')
         # the federated algorithm's gradient correction before each update (FedProx, SCAFFOLD; fl/)
         self.correction = None
@@ -56,10 +58,13 @@ class Client:
     def loss_scale(self) -> float:
         return self.scaler.scale if self.scaler is not None else 1.0
 
-    def backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Mean loss and gradients of the local batch (and the micro-batch matrix when used)."""
+    def backward(self, x: torch.Tensor, y: torch.Tensor, before_last=None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Mean loss and gradients of the local batch (and the micro-batch matrix when used);
+        ``before_last()`` runs before the last backward pass (an overlapping exchange arms there)."""
         return self.grad_pass.backward(x, y, self.loss, self.scaled,
-                                       lambda set_to_none: self.opt.zero_grad(set_to_none=set_to_none))
+                                       lambda set_to_none: self.opt.zero_grad(set_to_none=set_to_none),
+                                       before_last)
 
     # -------------------------------------------------------------------------------- state
     def components(self) -> dict:

@@ -2,7 +2,8 @@
 t_step = t_c + t_mov + [i % H == 0] t_sync).
 
     data             fetch + host->device                                   t_data (the paper's t_mov)
-    forward_backward local batch, or micro-batches of scaling.small_batch   t_compute
+    forward_backward local batch, or micro-batches (train.micro_batch,      t_compute
+                     scaling.small_batch)
     straggle         emulated slower device (hetero.slowdown)               t_straggle
     statistics       per-layer |g_l|^2, non-finite check, BSP stats vector  t_compute
     exchange_grads   BSP: compression (Eq. 9) + allreduce of the gradients  t_compress, t_sync
@@ -73,9 +74,10 @@ def data(w, c, step: int, timer: StepTimer, row: StepRow):
 
 
 def forward_backward(c, x, y, timer: StepTimer, row: StepRow):
-    """Loss and local gradients (an overlapping exchange starts its buckets during backward)."""
-    c.sync.begin_step(row.batch_size)
-    loss, micro = c.backward(x, y)
+    """Loss and local gradients (an overlapping exchange starts its buckets during the last, or only,
+    backward pass: with train.micro_batch the earlier micro-batches only accumulate)."""
+    b = row.batch_size
+    loss, micro = c.backward(x, y, before_last=lambda: c.sync.begin_step(b))
     timer.lap("compute")
     return loss, micro
 

@@ -242,3 +242,20 @@ def test_lamb_eps_default_is_the_papers():
     opt = build_optimizer(TrainConfig(optimizer="lamb"), [x])
     assert opt.param_groups[0]["eps"] == 1e-6
     assert math.isclose(build_optimizer(TrainConfig(optimizer="lamb", eps=1e-4), [x]).param_groups[0]["eps"], 1e-4)
+
+
+@pytest.mark.parametrize("name", ["lars", "lamb"])
+def test_a_constant_gradient_scale_cancels_and_the_transform_warning_says_so(name):
+    """Without weight decay, LARS's step is lr * eta * ||w|| * g / ||g|| and LAMB's first step is
+    lr * ||x|| * r / ||r||: scaling g by 8 (U(X) of Eq. 6) gives the same update, hence the warning."""
+    from lbfl_mpi.scaling.transform import scaling_warnings
+
+    tc = TrainConfig(optimizer=name, lr=0.1, momentum=0.0)
+    a, b = [_params()[0]], [_params()[0]]
+    (g,) = _grads(1, [a[0].shape])[0]
+    ref = _run(build_optimizer(tc, a), a, [[g]])
+    got = _run(build_optimizer(tc, b), b, [[8.0 * g]])
+    assert_close(got[0], ref[0], rtol=1e-5, atol=1e-7)
+    lines = scaling_warnings(load_config(None, ["scaling.method='step'", f"train.optimizer='{name}'"]))
+    assert len(lines) == 1 and "trust ratio" in lines[0] and "\n" not in lines[0]
+    assert scaling_warnings(load_config(None, ["scaling.method='step'"])) == []

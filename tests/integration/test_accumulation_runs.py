@@ -1,0 +1,41 @@
+"""`lbfl train` with train.micro_batch against the same run without it: the model is the one-pass
+model (cnn has no BatchNorm), for the one-client path and the federated client layer, and under FedAvg
+the accumulated micro-batches give the noise-scale estimate that a one-pass run has no data for."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.testing import assert_close
+
+from lbfl_mpi.telemetry import open_rank_file, read_group
+
+from ..conftest import run_lbfl, tiny_run_args
+
+
+def _model(out):
+    return torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+
+
+@pytest.mark.parametrize("extra", [
+    ("sync.mode='fedavg'", "sync.period=4", "train.momentum=0.9"),
+    ("sync.mode='fedavg'", "sync.period=4", "fl.clients=4", "fl.clients_per_round=2", "train.optimizer='lamb'",
+     "train.lr=0.01"),
+], ids=["one-client", "fl-clients-lamb"])
+def test_micro_batches_give_the_one_pass_model(tmp_path, extra):
+    run_lbfl(tiny_run_args(tmp_path / "one", *extra))
+    run_lbfl(tiny_run_args(tmp_path / "acc", *extra, "train.micro_batch=2"))
+    assert_close(_model(tmp_path / "acc"), _model(tmp_path / "one"), rtol=1e-5, atol=1e-6)
+    with open_rank_file(tmp_path / "one" / "rank0000.h5") as a, open_rank_file(tmp_path / "acc" / "rank0000.h5") as b:
+        sa, sb = read_group(a, "steps"), read_group(b, "steps")
+    assert_close(sb["loss"], sa["loss"], rtol=1e-5, atol=1e-6)
+    if "fl.clients=4" not in extra:  # the micro-batch statistics feed the noise scale (scaling/stats.py)
+        assert np.isnan(sa["noise_scale"]).all() and np.isfinite(sb["noise_scale"][1:]).all()
+
+
+def test_a_micro_batch_that_does_not_divide_the_batch_exits_2(tmp_path):
+    p = run_lbfl(tiny_run_args(tmp_path / "run", "train.micro_batch=3"), check=False, timeout=60)
+    assert p.returncode == 2, p.stderr
+    (line,) = [ln for ln in p.stderr.splitlines() if ln.startswith("lbfl: error:")]
+    assert "train.micro_batch=3" in line and "train.batch_size=8" in line
+    assert not (tmp_path / "run").exists()
