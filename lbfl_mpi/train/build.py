@@ -143,7 +143,8 @@ def _build_client(cfg: Config, comm, device, bundle, indices, seed: int, loader=
     transform = GradTransform(cfg, comm, sync.params, global_batch(cfg, comm.world_size), device)
     return Client(comm.rank, model=model, opt=opt, scaler=scaler, loader=loader, sync=sync, transform=transform,
                   micro_batch=micro, precision=cfg.train.precision, channels_last=cfg.train.channels_last,
-                  device=device, accumulate=micro_batch_of(cfg, model, bundle, device, comm.rank), small_stats=small_stats)
+                  device=device, accumulate=micro_batch_of(cfg, model, bundle, device, comm.rank),
+                  small_stats=small_stats)
 
 
 def _probe(model: torch.nn.Module, cfg: Config, shape: tuple, device: torch.device) -> None:
