@@ -82,6 +82,10 @@ class ModelConfig:
                               "under BSP the update is not the global-batch gradient), group (GroupNorm, "
                               "per sample), none; default: the architecture's own (cnn none, the others "
                               "batch).", ("default", "batch", "group", "none"))
+    ghost_batch: int = _f(0, "Ghost BatchNorm (Hoffer et al. 2017): in training every BatchNorm layer normalises "
+                             "slices of this many samples of each forward pass (the batch, or the micro-batch "
+                             "of train.micro_batch) with their own statistics, in the same pass; 0: off.",
+                          min=0, max=INT_MAX)
 
 
 @dataclass

@@ -69,7 +69,8 @@ def build_federated_worker(cfg: Config, comm=None, batches=None, signals=None, d
     loaders = {cid: ClientLoader(bundle.train, parts[cid], b, seed, cid, cfg.data.workers, device=device)
                for cid in range(n)}
     torch.manual_seed(seed)
-    model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.norm).to(device)
+    model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.norm,
+                        cfg.model.ghost_batch).to(device)
     _probe(model, cfg, bundle.input_shape, device)
     if cfg.fl.bn == "local" and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise ConfigError(f"fl.bn='local': model.name={cfg.model.name!r} with model.norm={cfg.model.norm!r} has no "

@@ -38,9 +38,22 @@ MODELS: dict[str, Callable[[tuple, int], nn.Module]] = {
 NORM_MODELS = ("cnn", "bncnn", "resnet18", "resnet50")
 
 
-def build_model(name: str, input_shape: tuple, num_classes: int, norm: str = "default") -> nn.Module:
+def build_model(name: str, input_shape: tuple, num_classes: int, norm: str = "default",
+                ghost_batch: int = 0) -> nn.Module:
     """Build model ``name`` for images of ``input_shape`` (C, H, W) and ``num_classes`` outputs;
-    ``norm`` (model.norm: default, batch, group, none) for the models in NORM_MODELS."""
+    ``norm`` (model.norm: default, batch, group, none) for the models in NORM_MODELS; ``ghost_batch``
+    > 0 makes every BatchNorm layer a ghost BatchNorm of that many samples (ghost_bn.py)."""
+    model = _build(name, input_shape, num_classes, norm)
+    if ghost_batch:
+        from .ghost_bn import ghost_batch_norm_
+
+        if not ghost_batch_norm_(model, ghost_batch):
+            raise ModelError(f"model.ghost_batch={ghost_batch}: model.name={name!r} with model.norm={norm!r} has "
+                             "no BatchNorm layer (use bncnn, or model.norm='batch')")
+    return model
+
+
+def _build(name: str, input_shape: tuple, num_classes: int, norm: str) -> nn.Module:
     if name not in MODELS:
         raise ModelError(f"model.name={name!r} is not a model; choose one of: {', '.join(sorted(MODELS))}")
     shape = tuple(input_shape)

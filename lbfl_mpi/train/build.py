@@ -128,7 +128,8 @@ def _build_client(cfg: Config, comm, device, bundle, indices, seed: int, loader=
         loader = ClientLoader(bundle.train, indices, cfg.train.batch_size, seed, comm.rank, cfg.data.workers,
                               device=device)
     torch.manual_seed(seed)  # same init everywhere; rank 0's copy is broadcast anyway
-    model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.norm).to(device)
+    model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.norm,
+                        cfg.model.ghost_batch).to(device)
     _probe(model, cfg, bundle.input_shape, device)
     model.train()
     if cfg.train.channels_last:

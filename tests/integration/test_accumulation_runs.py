@@ -39,3 +39,24 @@ def test_a_micro_batch_that_does_not_divide_the_batch_exits_2(tmp_path):
     (line,) = [ln for ln in p.stderr.splitlines() if ln.startswith("lbfl: error:")]
     assert "train.micro_batch=3" in line and "train.batch_size=8" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_ghost_batchnorm_is_accumulation_over_micro_batches_of_its_size(tmp_path):
+    """bncnn: a batch of 8 in ghost batches of 4 (one forward pass) computes what two accumulated
+    micro-batches of 4 compute (each normalised over its own 4 samples, the running statistics updated
+    twice), and not what plain BatchNorm over all 8 computes."""
+    common = ("model.name='bncnn'", "sync.mode='fedavg'", "sync.period=4", "train.momentum=0.9")
+    run_lbfl(tiny_run_args(tmp_path / "ghost", *common, "model.ghost_batch=4"))
+    run_lbfl(tiny_run_args(tmp_path / "acc", *common, "train.micro_batch=4"))
+    run_lbfl(tiny_run_args(tmp_path / "plain", *common))
+    ghost, acc, plain = (_model(tmp_path / d) for d in ("ghost", "acc", "plain"))
+    assert_close(ghost, acc, rtol=1e-4, atol=1e-5)
+    assert max((ghost[k].float() - plain[k].float()).abs().max() for k in ghost) > 1e-3
+
+
+def test_ghost_batch_without_batchnorm_exits_2(tmp_path):
+    p = run_lbfl(tiny_run_args(tmp_path / "run", "model.ghost_batch=4"), check=False, timeout=60)
+    assert p.returncode == 2, p.stderr
+    (line,) = [ln for ln in p.stderr.splitlines() if ln.startswith("lbfl: error:")]
+    assert "model.ghost_batch=4" in line and "no BatchNorm" in line
+    assert not (tmp_path / "run").exists()
