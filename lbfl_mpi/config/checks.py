@@ -148,10 +148,9 @@ def _check_micro_batch(cfg) -> None:
     if gb:
         per_pass, what = (mb, f"train.micro_batch={mb}") if 0 < mb < tc.batch_size else \
             (tc.batch_size, f"train.batch_size={tc.batch_size}")
-        _check(gb < per_pass or mb == -1, "model.ghost_batch", gb,
-               f"must be below {what}, the samples of one forward pass (else it is plain BatchNorm)")
-        _check(cfg.batching.mode == "dynamic" or mb == -1 or per_pass % gb == 0, "model.ghost_batch", gb,
-               f"must divide {what} (equal ghost batches)")
+        _check(cfg.batching.mode == "dynamic" or mb == -1 or gb >= per_pass or per_pass % gb == 0,
+               "model.ghost_batch", gb, f"must divide {what}, the samples of one forward pass (equal ghost "
+                                        "batches)")
     if mb and sc.method in ("gain", "teacher"):
         _check(sc.small_batch == mb, "scaling.small_batch", sc.small_batch,
                f"must equal train.micro_batch={mb} with scaling.method={sc.method!r}: one micro-batch pass "

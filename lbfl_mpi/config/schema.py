@@ -84,7 +84,8 @@ class ModelConfig:
                               "batch).", ("default", "batch", "group", "none"))
     ghost_batch: int = _f(0, "Ghost BatchNorm (Hoffer et al. 2017): in training every BatchNorm layer normalises "
                              "slices of this many samples of each forward pass (the batch, or the micro-batch "
-                             "of train.micro_batch) with their own statistics, in the same pass; 0: off.",
+                             "of train.micro_batch) with their own statistics, in the same pass; it must divide "
+                             "that pass, and one at least the pass is plain BatchNorm. 0: off.",
                           min=0, max=INT_MAX)
 
 

@@ -154,9 +154,8 @@ def test_largest_divisor():
 @pytest.mark.parametrize("sets,named", [
     (["train.batch_size=8", "train.micro_batch=3"], "train.micro_batch"),         # does not divide
     (["train.micro_batch=-2"], "train.micro_batch"),
-    (["train.batch_size=8", "model.ghost_batch=8"], "model.ghost_batch"),                       # one slice
     (["train.batch_size=8", "model.ghost_batch=3"], "model.ghost_batch"),                       # does not divide
-    (["train.batch_size=16", "train.micro_batch=4", "model.ghost_batch=4"], "model.ghost_batch"),  # per pass
+    (["train.batch_size=16", "train.micro_batch=8", "model.ghost_batch=3"], "train.micro_batch=8"),  # per pass
     (["train.batch_size=8", "train.micro_batch=4", "scaling.method='gain'", "scaling.small_batch=2"],
      "scaling.small_batch"),
 ])
