@@ -131,6 +131,7 @@ def validate(cfg: Config) -> None:
            "must be a non-empty list of integers >= 1")
     _check_optimizer(cfg.train)
     _check_micro_batch(cfg)
+    _check_adascale(cfg)
     sc = cfg.scaling
     _check(sc.method not in ("gain", "teacher") or sc.small_batch >= 1, "scaling.small_batch", sc.small_batch,
            f"must be >= 1 with scaling.method={sc.method!r}")
@@ -155,6 +156,18 @@ def _check_micro_batch(cfg) -> None:
         _check(sc.small_batch == mb, "scaling.small_batch", sc.small_batch,
                f"must equal train.micro_batch={mb} with scaling.method={sc.method!r}: one micro-batch pass "
                "serves accumulation and the small-batch statistics")
+
+
+def _check_adascale(cfg) -> None:
+    """scaling.method = adascale: BSP (one gain on every rank), an SGD-type optimizer, no linear scaling."""
+    if cfg.scaling.method != "adascale":
+        return
+    _check(cfg.sync.mode == "bsp", "sync.mode", cfg.sync.mode,
+           "must be 'bsp' with scaling.method='adascale' (one gain from the synchronised statistics)")
+    _check(cfg.train.optimizer in ("sgd", "lars"), "train.optimizer", cfg.train.optimizer,
+           "must be 'sgd' or 'lars' with scaling.method='adascale' (its gain scales an SGD learning rate)")
+    _check(not cfg.train.scale_lr, "train.scale_lr", cfg.train.scale_lr,
+           "must be false with scaling.method='adascale' (the gain replaces the linear scaling rule)")
 
 
 def _check_optimizer(tc) -> None:
@@ -227,6 +240,10 @@ def validate_for_world(cfg: Config, world_size: int) -> None:
     n = len(cfg.hetero.slowdown)
     _check(n in (0, world_size), "hetero.slowdown", cfg.hetero.slowdown,
            f"needs one factor per rank: {n} given, the job has {world_size} ranks")
+    for key in ("link_latency_ms", "link_gbps"):
+        v = getattr(cfg.hetero, key)
+        _check(len(v) in (0, 1, world_size), f"hetero.{key}", v,
+               f"needs one value, or one per rank: {len(v)} given, the job has {world_size} ranks")
     fl = cfg.fl
     if fl.clients:
         _check(fl.clients >= world_size, "fl.clients", fl.clients, f"must be at least the job's {world_size} ranks")
@@ -242,6 +259,11 @@ def validate_for_world(cfg: Config, world_size: int) -> None:
     elif sc.method == "gain":
         _check(sc.small_batch < global_batch(cfg, world_size), "scaling.small_batch", sc.small_batch,
                f"must be below the global batch {global_batch(cfg, world_size)}")
+    if sc.method == "adascale" and world_size == 1:  # no gradient exchange: micro-batches give the estimate
+        mb = cfg.train.micro_batch
+        _check(sc.small_batch >= 1 or 0 < mb < b, "scaling.small_batch", sc.small_batch,
+               "must be >= 1 (or train.micro_batch below the batch) with scaling.method='adascale' on one rank: "
+               "the noise-scale estimate needs micro-batches where no gradients are exchanged")
     if bt.mode == "dynamic":
         g = global_batch(cfg, world_size)
         _check(g >= world_size * bt.min_batch, "batching.global_batch", g,

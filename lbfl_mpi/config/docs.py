@@ -21,7 +21,7 @@ def _cell(text: str) -> str:
 def config_markdown() -> str:
     """Every config key, grouped by section, as markdown tables (key, type, default, help)."""
     out = ["# Configuration keys", "",
-           f"Generated from the config field metadata (`lbfl_mpi/config/schema.py`); do not edit by hand. "
+           f"Generated from the config field metadata (`lbfl_mpi/config/schema*.py`); do not edit by hand. "
            f"Regenerate with `{REGENERATE}`. `lbfl config` prints the same list.", ""]
     section = None
     for key, typ, default, help_ in reference():

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from .flat import FlatBuffer
+from .link import link_wait
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Exchanged:
     density: float = 1.0            # fraction of the vector's entries sent
     residual_norm_sq: float = 0.0   # |error-feedback residual|^2 after the exchange (0 without compression)
     t_compress: float = 0.0         # seconds of it spent compressing (selection, scatter); the rest is sync
+    t_link: float = 0.0             # seconds of it spent in the emulated link's wait (link.py), inside sync
 
 
 class Exchange:
@@ -115,5 +117,6 @@ class DenseExchange(Exchange):
     def reduce_(self, sources, weight: float, *, step: int = 0, extras: torch.Tensor | None = None) -> Exchanged:
         self.pack_(sources, weight, extras)
         self.comm.allreduce_(self.flat.buf)
-        return Exchanged(bytes_sent=self.nbytes if self.comm.world_size > 1 else 0)
+        return Exchanged(bytes_sent=self.nbytes if self.comm.world_size > 1 else 0,
+                         t_link=link_wait(self.comm, "allreduce", self.nbytes))
 

@@ -24,6 +24,7 @@ import torch
 
 from .base import Exchange, Exchanged
 from .flat import FlatBuffer
+from .link import link_wait
 
 
 class BucketedExchange(Exchange):
@@ -135,7 +136,8 @@ class BucketedExchange(Exchange):
         self._active = False
         if not self._rebuilt:
             self._agree_on_order()
-        return Exchanged(bytes_sent=self.nbytes if self.comm.world_size > 1 else 0)
+        return Exchanged(bytes_sent=self.nbytes if self.comm.world_size > 1 else 0,
+                         t_link=link_wait(self.comm, "allreduce", self.nbytes, calls=self.n_buckets))
 
     def _agree_on_order(self) -> None:
         """Collective, once: rank 0's observed gradient order (then the rest in reverse registration

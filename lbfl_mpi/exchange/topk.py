@@ -21,6 +21,7 @@ import torch
 from ..compress.topk import TopKCompressor
 from ..telemetry.timers import StepTimer
 from .base import Exchange, Exchanged
+from .link import link_wait
 
 HEADER_BYTES = 16  # per-rank [k, weight] as two float64, gathered before the payload
 
@@ -93,7 +94,8 @@ class TopKExchange(Exchange):
         if step < self.warmup:
             self.pack_(sources, weight, extras)
             comm.allreduce_(flat.buf)
-            return Exchanged(bytes_sent=self.nbytes if comm.world_size > 1 else 0)
+            return Exchanged(bytes_sent=self.nbytes if comm.world_size > 1 else 0,
+                             t_link=link_wait(comm, "allreduce", self.nbytes))
         clock = StepTimer(flat.buf.device)  # this exchange's own: compression vs communication
         clock.start()
         x = self.pack_(sources, 1.0, extras).narrow(0, 0, flat.numel)
@@ -105,13 +107,17 @@ class TopKExchange(Exchange):
             clock.lap("compress")
             comm.allreduce_(flat.buf)
             nbytes = self.nbytes if comm.world_size > 1 else 0
+            t_link = link_wait(comm, "allreduce", self.nbytes)
         else:
             total, nbytes = sparse_sum_(comm, values, idx, weight, flat.body, clock)
             flat.buf[-1] = total
+            t_link = link_wait(comm, "allgather", nbytes)
             if flat.extras.numel():  # the sparse payload has no spare slots: one small allreduce
                 comm.allreduce_(flat.extras)
+                t_link += link_wait(comm, "allreduce", flat.extras.numel() * flat.extras.element_size())
         return Exchanged(bytes_sent=nbytes, density=idx.numel() / flat.numel,
-                         residual_norm_sq=self.compressor.residual_norm_sq(), t_compress=clock.get("compress"))
+                         residual_norm_sq=self.compressor.residual_norm_sq(), t_compress=clock.get("compress"),
+                         t_link=t_link)
 
     def state_dict(self) -> dict:
         return {"compressor": self.compressor.state_dict()}

@@ -29,6 +29,7 @@ import time
 import torch
 
 from ..compress.topk import TopKCompressor
+from ..exchange.link import link_wait
 from ..telemetry import StepRow, StepTimer
 from ..train.step import run_step
 from .algorithms import RoundSums, nova_norm, prox_correct_, scaffold_control, scaffold_correct_
@@ -131,6 +132,7 @@ class Federation:
         timer.start()
         x_old = self.x.clone()
         comm.allreduce_(sums.buf)
+        t_link = link_wait(comm, "allreduce", sums.nbytes)  # hetero.link_*: the emulated network
         self.apply(sums)
         timer.lap("sync")
         for r, (seconds, samples) in enumerate(sums.timings()):
@@ -140,7 +142,7 @@ class Federation:
         self.round_row = {"step": last_step, "round": round_, "clients": len(sampled),
                           "samples": int(sums.buf[sums.n_state]), "t_round": time.perf_counter() - t_round,
                           "t_exchange": timer.get("sync"), "update_norm": float((self.x - x_old).norm()),
-                          "bytes_sent": sums.nbytes, "moves": self.moves_last}
+                          "bytes_sent": sums.nbytes, "moves": self.moves_last, "t_link": t_link}
         for r, cids in enumerate(places):
             for cid in cids:
                 self.owner[cid] = r
@@ -152,6 +154,7 @@ class Federation:
         last = rows[-1]
         last.synced, last.bytes_sent = 1, sums.nbytes
         last.t_sync += timer.get("sync")
+        last.t_link += t_link
         last.t_step += timer.get("sync")
         return rows
 

@@ -6,8 +6,8 @@ import math
 import torch
 
 
-def lr_at(tc, step: int, global_batch: int) -> float:
-    """Learning rate for 0-based ``step``.
+def lr_at(tc, step: float, global_batch: int) -> float:
+    """Learning rate for 0-based ``step`` (a float: AdaScale reads the schedule at its progress tau).
 
     base = lr * B / base_batch with ``scale_lr`` (linear scaling rule), else lr; linear warm-up
     base * (step + 1) / warmup_steps; then constant or cosine decay to 0 at ``train.steps``.

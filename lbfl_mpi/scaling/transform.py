@@ -10,7 +10,9 @@ applies the same G~) and in FedAvg each client's local gradient. Per step it
    :mod:`.noise_scale` (the principled Eq. 7); teacher, the learned A of Eq. 5b (:mod:`.teacher`),
    trained on nested pairs of the local batch (b_local = train.batch_size) and applied to the
    gradient of B samples it transforms (BSP: the global batch; FedAvg: b_local), which sets the
-   variance it injects (:mod:`.teacher`, "Calibration").
+   variance it injects (:mod:`.teacher`, "Calibration"); adascale, AdaScale's gain r_t
+   (:mod:`.adascale`), which leaves the gradient alone and multiplies the learning rate of the update
+   (:attr:`GradTransform.lr_scale`), its progress tau reading the schedule and ending the run.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import math
 import torch
 
 from ..telemetry.timers import StepTimer
+from .adascale import AdaScale
 from .critical import GradChange, is_critical
 from .noise_scale import NoiseScale, layer_sq_norms
 from .stats import GradStats
@@ -41,6 +44,8 @@ class GradTransform:
                                    self.sc.teacher_hidden, self.sc.teacher_lr, seed=cfg.run.seed,
                                    b_small=self.sc.small_batch, ema=self.sc.noise_ema)
             self.teacher_left = self.sc.teacher_steps
+        self.adascale = AdaScale(cfg.train.base_batch, cfg.train.steps) if self.sc.method == "adascale" else None
+        self.lr_scale = 1.0  # the update's lr factor (AdaScale's r_t), read by the update stage
         self.was_critical = False
         self._exchanges: dict = {}  # teacher averaging under BSP, one exchange per tensor-list shape
 
@@ -68,6 +73,20 @@ class GradTransform:
         return [v.view_as(p) for v, p in zip(flat.split(self.sizes), self.params)]
 
     # ------------------------------------------------------------------------------- apply
+    def schedule_step(self, step: int) -> float:
+        """Where the lr schedule is read at ``step``: AdaScale's progress tau, else the step itself."""
+        return self.adascale.tau if self.adascale is not None else step
+
+    @property
+    def finished(self) -> bool:
+        """AdaScale's end of training (tau >= train.steps); never for the other methods."""
+        return self.adascale is not None and self.adascale.finished
+
+    def after_update(self) -> None:
+        """Once the optimizer applied this step's update: AdaScale advances tau by r_t."""
+        if self.adascale is not None:
+            self.adascale.advance()
+
     def skipped(self) -> dict:
         """The logged values of a step that applied no update (an fp16 overflow): scale factor 0."""
         return {"grad_change": math.nan, "phase": int(self.was_critical), "noise_scale": self.noise.b_simple(),
@@ -103,6 +122,8 @@ class GradTransform:
                 for g, rl in zip(grads, r.tolist()):
                     g.mul_(rl)
             out["scale_factor"] = float(r.mean())
+        elif method == "adascale":
+            self.lr_scale = out["scale_factor"] = self.adascale.update(self.noise, b_large)
         elif method == "teacher":
             clock = StepTimer(self.device)
             clock.start()
@@ -149,7 +170,8 @@ class GradTransform:
     def state_dict(self) -> dict:
         return {"detector": self.detector.state_dict(), "noise": self.noise.state_dict(),
                 "teacher": self.teacher.state_dict() if self.teacher is not None else None,
-                "teacher_left": self.teacher_left, "was_critical": self.was_critical}
+                "teacher_left": self.teacher_left, "was_critical": self.was_critical,
+                "adascale": self.adascale.state_dict() if self.adascale is not None else None}
 
     def load_state_dict(self, d: dict) -> None:
         self.detector.load_state_dict(d["detector"])
@@ -157,6 +179,8 @@ class GradTransform:
         if self.teacher is not None and d.get("teacher"):
             self.teacher.load_state_dict(d["teacher"])
         self.teacher_left, self.was_critical = int(d["teacher_left"]), bool(d["was_critical"])
+        if self.adascale is not None and d.get("adascale") is not None:
+            self.adascale.load_state_dict(d["adascale"])
 
 
 def scaling_warnings(cfg) -> list[str]:

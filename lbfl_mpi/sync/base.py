@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..exchange import DenseExchange, Exchange
+from ..exchange import DenseExchange, Exchange, Exchanged
+from ..exchange.link import link_suspended
 
 
 @dataclass
@@ -22,6 +23,7 @@ class SyncResult:
     residual_norm_sq: float = 0.0   # |error-feedback residual|^2 after the step (0 without compression)
     stats: torch.Tensor | None = None  # the ranks' ``stats`` summed, when the scheme exchanged them
     t_compress: float = 0.0         # seconds of the call spent compressing; the rest of it is t_sync
+    t_link: float = 0.0             # seconds of t_sync spent in the emulated link's wait (exchange/link.py)
 
 
 NO_SYNC = SyncResult(synced=False, bytes_sent=0)
@@ -61,14 +63,14 @@ class Synchronizer:
             ex.unpack_(self.state, average=False)
 
     @torch.no_grad()
-    def average_state_(self, weight: float) -> int:
+    def average_state_(self, weight: float) -> Exchanged:
         """w <- sum_c weight_c w_c / sum_c weight_c over parameters and float buffers (Eq. 1b)."""
         if self.comm.world_size == 1:
-            return 0
+            return Exchanged(bytes_sent=0)
         ex = self.state_exchange
         sent = ex.reduce_(self.state, float(weight))
         ex.unpack_(self.state)
-        return sent.bytes_sent
+        return sent
 
     def begin_step(self, batch_size: int) -> None:
         """Before the step's backward pass (an overlapping exchange starts its buckets during it)."""
@@ -108,7 +110,8 @@ class Synchronizer:
             yield
             return
         saved = [t.detach().clone() for t in self.state]
-        self.average_state_(weight)
+        with link_suspended(self.comm):  # evaluation is measurement: no emulated link wait
+            self.average_state_(weight)
         try:
             yield
         finally:

@@ -51,7 +51,7 @@ class BSPSync(Synchronizer):
         sent = self.exchange.reduce_([p.grad for p in self.params], float(batch_size), step=step, extras=stats)
         self.exchange.unpack_(self.grads_())
         return SyncResult(synced=True, bytes_sent=sent.bytes_sent, density=sent.density,
-                          residual_norm_sq=sent.residual_norm_sq, t_compress=sent.t_compress,
+                          residual_norm_sq=sent.residual_norm_sq, t_compress=sent.t_compress, t_link=sent.t_link,
                           stats=self.exchange.summed_extras() if stats is not None else None)
 
     def state_dict(self) -> dict:

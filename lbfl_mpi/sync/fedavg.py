@@ -67,8 +67,8 @@ class FedAvgSync(Synchronizer):
     def average_(self, step: int) -> SyncResult:
         """The model average of a sync step (Eq. 1b), weighted by samples since the last one."""
         if self.anchor is None:
-            nbytes = self.average_state_(self.samples_since_sync)
-            return SyncResult(synced=True, bytes_sent=nbytes, density=1.0)
+            sent = self.average_state_(self.samples_since_sync)
+            return SyncResult(synced=True, bytes_sent=sent.bytes_sent, density=1.0, t_link=sent.t_link)
         ex = self.exchange
         delta = self._current() - self.anchor
         sent = ex.reduce_(delta, float(self.samples_since_sync), step=step)
@@ -81,7 +81,8 @@ class FedAvgSync(Synchronizer):
         ex.body.copy_(self.anchor)
         ex.unpack_(self.state, average=False)
         return SyncResult(synced=True, bytes_sent=sent.bytes_sent, density=sent.density,
-                          residual_norm_sq=sent.residual_norm_sq, t_compress=sent.t_compress + clock.lap("compress"))
+                          residual_norm_sq=sent.residual_norm_sq, t_compress=sent.t_compress + clock.lap("compress"),
+                          t_link=sent.t_link)
 
     def eval_weight(self, batch_size: int) -> float:
         return float(self.samples_since_sync)

@@ -39,9 +39,11 @@ CLIENT_UNITS: dict[str, str] = {"step": "1", "round": "1", "client": "1", "sampl
                                 "loss_first": "1", "loss_last": "1", "delta_norm": "1", "t_train": "s", "t_swap": "s",
                                 "bytes_moved": "bytes", "uplink_bytes": "bytes"}
 ROUND_COLUMNS: dict[str, str] = {"step": "i8", "round": "i8", "clients": "i4", "samples": "i8", "t_round": "f8",
-                                 "t_exchange": "f8", "update_norm": "f8", "bytes_sent": "i8", "moves": "i4"}
+                                 "t_exchange": "f8", "update_norm": "f8", "bytes_sent": "i8", "moves": "i4",
+                                 "t_link": "f8"}
 ROUND_UNITS: dict[str, str] = {"step": "1", "round": "1", "clients": "1", "samples": "samples", "t_round": "s",
-                               "t_exchange": "s", "update_norm": "1", "bytes_sent": "bytes", "moves": "1"}
+                               "t_exchange": "s", "update_norm": "1", "bytes_sent": "bytes", "moves": "1",
+                               "t_link": "s"}
 FL_GROUPS: dict[str, dict[str, str]] = {"clients": CLIENT_COLUMNS, "rounds": ROUND_COLUMNS}
 # group -> column -> the ``units`` attribute of its dataset
 UNITS: dict[str, dict[str, str]] = {"steps": STEP_UNITS, "eval": EVAL_UNITS, "plan": PLAN_UNITS,

@@ -30,6 +30,7 @@ class StepRow:
     t_compute: float = _col("f8", 0.0, unit="s")
     t_compress: float = _col("f8", 0.0, unit="s")
     t_sync: float = _col("f8", 0.0, unit="s")
+    t_link: float = _col("f8", 0.0, unit="s")
     t_step: float = _col("f8", 0.0, unit="s")
     grad_norm_sq: float = _col("f8", NAN)
     grad_change: float = _col("f8", NAN)

@@ -20,6 +20,7 @@ from ..config import Config, global_batch, uses_micro_batches
 from ..data import ClientLoader, DataError, load_dataset, partition_indices
 from ..data.fits import batch_problem
 from ..data.partition import partition_warnings
+from ..exchange.link import build_link
 from ..models import ModelError, build_model
 from ..optim import build_optimizer
 from ..plan.micro_batch import micro_batch_of
@@ -76,6 +77,7 @@ def start_rank(cfg: Config, comm, signals, device: str):
     device = comm.pick_device(device)
     backend = comm.start_backend(cfg.dist.backend, cfg.dist.timeout_s)
     comm.wait_poll_s = cfg.sync.wait_poll_us * 1e-6
+    comm.link = build_link(cfg.hetero, comm.world_size)  # hetero.link_*: the emulated network (or None)
     return comm, stops, device, backend
 
 

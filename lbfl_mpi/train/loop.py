@@ -47,16 +47,21 @@ def train(w) -> dict | None:
     timer = StepTimer(w.device)
     bar = Progress(comm.rank == 0, cfg.train.steps, w.start_step)
     t0 = time.time()
+    done = w.start_step
     try:
         for step in range(w.start_step, cfg.train.steps):
+            if c.transform.finished:  # AdaScale reached train.steps of progress (scaling/adascale.py)
+                break
             row = run_step(w, c, step, timer)
             log.log_row(row)
             c.skips += row.nonfinite_skip
             done = step + 1
-            after_steps(w, log, ckpt, evaluator, done, t0, evaluator.due(done))
+            last = c.transform.finished
+            after_steps(w, log, ckpt, evaluator, done, t0, evaluator.due(done) or last, last=last)
             rebatcher.maybe_reallocate(step)
             bar.update(row.loss, evaluator.last_acc)
-        summary = end_of_training(w, log, ckpt, evaluator, t0)
+        extra = {"steps_done": done} if c.transform.adascale is not None else {}
+        summary = end_of_training(w, log, ckpt, evaluator, t0, done=done, **extra)
     except (OSError, RuntimeError) as e:  # a write failed (disk full, quota): the CLI reports it on one line
         if io_failure(e):
             log.abandon()
@@ -68,9 +73,11 @@ def train(w) -> dict | None:
     return summary
 
 
-def after_steps(w, log: RankLog, ckpt: Checkpointer, evaluator, done: int, t0: float, evaluate: bool) -> None:
+def after_steps(w, log: RankLog, ckpt: Checkpointer, evaluator, done: int, t0: float, evaluate: bool,
+                last: bool = False) -> None:
     """After ``done`` steps, in this order: stop on an agreed non-finite value, evaluate (when
-    ``evaluate``), checkpoint when due, stop on an agreed preemption signal."""
+    ``evaluate``), checkpoint when due, stop on an agreed preemption signal (not after the ``last``
+    step, which train.steps or AdaScale's progress makes the end)."""
     stop_if_nonfinite(w, log, t0)
     if evaluate:
         evaluator.run(done - 1)
@@ -78,22 +85,24 @@ def after_steps(w, log: RankLog, ckpt: Checkpointer, evaluator, done: int, t0: f
         log.flush()
         ckpt.save(done, t0)
         stop_if_nonfinite(w, log, t0)
-    if w.stops.preempt is not None and done < w.cfg.train.steps:
+    if w.stops.preempt is not None and done < w.cfg.train.steps and not last:
         preempt(w, ckpt, log, done, t0)
 
 
-def end_of_training(w, log: RankLog, ckpt: Checkpointer, evaluator, t0: float, **extra) -> dict | None:
-    """Collective, once every step is done: a resumable final checkpoint, the final model's checks,
-    the global model and summary.json (``extra``: more summary fields)."""
+def end_of_training(w, log: RankLog, ckpt: Checkpointer, evaluator, t0: float, done: int | None = None,
+                    **extra) -> dict | None:
+    """Collective, once every step is done (``done`` of them: train.steps unless AdaScale ended the run
+    earlier): a resumable final checkpoint, the final model's checks, the global model and summary.json
+    (``extra``: more summary fields)."""
     if w.stops.signals is not None:  # every step is done: a signal now cannot undo the run
         w.stops.signals.finished = True
     log.flush()
-    done = w.cfg.train.steps
+    done = w.cfg.train.steps if done is None else done
     if ckpt.due_at_end(done):
         ckpt.save(done, t0)
     check_final_model(w, done, evaluator.last_loss)
     stop_if_nonfinite(w, log, t0)
-    stop_if_nothing_applied(w, log, t0)
+    stop_if_nothing_applied(w, log, t0, done)
     note_late_signal(w)
     w.save_global_model()
     return finish(w, log, t0, "completed", **extra)
@@ -211,10 +220,10 @@ def check_final_model(w, done: int, test_loss: float | None) -> None:
     w.stops.check(done - 1, force=nonfinite != "ignore")
 
 
-def stop_if_nothing_applied(w, log: RankLog, t0: float) -> None:
+def stop_if_nothing_applied(w, log: RankLog, t0: float, done: int | None = None) -> None:
     """Collective. train.nonfinite='skip' dropped every update of this run on every rank: the model is
     the one it started from, which is no result. A failure outcome (exit 4), no model.pt."""
-    ran = w.cfg.train.steps - w.start_step
+    ran = (w.cfg.train.steps if done is None else done) - w.start_step
     skips = w.comm.allgather_obj(w.client.skips)
     if w.cfg.train.nonfinite != "skip" or ran < 1 or min(skips) < ran:
         return

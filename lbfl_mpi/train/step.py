@@ -61,7 +61,7 @@ def run_step(w, c, step: int, timer: StepTimer) -> StepRow:
 
 def data(w, c, step: int, timer: StepTimer, row: StepRow):
     """The learning rate of this step, and its batch on the device."""
-    row.lr = lr_at(w.cfg.train, step, w.global_batch)
+    row.lr = lr_at(w.cfg.train, c.transform.schedule_step(step), w.global_batch)
     set_lr_(c.opt, row.lr)
     if w.stops.signals is not None:
         w.stops.signals.step = step
@@ -135,7 +135,11 @@ def update(w, c, stats, drop: bool, timer: StepTimer, row: StepRow) -> None:
         if c.correction is not None:  # FedProx's proximal term, SCAFFOLD's control variates (fl/algorithms.py)
             c.correction()
         info = c.transform.apply(stats)
+        if c.transform.lr_scale != 1.0:  # AdaScale: eta_t = r_t lr(tau_t)
+            row.lr *= c.transform.lr_scale
+            set_lr_(c.opt, row.lr)
         eager_step(c.opt)
+        c.transform.after_update()
     else:
         info = c.transform.skipped()  # fp16 overflow: under BSP every rank skips this step
     for k, v in info.items():
@@ -164,6 +168,7 @@ def finish_row(w, c, res_g, res_p, timer: StepTimer, row: StepRow) -> None:
     row.epoch = c.loader.epoch
     row.t_data, row.t_compute, row.t_compress = timer.get("data"), timer.get("compute"), timer.get("compress")
     row.t_sync, row.t_straggle = timer.get("sync"), timer.get("straggle")
+    row.t_link = res_g.t_link + res_p.t_link  # inside t_sync (exchange/link.py)
     row.t_step = sum(timer.times.values())
     row.synced = int(res_g.synced or res_p.synced)
     row.bytes_sent = res_g.bytes_sent + res_p.bytes_sent

@@ -152,3 +152,30 @@ def test_single_process_gain_uses_micro_batches(tmp_path):
     # r_l in [1, sqrt(16 / 4)] per layer, so the mean over layers is too; above 1 once noise is estimated
     assert ((s["scale_factor"] >= 1.0) & (s["scale_factor"] <= 2.0 + 1e-9)).all()
     assert (s["scale_factor"][1:] > 1.0).all()
+
+
+def test_adascale_gain_comes_from_the_global_batch_and_ends_every_rank_together(tmp_path):
+    """Two ranks, B = 2 x 8 = 16 and B0 = 4: the gain of the free BSP estimate is the same on both ranks,
+    r_t = (B_simple / B0 + 1) / (B_simple / B + 1) of the logged noise scale, the lr is r_t lr (constant
+    schedule) and both ranks stop at the step where the summed gains reach train.steps."""
+    out = tmp_path / "run"
+    run_lbfl(tiny_run_args(out, "scaling.method=adascale", "train.base_batch=4", "train.steps=24", "train.lr=0.05",
+                           "run.checkpoint_every=100"), n=2)
+    s = [_steps(out, r) for r in range(2)]
+    for col in ("scale_factor", "lr", "noise_scale", "step"):
+        np.testing.assert_array_equal(s[1][col], s[0][col])
+    gain, noise = np.asarray(s[0]["scale_factor"], np.float64), np.asarray(s[0]["noise_scale"], np.float64)
+    n = len(gain)
+    # from the first exchange on; NaN where the |G|^2 estimate is <= 0 (often, at 2 x 8 samples): r = S = 4
+    known = np.isfinite(noise)
+    assert known.sum() >= 2
+    np.testing.assert_array_equal(gain[~known], 4.0)
+    assert_close(torch.from_numpy(gain[known]), torch.from_numpy((noise[known] / 4 + 1) / (noise[known] / 16 + 1)),
+                 rtol=1e-5, atol=0)
+    assert_close(torch.from_numpy(np.asarray(s[0]["lr"], np.float64)), torch.from_numpy(0.05 * gain),
+                 rtol=1e-6, atol=0)
+    assert gain[:-1].sum() < 24 <= gain.sum() and n < 24
+    models = _local_models(out, n, 2)
+    for k in models[0]:
+        assert torch.equal(models[1][k], models[0][k]), k
+    assert json.loads((out / "summary.json").read_text())["steps_done"] == n

@@ -101,7 +101,7 @@ def test_no_import_circle_in_the_package():
 
 def test_config_layers_import_one_way():
     g = import_graph()
-    order = ["fields", "schema", "checks", "load"]
+    order = ["fields", "schema_fl", "schema_scaling", "schema", "checks", "load"]
     for i, low in enumerate(order):
         inside = {t for t in g[f"lbfl_mpi.config.{low}"] if t.startswith("lbfl_mpi.config")}
         assert inside <= {f"lbfl_mpi.config.{m}" for m in order[:i]}, (low, inside)
