@@ -132,6 +132,7 @@ def validate(cfg: Config) -> None:
     _check_optimizer(cfg.train)
     _check_micro_batch(cfg)
     _check_adascale(cfg)
+    _check_density(cfg)
     sc = cfg.scaling
     _check(sc.method not in ("gain", "teacher") or sc.small_batch >= 1, "scaling.small_batch", sc.small_batch,
            f"must be >= 1 with scaling.method={sc.method!r}")
@@ -156,6 +157,17 @@ def _check_micro_batch(cfg) -> None:
         _check(sc.small_batch == mb, "scaling.small_batch", sc.small_batch,
                f"must equal train.micro_batch={mb} with scaling.method={sc.method!r}: one micro-batch pass "
                "serves accumulation and the small-batch statistics")
+
+
+def _check_density(cfg) -> None:
+    """A varying top-k density needs top-k, and is not wired into the federated client layer."""
+    cc = cfg.compress
+    for key, on in (("density_mode", cc.density_mode == "adaptive"), ("density_batch_ref", cc.density_batch_ref > 0)):
+        if not on:
+            continue
+        _check(cc.method == "topk", f"compress.{key}", getattr(cc, key), "needs compress.method='topk'")
+        _check(not cfg.fl.clients, f"compress.{key}", getattr(cc, key),
+               "is not supported with fl.clients > 0 (the client layer compresses at a fixed density)")
 
 
 def _check_adascale(cfg) -> None:

@@ -26,6 +26,16 @@ class CompressConfig:
                                       "(at least 1000 entries).", min=0, max=1, min_open=True)
     tolerance: float = _f(0.2, "sampled: relative miss of the kept count from k that triggers a correction.",
                           min=0, max=1, min_open=True, max_open=True)
+    density_mode: str = _f("fixed", "fixed: compress.density every step; adaptive: compress.density_critical "
+                                    "in the steps after a critical phase by Eq. 8 (scaling.threshold), "
+                                    "compress.density elsewhere (Accordion; docs/methods.md#phase-aware-"
+                                    "compression).", ("fixed", "adaptive"))
+    density_critical: float = _f(0.1, "adaptive: the density in critical phases (0 < d <= 1; usually above "
+                                      "compress.density: compression hurts most there).",
+                                 min=0, max=1, min_open=True)
+    density_batch_ref: int = _f(0, "> 0: a larger batch is sparser (the paper's Eq. 9 remark): the density "
+                                   "becomes d x min(1, density_batch_ref / B), B the step's global batch. "
+                                   "0: off.", min=0, max=INT_MAX)
 
 
 @dataclass

@@ -18,6 +18,7 @@ import sys
 import numpy as np
 import torch
 
+from ..compress.density import max_density
 from ..compress.topk import TopKCompressor
 from ..telemetry.timers import StepTimer
 from .base import Exchange, Exchanged
@@ -83,9 +84,10 @@ class TopKExchange(Exchange):
         super().__init__(comm, tensors, extras)
         self.warmup = ccfg.warmup_steps
         self.compressor = TopKCompressor(ccfg, self.flat.numel, self.flat.buf.device, self.flat.sizes, seed=seed)
-        self.dense_crossover = uses_dense_exchange(ccfg.density, comm.world_size)
+        # taken once, for the largest density the run can use (compress/density.py)
+        self.dense_crossover = uses_dense_exchange(max_density(ccfg), comm.world_size)
         if self.dense_crossover and comm.rank == 0:
-            print(f"lbfl: compress.density={ccfg.density} x {comm.world_size} ranks > 1: a sparse exchange of "
+            print(f"lbfl: top-k density {max_density(ccfg)} x {comm.world_size} ranks > 1: a sparse exchange of "
                   f"the {what} would exceed a dense allreduce; sending the compressed {what} densely",
                   file=sys.stderr, flush=True)
 

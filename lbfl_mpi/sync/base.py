@@ -85,6 +85,16 @@ class Synchronizer:
         """After the optimizer step; ``samples`` is this rank's batch of the step."""
         return NO_SYNC
 
+    def set_density(self, density: float) -> None:
+        """The top-k density of this step's compressed exchanges (compress/density.py); dense: nothing."""
+        for ex in self.exchanges():
+            if ex.compresses:
+                ex.compressor.density = density
+
+    def exchanges(self) -> list[Exchange]:
+        """The exchanges this scheme sends through (besides the dense state exchange)."""
+        return []
+
     @property
     def dense_bytes(self) -> int:
         """Payload of one dense exchange of this scheme (for compression ratios)."""

@@ -32,6 +32,9 @@ class BSPSync(Synchronizer):
     def exchange_name(self) -> str:
         return self.exchange.name
 
+    def exchanges(self) -> list:
+        return [self.exchange]
+
     def grads_(self) -> list[torch.Tensor]:
         """The gradient tensors, created as zeros where a layer got none (another rank may use it)."""
         for p in self.params:

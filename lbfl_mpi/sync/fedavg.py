@@ -36,6 +36,9 @@ class FedAvgSync(Synchronizer):
     def exchange_name(self) -> str:
         return self.exchange.name
 
+    def exchanges(self) -> list:
+        return [self.exchange]
+
     @torch.no_grad()
     def _current(self) -> torch.Tensor:
         """The model (parameters and float buffers) as one flat vector (a view into the buffer)."""
@@ -123,6 +126,9 @@ class PostLocalSync(Synchronizer):
 
     def begin_step(self, batch_size: int) -> None:
         self.bsp.begin_step(batch_size)
+
+    def exchanges(self) -> list:
+        return [*self.bsp.exchanges(), *self.local.exchanges()]
 
     @property
     def exchange_name(self) -> str:

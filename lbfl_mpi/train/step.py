@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import time
 
+from ..compress.density import step_density
 from ..optim import eager_step, lr_at, set_lr_
 from ..run.stopping import nonfinite_quantity
 from ..telemetry import StepRow, StepTimer
@@ -60,9 +61,12 @@ def run_step(w, c, step: int, timer: StepTimer) -> StepRow:
 
 
 def data(w, c, step: int, timer: StepTimer, row: StepRow):
-    """The learning rate of this step, and its batch on the device."""
+    """The learning rate of this step, its top-k density (compress/density.py), and its batch on the
+    device."""
     row.lr = lr_at(w.cfg.train, c.transform.schedule_step(step), w.global_batch)
     set_lr_(c.opt, row.lr)
+    if w.varies_density:
+        c.sync.set_density(step_density(w.cfg.compress, c.transform.was_critical, w.global_batch))
     if w.stops.signals is not None:
         w.stops.signals.step = step
     w.comm.step = step  # the MPI watchdog's message names it

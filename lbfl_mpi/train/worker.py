@@ -34,6 +34,8 @@ class Worker:
         self.slowdown = float(cfg.hetero.slowdown[comm.rank]) if cfg.hetero.slowdown else 1.0
         # the statistics of the noise scale travel with BSP's gradients when there is more than one rank
         self.exchanges_stats = comm.world_size > 1 and cfg.sync.mode in ("bsp", "postlocal")
+        cc = cfg.compress  # the top-k density changes between steps (compress/density.py)
+        self.varies_density = cc.method == "topk" and (cc.density_mode == "adaptive" or cc.density_batch_ref > 0)
         self.start_step = 0
         self.elapsed = 0.0  # wall seconds of earlier segments of a resumed run
         if batcher is not None:
