@@ -30,6 +30,12 @@ CUDA too when available (``--device`` picks). ``--set`` overrides go to the lbfl
 benchmark's own (data, model, batch, optimizer), and the plain side follows the resolved config
 (optimizer, lr, momentum, weight decay, precision, channels_last). ``--json FILE`` appends one raw
 row per model (part ``bench_step``; benchmarks/gpu_check.sh reads them).
+
+``--accumulate M`` adds part (c), gradient accumulation: the lbfl step with ``train.micro_batch =
+batch / M`` (M micro-batches, their gradients added before the exchange) against the lbfl step of the
+same batch in one pass, interleaved in the same run. Ratio accumulated / one pass: the overhead of M
+smaller passes (target <= 1.05 on CPU). Models with BatchNorm compute something else accumulated
+(each micro-batch normalised alone), at the same cost.
 """
 from __future__ import annotations
 
@@ -164,10 +170,50 @@ def compare(args, comm: Comm, devices: list[str], emit) -> None:
         emit(f"- {n}")
 
 
+def accumulation(args, comm: Comm, devices: list[str], emit) -> None:
+    """Part (c): the lbfl step with M micro-batches against one pass of the same batch."""
+    m = args.accumulate
+    if args.batch % m:
+        raise SystemExit(f"--accumulate {m} must divide --batch {args.batch}")
+    emit("")
+    emit(f"## (c) gradient accumulation: {m} micro-batches of {args.batch // m} vs one pass of {args.batch}")
+    emit("")
+    head = ["model", "device", "batch", "one pass ms", f"{m} micro-batches ms", "accumulated / one pass"]
+    rows = []
+    for kind in devices:
+        for name in args.model:
+            with tempfile.TemporaryDirectory(prefix="bench_acc_") as tmp:
+                one = LbflStep(lbfl_overrides(args, name), comm, kind, str(Path(tmp) / "one"))
+                acc = LbflStep(lbfl_overrides(args, name) + [f"train.micro_batch={args.batch // m}"], comm, kind,
+                               str(Path(tmp) / "acc"))
+                t = interleave({"one": one, "acc": acc}, args.steps, args.warmup, args.round, one.device)
+                med = medians(t)
+                rows.append([name, str(one.device), str(args.batch), f"{med['one'] * 1e3:.2f}",
+                             f"{med['acc'] * 1e3:.2f}", f"{med['acc'] / med['one']:.3f}"])
+                append_row(args.json, "bench_step_accumulate", {
+                    "model": name, "device": str(one.device), "batch": args.batch, "micro_batches": m,
+                    "one_s": med["one"], "acc_s": med["acc"], "ratio": med["acc"] / med["one"], "steps": args.steps})
+                one.close()
+                acc.close()
+                del one, acc
+                free()
+    emit_table(emit, head, rows)
+
+
 def main() -> None:
     ap = step_parser(__doc__)
     ap.add_argument("--json", metavar="FILE", help="append one raw JSON row per model to this file")
-    run(ap, compare, against="plain PyTorch", ranks_ok=lambda n: n == 1,
+    ap.add_argument("--accumulate", type=int, default=0, metavar="M",
+                    help="also part (c): M micro-batches (train.micro_batch = batch / M) vs one pass")
+    ap.add_argument("--only-accumulate", action="store_true", help="part (c) alone")
+
+    def parts(args, comm, devices, emit):
+        if not args.only_accumulate:
+            compare(args, comm, devices, emit)
+        if args.accumulate:
+            accumulation(args, comm, devices, emit)
+
+    run(ap, parts, against="plain PyTorch", ranks_ok=lambda n: n == 1,
         refusal="runs on 1 rank, without mpiexec; lbfl BSP vs DDP on N ranks is "
                 "mpiexec -n 2 python benchmarks/bench_step_ddp.py",
         footer="Part (b), lbfl BSP vs DDP: run benchmarks/bench_step_ddp.py under `mpiexec -n 2`.")

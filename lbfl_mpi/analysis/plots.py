@@ -185,6 +185,7 @@ def write_plots(runs: list[RunData], out_dir: str | Path) -> list[Path]:
         import matplotlib.pyplot as plt
     except ImportError as e:  # optional dependency
         raise RuntimeError("--plots needs matplotlib: pip install 'lbfl_mpi[plots]'") from e
+    from .plots_batch import adaptive_batch_plot
     from .plots_cost import cost_plots
     from .plots_fl import fl_plots
 
@@ -194,4 +195,5 @@ def write_plots(runs: list[RunData], out_dir: str | Path) -> list[Path]:
     series = batch_series(runs)
     if len(batches(series)) > 1:
         written.append(_accuracy_vs_batch(series, out, plt))
-    return written + cost_plots(runs, out, plt) + fl_plots(runs, out, plt)
+    extra = [p for p in (adaptive_batch_plot(runs, out, plt),) if p is not None]
+    return written + cost_plots(runs, out, plt) + fl_plots(runs, out, plt) + extra

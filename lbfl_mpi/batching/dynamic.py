@@ -90,7 +90,9 @@ class DynamicBatcher:
         self.samples += samples
         self.busy += busy_seconds
 
-    def maybe_reallocate(self, step: int, comm) -> list[int] | None:
+    adaptive = False  # the global batch is fixed (batching/adaptive.py moves it)
+
+    def maybe_reallocate(self, step: int, comm, phi: float = math.nan) -> list[int] | None:
         """At the end of step ``step``: every ``interval`` steps, collectively, re-allocate; returns the
         new sizes when they change (None otherwise, and on the steps in between)."""
         if (step + 1) % self.interval:

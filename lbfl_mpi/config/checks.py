@@ -133,6 +133,11 @@ def validate(cfg: Config) -> None:
     _check_micro_batch(cfg)
     _check_adascale(cfg)
     _check_density(cfg)
+    bt = cfg.batching
+    if bt.global_mode == "adaptive":
+        _check(bt.mode == "dynamic", "batching.global_mode", bt.global_mode,
+               "needs batching.mode='dynamic' (the heterogeneity-aware allocation splits the chosen batch)")
+        _check(not cfg.fl.clients, "batching.global_mode", bt.global_mode, "is not supported with fl.clients > 0")
     sc = cfg.scaling
     _check(sc.method not in ("gain", "teacher") or sc.small_batch >= 1, "scaling.small_batch", sc.small_batch,
            f"must be >= 1 with scaling.method={sc.method!r}")
@@ -282,3 +287,17 @@ def validate_for_world(cfg: Config, world_size: int) -> None:
                f"is below {world_size} ranks x batching.min_batch={bt.min_batch}")
         _check(not bt.max_batch or g <= world_size * bt.max_batch, "batching.global_batch", g,
                f"is above {world_size} ranks x batching.max_batch={bt.max_batch}")
+        if bt.global_mode == "adaptive":
+            _check_global_bounds(bt, g, world_size)
+
+
+def _check_global_bounds(bt, g: int, world_size: int) -> None:
+    """The adaptive global batch's range must hold every rank's minimum batch, the starting batch, and
+    fit under the ranks' maximum batches."""
+    lo, hi = bt.global_min or world_size * bt.min_batch, bt.global_max or 8 * g
+    _check(lo >= world_size * bt.min_batch, "batching.global_min", bt.global_min,
+           f"cannot hold {world_size} ranks x batching.min_batch={bt.min_batch}")
+    _check(hi >= lo, "batching.global_max", bt.global_max, f"is below batching.global_min={lo}")
+    _check(lo <= g <= hi, "batching.global_batch", g, f"must lie in [global_min, global_max] = [{lo}, {hi}]")
+    _check(not bt.max_batch or hi <= world_size * bt.max_batch, "batching.global_max", hi,
+           f"is above {world_size} ranks x batching.max_batch={bt.max_batch}")

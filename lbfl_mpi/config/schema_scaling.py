@@ -46,7 +46,19 @@ class BatchingConfig:
                            min=0, max=INT_MAX)
     min_batch: int = _f(1, "dynamic: smallest batch a client may get.", min=1, max=INT_MAX)
     max_batch: int = _f(0, "dynamic: largest batch a client may get (0: no limit).", min=0, max=INT_MAX)
-    interval: int = _f(20, "dynamic: steps between re-allocations.", min=1, max=INT_MAX)
+    interval: int = _f(20, "dynamic: steps between re-allocations (and global_mode='adaptive': between "
+                           "choices of the global batch).", min=1, max=INT_MAX)
+    global_mode: str = _f("fixed", "fixed: the global batch stays batching.global_batch; adaptive: every "
+                                   "batching.interval steps it moves to the goodput optimum, throughput "
+                                   "(fitted per-rank step time, slowest rank, t_sync of Eq. 2) x statistical "
+                                   "efficiency (phi + B0) / (phi + B) from the noise scale phi (Pollux; "
+                                   "docs/methods.md#adaptive-global-batch). Needs batching.mode='dynamic'.",
+                          ("fixed", "adaptive"))
+    global_min: int = _f(0, "adaptive: the smallest global batch (0: ranks x batching.min_batch).",
+                         min=0, max=INT_MAX)
+    global_max: int = _f(0, "adaptive: the largest global batch (0: 8 x the starting one). With "
+                            "batching.plan_at_start a rank's batch beyond its Eq. 3 limit is accumulated "
+                            "in micro-batches of that limit.", min=0, max=INT_MAX)
     deadband: float = _f(0.1, "dynamic: keep the batches unless one would change by more than this fraction.",
                          min=0)
     ewma: float = _f(0.5, "dynamic: weight of the newest interval in the smoothed throughput (1: no smoothing).",

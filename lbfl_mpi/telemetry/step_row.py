@@ -47,6 +47,9 @@ class StepRow:
     teacher_nll: float = _col("f8", NAN)
     teacher_cos: float = _col("f8", NAN)
     nonfinite_skip: int = _col("i1")
+    global_batch: int = _col("i8", unit="samples")
+    micro_batches: int = _col("i4")
+    goodput: float = _col("f8", NAN, unit="samples/s")
 
     def __getitem__(self, name: str):
         """``row[name]``: the writer reads rows and dicts alike."""

@@ -15,6 +15,7 @@ import sys
 
 import torch
 
+from ..batching.adaptive import AdaptiveBatcher
 from ..batching.dynamic import DynamicBatcher
 from ..config import Config, global_batch, uses_micro_batches
 from ..data import ClientLoader, DataError, load_dataset, partition_indices
@@ -55,7 +56,8 @@ def build_worker(cfg: Config, comm=None, batches=None, signals=None, device: str
         check_local_batch(cfg, comm, bundle.input_shape, len(parts[comm.rank]), device)
     client = _build_client(cfg, comm, device, bundle, parts[comm.rank] if loader is None else None, seed, loader)
     gb = global_batch(cfg, comm.world_size)
-    batcher = DynamicBatcher(cfg.batching, comm.world_size, gb) if cfg.batching.mode == "dynamic" else None
+    kind = AdaptiveBatcher if cfg.batching.global_mode == "adaptive" else DynamicBatcher
+    batcher = kind(cfg.batching, comm.world_size, gb) if cfg.batching.mode == "dynamic" else None
     worker = Worker(cfg, comm, device=device, backend=backend, stops=stops, plan=plan, test_set=bundle.test,
                     partition_sizes=[len(p) for p in parts], global_batch=gb, batcher=batcher, clients=[client],
                     batches=batches)

@@ -90,6 +90,6 @@ class Rebatcher:
         w = self.w
         if w.batcher is None or step + 1 >= w.cfg.train.steps:
             return
-        new = w.batcher.maybe_reallocate(step, w.comm)
+        new = w.batcher.maybe_reallocate(step, w.comm, phi=w.client.transform.noise.b_simple())
         if new is not None:
             w.set_batch_sizes(new)

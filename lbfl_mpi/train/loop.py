@@ -130,6 +130,12 @@ def apply_plan_limits(w) -> None:
         raise ConfigError(f"batching.memory_budget_gb={cfg.batching.memory_budget_gb}: the planned "
                           f"largest permissible batches {merged} are below batching.min_batch="
                           f"{cfg.batching.min_batch} on ranks {small}")
+    if w.batcher.adaptive:  # beyond its limit a rank accumulates (batching/adaptive.py, step 4)
+        w.batcher.set_max_batch(merged)
+        cap, acc = merged[w.comm.rank], w.client.grad_pass.accumulate
+        if cap is not None and not w.client.grad_pass.micro_batch:
+            w.client.grad_pass.accumulate = min(acc, cap) if acc else cap
+        return
     if all(m is not None for m in merged) and sum(merged) < w.global_batch:
         raise ConfigError(f"batching.global_batch={w.global_batch} does not fit the planned largest "
                           f"permissible batches {merged} (sum {sum(merged)})")

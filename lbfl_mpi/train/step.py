@@ -169,6 +169,11 @@ def finish_row(w, c, res_g, res_p, timer: StepTimer, row: StepRow) -> None:
     busy = timer.get("compute") + timer.get("straggle")
     if w.batcher is not None:
         w.batcher.observe(row.batch_size, busy)
+        if w.batcher.adaptive:  # the goodput model's measurements (batching/adaptive.py, step 1)
+            w.batcher.observe_step(c.grad_pass.chunks, row.batch_size, busy + timer.get("data"),
+                                   timer.get("sync") + timer.get("compress"))
+            row.goodput = w.batcher.goodput_pred
+    row.global_batch, row.micro_batches = w.global_batch, c.grad_pass.chunks
     row.epoch = c.loader.epoch
     row.t_data, row.t_compute, row.t_compress = timer.get("data"), timer.get("compute"), timer.get("compress")
     row.t_sync, row.t_straggle = timer.get("sync"), timer.get("straggle")

@@ -52,8 +52,10 @@ class Worker:
 
     def set_batch_sizes(self, sizes: list[int]) -> None:
         """Every rank's batch (dynamic batching, the plan's limits, a restored allocation): the one place
-        that sets a loader's batch size."""
+        that sets a loader's batch size, and with it the global batch sum_c b_c where it adapts."""
         self.client.loader.batch_size = sizes[self.comm.rank]
+        if self.batcher is not None and self.batcher.adaptive:
+            self.global_batch = self.client.transform.global_batch = int(sum(sizes))
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:

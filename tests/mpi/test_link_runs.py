@@ -26,11 +26,14 @@ def _steps(out, rank=0):
     ("sync.mode='fedavg'", "sync.period=4"),
 ], ids=["bsp-dense", "bsp-topk", "fedavg"])
 def test_t_link_is_the_ring_time_of_the_bytes_sent(tmp_path, mode):
-    run_lbfl(tiny_run_args(tmp_path / "plain", *mode), n=2)
     run_lbfl(tiny_run_args(tmp_path / "link", *mode, *LINK), n=2)
-    a, b = _steps(tmp_path / "plain"), _steps(tmp_path / "link")
-    np.testing.assert_array_equal(b["loss"], a["loss"])  # the network only costs time
-    np.testing.assert_array_equal(b["bytes_sent"], a["bytes_sent"])
+    b = _steps(tmp_path / "link")
+    if "compress.method='topk'" in mode:  # the network only costs time (one reference run is enough)
+        run_lbfl(tiny_run_args(tmp_path / "plain", *mode), n=2)
+        a = _steps(tmp_path / "plain")
+        np.testing.assert_array_equal(b["loss"], a["loss"])
+        np.testing.assert_array_equal(b["bytes_sent"], a["bytes_sent"])
+        assert (np.asarray(a["t_link"]) == 0).all()
     alpha, beta = LAT * 1e-3, GBPS * 1e9 / 8
     sent = np.asarray(b["bytes_sent"], np.float64)
     if "compress.method='topk'" in mode:  # an allgather of this rank's payload, then the 8-byte-slot extras
@@ -41,6 +44,5 @@ def test_t_link_is_the_ring_time_of_the_bytes_sent(tmp_path, mode):
         want = np.where(sent > 0, 2 * alpha + sent / beta, 0.0)
         assert_close(torch.from_numpy(np.asarray(b["t_link"])), torch.from_numpy(want), rtol=1e-9, atol=0)
     assert (np.asarray(b["t_sync"]) >= np.asarray(b["t_link"])).all()
-    assert (np.asarray(a["t_link"]) == 0).all()
     if "sync.mode='fedavg'" in mode:
         assert (np.asarray(b["t_link"])[np.asarray(b["synced"]) == 0] == 0).all() and (sent > 0).sum() == 3
