@@ -183,6 +183,8 @@ def accumulation(args, comm: Comm, devices: list[str], emit) -> None:
     for kind in devices:
         for name in args.model:
             with tempfile.TemporaryDirectory(prefix="bench_acc_") as tmp:
+                for d in ("one", "acc"):
+                    (Path(tmp) / d).mkdir()
                 one = LbflStep(lbfl_overrides(args, name), comm, kind, str(Path(tmp) / "one"))
                 acc = LbflStep(lbfl_overrides(args, name) + [f"train.micro_batch={args.batch // m}"], comm, kind,
                                str(Path(tmp) / "acc"))
