@@ -87,6 +87,26 @@ def tiny_run_args(out_dir: Path, *extra: str) -> list[str]:
             *[a for e in extra for a in ("--set", e)]]
 
 
+def kill_after_checkpoint(args: list[str], out_dir: Path, step: int, timeout: float = 120) -> None:
+    """Start ``lbfl`` with ``args`` (one process), SIGKILL it once its latest checkpoint is at ``step``
+    or later: a job killed between checkpoints, as a node failure would."""
+    import json
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "lbfl_mpi", *args], env=_env(), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = out_dir / "checkpoints" / "latest.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if latest.exists() and json.loads(latest.read_text())["step"] >= step:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "run finished before it could be killed; raise train.steps"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.fixture
 def env():
     return _env()

@@ -28,8 +28,8 @@ def toml(name: str, setting: str, b: int, adaptive: bool) -> str:
     every = 24 if adaptive else max(1, EVAL_SAMPLES // b)
     link = '\n[hetero]\nslowdown = [1.0, 2.0]\n' + (
         'link_latency_ms = [20.0]\nlink_gbps = [1.0]\n' if setting == "link" else "")
-    batching = (f'mode = "dynamic"\nglobal_mode = "adaptive"\nglobal_batch = 256\nglobal_min = 64\n'
-                f'global_max = 4096\nmin_batch = 8\ninterval = 8\ndeadband = 0.1\n' if adaptive else
+    batching = ('mode = "dynamic"\nglobal_mode = "adaptive"\nglobal_batch = 256\nglobal_min = 64\n'
+                'global_max = 4096\nmin_batch = 8\ninterval = 8\ndeadband = 0.1\n' if adaptive else
                 f'mode = "dynamic"\nglobal_batch = {b}\nmin_batch = {max(1, b // 16)}\ninterval = 8\n'
                 f'deadband = 0.1\n')
     scaling = '\n[scaling]\nmethod = "adascale"\n' if adaptive else ""

@@ -75,9 +75,7 @@ class AdaptiveBatcher(DynamicBatcher):
         """Steps 1-4 every ``interval`` steps (collective); returns the new sizes when they change."""
         if (step + 1) % self.interval:
             return None
-        rate = self.samples / max(self.busy, 1e-9)
-        self.smoothed = rate if self.smoothed is None else self.ewma * rate + (1 - self.ewma) * self.smoothed
-        self.samples, self.busy = 0, 0.0
+        self.smooth()
         alpha, beta = self.fit.fit()
         t_sync = self.t_sync_sum / max(self.steps, 1)
         self.t_sync_sum, self.steps = 0.0, 0
@@ -91,11 +89,7 @@ class AdaptiveBatcher(DynamicBatcher):
         proposed = allocate(list(gm.rates), b, self.min_batch, self.max_batch)
         new = proposed if b != self.global_batch else apply_deadband(self.sizes, proposed, self.deadband)
         self.global_batch = b
-        if new == self.sizes:
-            return None
-        self.sizes = new
-        self.changes += 1
-        return new
+        return self.adopt(new)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "global_batch": self.global_batch, "fit": self.fit.state_dict(),

@@ -97,13 +97,20 @@ class DynamicBatcher:
         new sizes when they change (None otherwise, and on the steps in between)."""
         if (step + 1) % self.interval:
             return None
-        rate = self.samples / max(self.busy, 1e-9)
-        self.smoothed = rate if self.smoothed is None else self.ewma * rate + (1 - self.ewma) * self.smoothed
-        self.samples, self.busy = 0, 0.0
+        self.smooth()
         # through the data plane (float64 keeps the Python float exactly): every rank the same numbers
         rates = [float(r) for r in comm.allgather_array(np.array([self.smoothed], dtype=np.float64))[:, 0]]
         proposed = allocate(rates, self.global_batch, self.min_batch, self.max_batch)
-        new = apply_deadband(self.sizes, proposed, self.deadband)
+        return self.adopt(apply_deadband(self.sizes, proposed, self.deadband))
+
+    def smooth(self) -> None:
+        """This interval's samples/s into the EWMA; the counters start again."""
+        rate = self.samples / max(self.busy, 1e-9)
+        self.smoothed = rate if self.smoothed is None else self.ewma * rate + (1 - self.ewma) * self.smoothed
+        self.samples, self.busy = 0, 0.0
+
+    def adopt(self, new: list[int]) -> list[int] | None:
+        """``new`` becomes the allocation; returned when it differs from the current one."""
         if new == self.sizes:
             return None
         self.sizes = new

@@ -6,11 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,7 +14,7 @@ from torch.testing import assert_close
 
 from lbfl_mpi.telemetry import open_rank_file, read_group
 
-from ..conftest import ROOT, _env, run_lbfl, tiny_run_args
+from ..conftest import kill_after_checkpoint, run_lbfl, tiny_run_args
 
 B, B0, STEPS, LR, WARM = 16, 4, 40, 0.05, 4
 OPTS = ("scaling.method='adascale'", "scaling.small_batch=4", f"train.batch_size={B}", f"train.base_batch={B0}",
@@ -68,17 +63,7 @@ def test_a_killed_adascale_run_resumes_bit_for_bit(tmp_path):
     opts = (*OPTS, "run.checkpoint_every=3", "hetero.slowdown=[6.0]")  # slower steps: time to kill it
     full, part = tmp_path / "full", tmp_path / "part"
     run_lbfl(tiny_run_args(full, *opts))
-    proc = subprocess.Popen([sys.executable, "-m", "lbfl_mpi", *tiny_run_args(part, *opts)], env=_env(), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = part / "checkpoints" / "latest.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if latest.exists() and json.loads(latest.read_text())["step"] >= 6:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "run finished before it could be killed; raise train.steps"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoint(tiny_run_args(part, *opts), part, 6)
     run_lbfl(tiny_run_args(part, *opts, "run.resume=true"))
     a, b = SimpleNamespace(**_steps(full)), SimpleNamespace(**_steps(part))
     np.testing.assert_array_equal(b.step, a.step)

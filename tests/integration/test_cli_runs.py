@@ -1,10 +1,5 @@
 """The CLI as a user runs it, single process: run-directory protection, resume after SIGKILL, analyze."""
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import h5py
 import numpy as np
@@ -12,7 +7,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from ..conftest import ROOT, _env, run_lbfl, tiny_run_args
+from ..conftest import kill_after_checkpoint, run_lbfl, tiny_run_args
 
 
 def test_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path):
@@ -54,17 +49,7 @@ def test_sigkilled_run_resumes_with_identical_losses(tmp_path):
             "train.eval_every=10"]
     full, part = tmp_path / "full", tmp_path / "part"
     run_lbfl(tiny_run_args(full, *opts))
-    proc = subprocess.Popen([sys.executable, "-m", "lbfl_mpi", *tiny_run_args(part, *opts)], env=_env(), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = part / "checkpoints" / "latest.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if latest.exists() and json.loads(latest.read_text())["step"] >= 15:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "run finished before it could be killed; raise train.steps"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoint(tiny_run_args(part, *opts), part, 15)
     assert not (part / "summary.json").exists()
     run_lbfl(tiny_run_args(part, *opts, "run.resume=true"))
     with h5py.File(full / "rank0000.h5") as a, h5py.File(part / "rank0000.h5") as b:
