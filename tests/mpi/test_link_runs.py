@@ -20,11 +20,10 @@ def _steps(out, rank=0):
         return read_group(h, "steps")
 
 
-@pytest.mark.parametrize("mode", [
-    ("sync.mode='bsp'",),
+@pytest.mark.parametrize("mode", [  # a dense allreduce: FedAvg's average (and tests/unit/test_link.py)
     ("sync.mode='bsp'", "compress.method='topk'", "compress.density=0.05"),
     ("sync.mode='fedavg'", "sync.period=4"),
-], ids=["bsp-dense", "bsp-topk", "fedavg"])
+], ids=["bsp-topk", "fedavg"])
 def test_t_link_is_the_ring_time_of_the_bytes_sent(tmp_path, mode):
     run_lbfl(tiny_run_args(tmp_path / "link", *mode, *LINK), n=2)
     b = _steps(tmp_path / "link")
