@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..exchange.link import ring_allreduce_s
 from .eq2 import epoch_time
 
 __all__ = ["ComputeModel", "ComputeProbe", "fit_compute", "fit_from_probes", "ring_allreduce_time", "time_interleaved",
@@ -111,14 +112,13 @@ class ComputeModel:
 def ring_allreduce_time(nbytes: int, world_size: int, bandwidth_Bps: float, latency_s: float) -> float:
     """Modelled ``t_sync`` of a ring allreduce: ``2 (p-1)/p * n / bw + 2 (p-1) * latency``.
 
-    Reduce-scatter and allgather each take ``p - 1`` rounds moving ``n / p`` bytes per rank.
+    Reduce-scatter and allgather each take ``p - 1`` rounds moving ``n / p`` bytes per rank; the
+    formula is the emulated link's (:func:`lbfl_mpi.exchange.link.ring_allreduce_s`).
     """
     p = int(world_size)
     if p < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
-    if p == 1:
-        return 0.0
-    return 2.0 * (p - 1) / p * nbytes / bandwidth_Bps + 2.0 * (p - 1) * latency_s
+    return ring_allreduce_s(nbytes, p, latency_s, bandwidth_Bps)
 
 
 def _sync(device: torch.device) -> None:
