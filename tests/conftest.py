@@ -67,10 +67,16 @@ def _warm():
 
 
 def run_lbfl(args: list[str], n: int = 1, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess:
-    """The CLI as a user runs it: single process without a launcher, or under mpiexec -n N."""
+    """The CLI as a user runs it: single process without a launcher, or under mpiexec -n N. Each
+    process is forked from a server that imported torch already (tests/warm.py; under mpiexec every
+    rank is the stub tests/warm_rank.py handing its launcher environment to that server)."""
+    warm = os.environ.get("LBFL_TEST_WARM", "1") != "0"
     if n > 1:
-        return run_mpi(n, ["-m", "lbfl_mpi", *args], timeout=timeout, check=check)
-    if os.environ.get("LBFL_TEST_WARM", "1") != "0":  # forked from a server that imported torch (tests/warm.py)
+        if not warm:
+            return run_mpi(n, ["-m", "lbfl_mpi", *args], timeout=timeout, check=check)
+        return run_mpi(n, [str(ROOT / "tests" / "warm_rank.py"), *args], timeout=timeout, check=check,
+                       extra_env={"LBFL_WARM_SOCK": _warm().socket(_env())})
+    if warm:
         p = _warm().run(list(args), _env(), ROOT, timeout)
     else:
         p = subprocess.run([sys.executable, "-m", "lbfl_mpi", *args], env=_env(), capture_output=True, text=True,

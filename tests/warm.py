@@ -10,18 +10,25 @@ lbfl_mpi is imported before the fork. What differs from a fresh interpreter: tor
 already imported (the tests that check which modules a command imports run their own interpreters),
 and environment variables that those three read at import time come from the server's start.
 
-Runs under an MPI launcher, and runs a test signals (conftest.Launched), always start a fresh
-interpreter. ``LBFL_TEST_WARM=0`` turns the server off for the whole suite.
+Runs under an MPI launcher (``run_lbfl(..., n>1)``) come here too: mpiexec starts the stub
+tests/warm_rank.py as every rank, which sends its whole environment (the launcher's PMIx and Open MPI
+variables) with its descriptors, so the forked run calls MPI_Init as that rank of that job. Runs a
+test signals or inspects by pid (conftest.Launched, the rank-test launches of test_world_sizes)
+always start fresh interpreters. ``LBFL_TEST_WARM=0`` turns the server off for the whole suite.
 
 Protocol, one connection per run: the client sends a JSON request (args, env, cwd) with three file
 descriptors; the server forks an intermediate process, which forks the run, sends its pid, waits for
-it and sends the wait status, so the server itself stays single-threaded and never waits.
+it and sends the wait status, so the server itself stays single-threaded and never waits. When the
+client's end closes first (a stub killed by its launcher, a client past its timeout), the intermediate
+kills the run.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+import select
+import shutil
 import signal
 import socket
 import struct
@@ -57,6 +64,21 @@ def _run_child(req: dict) -> None:
         traceback.print_exc()
         code = 1
     raise SystemExit(code)  # a normal interpreter exit: atexit handlers and buffers run
+
+
+def _wait_or_kill(run: int, conn: socket.socket) -> int:
+    """The wait status of ``run``; SIGKILL it first when the client's end of ``conn`` closes (a client
+    killed, or one that gave up on a timeout), so that no run outlives the process that asked for it."""
+    pidfd = os.pidfd_open(run)
+    while True:
+        ready, _, _ = select.select([pidfd, conn], [], [])
+        if pidfd in ready:
+            break
+        if not conn.recv(1, socket.MSG_PEEK):  # closed (any data would be a protocol error: ignored)
+            os.kill(run, signal.SIGKILL)
+            break
+    os.close(pidfd)
+    return os.waitpid(run, 0)[1]
 
 
 def serve(path: str) -> None:
@@ -96,8 +118,7 @@ def serve(path: str) -> None:
                 for fd in fds:
                     os.close(fd)
                 conn.sendall(struct.pack("!q", run))
-                _, status = os.waitpid(run, 0)
-                conn.sendall(struct.pack("!q", status))
+                conn.sendall(struct.pack("!q", _wait_or_kill(run, conn)))
             finally:
                 os._exit(0)
         for fd in fds:
@@ -125,13 +146,18 @@ class WarmServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        if self.path and os.path.exists(self.path):
-            os.unlink(self.path)
+        if self.path:
+            shutil.rmtree(os.path.dirname(self.path), ignore_errors=True)
+
+    def socket(self, env: dict) -> str:
+        """The server's socket path (the server started first when it is not running)."""
+        if self.proc is None or self.proc.poll() is not None:
+            self._start(env)
+        return self.path
 
     def run(self, args: list[str], env: dict, cwd: Path, timeout: float) -> subprocess.CompletedProcess:
         """``python -m lbfl_mpi ARGS`` in a forked child: a CompletedProcess as subprocess.run gives."""
-        if self.proc is None or self.proc.poll() is not None:
-            self._start(env)
+        self.socket(env)
         with open(os.devnull) as null, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.connect(self.path)
