@@ -13,13 +13,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from tta_report import ms  # jobs/ is on sys.path when this script runs
 
 from lbfl_mpi.telemetry import open_rank_file, read_group
-
-
-def ms(xs: list[float], fmt: str) -> str:
-    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{format(statistics.mean(xs), fmt)} ± {format(sd, fmt)}"
 
 
 def main() -> None:

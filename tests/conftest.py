@@ -75,7 +75,7 @@ def run_lbfl(args: list[str], n: int = 1, timeout: float = 240, check: bool = Tr
         if not warm:
             return run_mpi(n, ["-m", "lbfl_mpi", *args], timeout=timeout, check=check)
         return run_mpi(n, [str(ROOT / "tests" / "warm_rank.py"), *args], timeout=timeout, check=check,
-                       extra_env={"LBFL_WARM_SOCK": _warm().socket(_env())})
+                       extra_env={"LBFL_WARM_SOCK": _warm().socket_path(_env())})
     if warm:
         p = _warm().run(list(args), _env(), ROOT, timeout)
     else:

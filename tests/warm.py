@@ -149,7 +149,7 @@ class WarmServer:
         if self.path:
             shutil.rmtree(os.path.dirname(self.path), ignore_errors=True)
 
-    def socket(self, env: dict) -> str:
+    def socket_path(self, env: dict) -> str:
         """The server's socket path (the server started first when it is not running)."""
         if self.proc is None or self.proc.poll() is not None:
             self._start(env)
@@ -157,7 +157,7 @@ class WarmServer:
 
     def run(self, args: list[str], env: dict, cwd: Path, timeout: float) -> subprocess.CompletedProcess:
         """``python -m lbfl_mpi ARGS`` in a forked child: a CompletedProcess as subprocess.run gives."""
-        self.socket(env)
+        self.socket_path(env)
         with open(os.devnull) as null, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.connect(self.path)

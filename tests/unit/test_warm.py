@@ -58,7 +58,7 @@ def test_a_run_past_its_timeout_is_killed(tmp_path):
 def _mpi(args, warm: bool, timeout=240):
     from tests.conftest import mpiexec
 
-    env = {**_env(), **({"LBFL_WARM_SOCK": _warm().socket(_env())} if warm else {})}
+    env = {**_env(), **({"LBFL_WARM_SOCK": _warm().socket_path(_env())} if warm else {})}
     exe = [str(ROOT / "tests" / "warm_rank.py")] if warm else ["-m", "lbfl_mpi"]
     return subprocess.run([mpiexec(), "-n", "2", "--oversubscribe", sys.executable, *exe, *args], env=env,
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
@@ -97,13 +97,12 @@ def test_a_killed_stub_takes_its_warm_run_down(tmp_path):
 
     from tests.conftest import descendants
 
-    env = {**_env(), "LBFL_WARM_SOCK": _warm().socket(_env())}
+    env = {**_env(), "LBFL_WARM_SOCK": _warm().socket_path(_env())}
     stub = subprocess.Popen([sys.executable, str(ROOT / "tests" / "warm_rank.py"), "train", "--set",
                              "train.steps=100000", "--set", f"run.out_dir={tmp_path}"], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = _warm().proc.pid
     deadline = time.monotonic() + 60
-    runs: list[int] = []
     while time.monotonic() < deadline and not (tmp_path / "rank0000.h5").exists():
         time.sleep(0.05)
     runs = descendants(server)  # the intermediate and the run
