@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 EPOCHS, TRAIN = 5, 60_000
-LRS = {"sgd": [0.01, 0.02, 0.05], "lars": [2.0, 5.0, 10.0], "lamb": [0.002, 0.005, 0.01]}
+LRS = {"sgd": [0.005, 0.01, 0.02, 0.05], "lars": [2.0, 5.0, 10.0, 20.0], "lamb": [0.002, 0.005, 0.01, 0.02]}
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 
