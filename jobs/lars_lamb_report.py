@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import statistics
 import sys
 from pathlib import Path
 
 import numpy as np
-from tta_report import ms  # jobs/ is on sys.path when this script runs
+from tta_report import ms, save_run  # jobs/ is on sys.path when this script runs
 
 from lbfl_mpi.telemetry import open_rank_file, read_group
 
@@ -36,9 +35,9 @@ T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}  # two-sided 95 % t quantiles by
 def load(run: Path) -> dict | None:
     """Final and best test accuracy, final training loss and the eval curve of one completed run."""
     s = run / "summary.json"
-    if not s.exists() or json.loads(s.read_text()).get("outcome") != "completed":
+    summ = json.loads(s.read_text()) if s.exists() else {}
+    if summ.get("outcome") != "completed":
         return None
-    summ = json.loads(s.read_text())
     if (run / "rank0000.h5").exists():
         with open_rank_file(run / "rank0000.h5") as h:
             st, ev = read_group(h, "steps"), read_group(h, "eval")
@@ -48,13 +47,6 @@ def load(run: Path) -> dict | None:
         curve = json.loads((run / "curve.json").read_text())
     return {"final": summ["final_test_acc"], "best": max(curve["test_acc"]),
             "loss": curve["train_loss_end"], "steps": summ["steps"], "curve": curve}
-
-
-def save(r: dict, run: Path, dest: Path) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in ("config.toml", "summary.json"):
-        shutil.copyfile(run / f, dest / f)
-    (dest / "curve.json").write_text(json.dumps(r["curve"]))
 
 
 def paired_ci(a: list[float], b: list[float]) -> tuple[float, float, float]:
@@ -90,7 +82,7 @@ def tune_table(root: Path, keep: Path | None) -> list[str]:
         chosen = max(found, key=lambda t: t[1]["final"])[0]
         for lr, r, d in found:
             if keep is not None:
-                save(r, d, keep / "tune" / d.name)
+                save_run(d, keep / "tune" / d.name, r["curve"])
             mark = " (chosen)" if lr == chosen else ""
             out.append(f"| {opt} | {lr:g}{mark} | {r['final']:.4f} | {r['best']:.4f} | {r['loss']:.4f} |")
         if chosen in (found[0][0], found[-1][0]):
@@ -107,7 +99,7 @@ def final_tables(root: Path, keep: Path | None) -> list[str]:
                 if r is not None:
                     arms.setdefault((opt, b), {})[int(seed.name[4:])] = r
                     if keep is not None:
-                        save(r, seed, keep / "final" / f"{opt}_b{b}" / seed.name)
+                        save_run(seed, keep / "final" / f"{opt}_b{b}" / seed.name, r["curve"])
     if not arms:
         return []
     out = ["## Equal epochs, tuned lr (mean ± std over seeds)", "",

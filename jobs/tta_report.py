@@ -51,12 +51,17 @@ def load(run: Path) -> dict | None:
             "t_link": float(np.sum(st["t_link"])) if "t_link" in st else 0.0}
 
 
-def save(r: dict, run: Path, dest: Path) -> None:
+def save_run(run: Path, dest: Path, curve: dict) -> None:
+    """A run kept for its report: its config.toml and summary.json, and ``curve`` (JSON-able, the
+    numbers the report reads from the rank files) as curve.json."""
     dest.mkdir(parents=True, exist_ok=True)
     for f in ("config.toml", "summary.json"):
         shutil.copyfile(run / f, dest / f)
-    curve = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items() if k != "final"}
     (dest / "curve.json").write_text(json.dumps(curve))
+
+
+def save(r: dict, run: Path, dest: Path) -> None:
+    save_run(run, dest, {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items() if k != "final"})
 
 
 def to_target(r: dict, target: float) -> tuple[float, float]:

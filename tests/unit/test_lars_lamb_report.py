@@ -56,7 +56,6 @@ def test_final_verdicts(tmp_path):
            "**held**" in text
     # at 8192: -0.01, 0.02, -0.01 -> mean 0.0, interval spans 0
     assert "lars better than sgd at B = 8192: +0.0000" in text
-
     # drops: sgd 0.10, 0.09, 0.08; lars 0.16, 0.11, 0.16; sgd's minus lars's: -0.06, -0.02, -0.08
     assert "lars loses less than sgd from B = 4096 to 8192 (sgd's drop minus lars's): -0.0533" in text
     # -0.0533 +- 4.303 x 0.0306 / sqrt(3): [-0.129, +0.023], and the 8192 comparison above: both include 0
