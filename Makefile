@@ -36,20 +36,21 @@ demo: install
 		--set run.out_dir=$(DEMO_DIR)/fedavg --set sync.mode=fedavg --set sync.period=8 --set run.overwrite=true
 	$(BIN)/lbfl analyze $(DEMO_DIR)/bsp $(DEMO_DIR)/fedavg --plots $(DEMO_DIR)/plots
 
-# the suite in two parts: everything but the clock-budget tests on 2 workers (pytest-xdist, a test
-# file per worker at a time; many tests wait on sleeps and signals), then the `serial` tests
-# (tests/conftest.py lists them) in two processes side by side: tests/slurm, which mostly waits on
-# its private Slurm (its log is printed after), and the other clock-budget tests
+# the suite in three processes: tests/slurm, which mostly waits on its private Slurm, starts first in
+# the background (its log is printed at the end); beside it everything but the clock-budget tests runs
+# on 2 workers (pytest-xdist, a test file per worker at a time; many tests wait on sleeps and signals),
+# then the other `serial` tests (tests/conftest.py lists them) alone
 TEST_WORKERS ?= 2
 test: install
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest tests -q -ra --durations=15 -m "not serial" \
-		-n $(TEST_WORKERS) --dist loadfile
 	@mkdir -p .venv/test-logs
 	PATH=$(abspath $(BIN)):$$PATH; \
 	$(BIN)/python -m pytest tests/slurm -q -ra --durations=8 -m serial > .venv/test-logs/slurm.log 2>&1 & slurm=$$!; \
+	trap 'kill $$slurm 2>/dev/null' INT TERM; \
+	$(BIN)/python -m pytest tests -q -ra --durations=15 -m "not serial" --ignore=tests/slurm \
+		-n $(TEST_WORKERS) --dist loadfile; par=$$?; \
 	$(BIN)/python -m pytest tests -q -ra --durations=15 -m serial --ignore=tests/slurm; rest=$$?; \
-	wait $$slurm; srl=$$?; echo "== tests/slurm (run beside the other serial tests):"; cat .venv/test-logs/slurm.log; \
-	test $$rest -eq 0 -a $$srl -eq 0
+	wait $$slurm; srl=$$?; echo "== tests/slurm (run beside the others):"; cat .venv/test-logs/slurm.log; \
+	test $$par -eq 0 -a $$rest -eq 0 -a $$srl -eq 0
 
 check: install
 	$(BIN)/ruff check lbfl_mpi tests benchmarks

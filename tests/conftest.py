@@ -12,10 +12,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "mpi" / "scripts"
 # Tests whose pass/fail reads a clock against a tight budget (Slurm's time-limit signal, the watchdog's
-# timeout, the GPU check's part limits): marked ``serial`` here, or one by one with
-# ``@pytest.mark.serial``. `make test` runs them alone after the rest, which runs on pytest-xdist
-# workers (``-m "not serial"``).
-SERIAL = ("tests/slurm/", "tests/mpi/test_watchdog.py", "tests/integration/test_gpu_check.py")
+# timeout): marked ``serial`` here, or one by one with ``@pytest.mark.serial``. `make test` runs
+# tests/slurm beside the rest (it mostly waits on its private Slurm) and the others alone after the
+# rest, which runs on pytest-xdist workers (``-m "not serial"``). The GPU check's dry run is not among
+# them: its parts take 4-16 s of their 40-100 s limits, and its 240 s budget holds under that load.
+SERIAL = ("tests/slurm/", "tests/mpi/test_watchdog.py")
 
 
 def pytest_collection_modifyitems(config, items):
