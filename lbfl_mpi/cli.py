@@ -149,15 +149,18 @@ def cmd_train(args) -> int:
             if "signals" in watch:
                 watch["signals"].close()
         if summary is not None:
-            print(f"final test acc {summary['final_test_acc']:.4f}  best {summary['best_test_acc']:.4f} "
-                  f"at step {summary['best_step']} (0-based)  "
+            held_out = "best_val_acc" in summary  # data.val_fraction: best by validation, test measured once
+            best = (f"val acc {summary['final_val_acc']:.4f}, best {summary['best_val_acc']:.4f}" if held_out
+                    else f"best {summary['best_test_acc']:.4f}")
+            print(f"final test acc {summary['final_test_acc']:.4f}  {best} at step {summary['best_step']} (0-based)  "
                   f"{summary['samples_per_s']:.0f} samples/s ({summary['samples_per_s_no_eval']:.0f} without "
                   f"evaluation)  {summary['wall_time_s']:.1f} s, {summary['eval_time_s']:.1f} s of it evaluation"
                   f"  -> {printable(cfg.run.out_dir)}", flush=True)
             from .accuracy import accuracy_warning
             from .config import num_classes
 
-            warning = accuracy_warning(summary["final_test_acc"], summary["best_test_acc"], num_classes(cfg),
+            key = "val" if held_out else "test"
+            warning = accuracy_warning(summary[f"final_{key}_acc"], summary[f"best_{key}_acc"], num_classes(cfg),
                                        summary["best_step"])
             if warning:  # rank 0 only: the others have no summary
                 print(f"lbfl: warning: {warning}", file=sys.stderr, flush=True)

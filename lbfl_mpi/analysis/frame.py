@@ -1,7 +1,8 @@
 """A run directory as pandas DataFrames (pandas is in the ``plots`` and ``all`` extras).
 
 ``load_run(dir)``: one row per (rank, step), columns ``rank`` and every column of the rank files'
-``steps`` group, plus the ``eval`` group's ``test_loss``, ``test_acc`` and ``t_eval`` joined on
+``steps`` group, plus the ``eval`` group's ``test_loss``, ``test_acc``, ``t_eval``, ``val_loss`` and
+``val_acc`` (data.val_fraction's split; NaN without one) joined on
 (rank, step): the step after which the evaluation was taken (``step`` is the 0-based step index),
 NaN on the steps without one. ``load_evals(dir)``: the evaluations alone, one row per (rank,
 evaluation). Both read through the checked reader of load.py (a damaged file raises
@@ -16,7 +17,7 @@ from pathlib import Path
 from ..telemetry.h5log import EVAL_COLUMNS, STEP_COLUMNS, UNITS
 from .load import RunData, read_run
 
-EVAL_JOINED = ("test_loss", "test_acc", "t_eval")
+EVAL_JOINED = tuple(c for c in EVAL_COLUMNS if c != "step")  # test_*, t_eval, val_*
 
 
 def _pandas():
@@ -38,7 +39,7 @@ def _frame(run: RunData, group: str, units: dict):
         part = pd.DataFrame({"rank": [r.rank] * n, **{k: cols[k][:n] for k in names}})
         parts.append(part.astype({"rank": "int64"}))
     df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"rank": []})
-    if group == "eval":  # files written before t_eval existed
+    if group == "eval":  # files written before t_eval or val_* existed
         for c in EVAL_JOINED:
             if c not in df.columns:
                 df[c] = float("nan")
@@ -51,7 +52,8 @@ def _frame(run: RunData, group: str, units: dict):
 
 def load_evals(path: str | Path | RunData):
     """The ``eval`` rows of every rank: columns ``rank``, ``step``, ``test_loss``, ``test_acc``,
-    ``t_eval`` (NaN in files written before it existed), sorted by rank then step."""
+    ``t_eval``, ``val_loss``, ``val_acc`` (NaN in files written before they existed, and the val_* of a
+    run without a validation split), sorted by rank then step."""
     run = path if isinstance(path, RunData) else read_run(path)
     return _frame(run, "eval", UNITS["eval"])
 

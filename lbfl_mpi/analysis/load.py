@@ -61,6 +61,17 @@ class RunData:
         """Test metrics over steps (identical on every rank; taken from rank 0)."""
         return self.ranks[0].eval if self.ranks else {}
 
+    def monitored(self) -> tuple[np.ndarray, np.ndarray, str]:
+        """(steps, accuracy, "val" or "test") of the evaluations during training: the validation
+        split's when the run has one (data.val_fraction; its test set is measured once, at the end),
+        else the test set's."""
+        ev = self.eval_curve()
+        steps = ev.get("step", np.array([], np.int64))
+        val = ev.get("val_acc")
+        if val is not None and np.isfinite(val).any():
+            return steps, val, "val"
+        return steps, ev.get("test_acc", np.array([])), "test"
+
     def accuracy(self) -> tuple[float, float]:
         """(final, best) test accuracy: from summary.json, else from the eval log (a killed run, or a
         stopped one whose summary holds null)."""

@@ -55,10 +55,12 @@ def _convergence(runs, out, plt) -> Path:
     fig, (ax_acc, ax_loss) = figure(plt, ncols=2, figsize=(11, 4.2 + 0.18 * -(-len(runs) // 3)))
     for ax in (ax_acc, ax_loss):
         colours(plt, ax, len(runs))
+    kinds = set()
     for run, label in zip(runs, run_labels(runs)):
-        ev = run.eval_curve()
-        if ev.get("step") is not None and ev["step"].size:
-            ax_acc.plot(ev["step"] + 1, ev["test_acc"], marker=".", label=label)
+        steps, acc, kind = run.monitored()
+        kinds.add(kind)
+        if steps.size:
+            ax_acc.plot(steps + 1, acc, marker=".", label=label + (" (validation)" if kind == "val" else ""))
         else:
             ax_acc.plot([], [], label=label)  # keeps the colours of both panels in step
         st = _steps(run)
@@ -66,7 +68,8 @@ def _convergence(runs, out, plt) -> Path:
             ax_loss.plot(st["step"] + 1, st["loss"], alpha=0.7)
         else:
             ax_loss.plot([], [])
-    ax_acc.set(xlabel="steps done", ylabel="test accuracy", title="Convergence (global model)")
+    ax_acc.set(xlabel="steps done", ylabel=" / ".join(f"{k} accuracy" for k in sorted(kinds, reverse=True)),
+               title="Convergence (global model)")
     ax_loss.set(xlabel="steps done", ylabel="training loss (rank 0)", yscale="log", title="Training loss")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)

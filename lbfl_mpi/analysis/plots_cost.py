@@ -1,7 +1,7 @@
 """What a run cost, as PNG charts (called by plots.write_plots):
 
-- ``accuracy_vs_samples.png``: test accuracy against the training samples seen by all ranks when
-  each evaluation was taken;
+- ``accuracy_vs_samples.png``: test accuracy (validation accuracy for a run with data.val_fraction)
+  against the training samples seen by all ranks when each evaluation was taken;
 - ``accuracy_vs_bytes.png``: test accuracy against the bytes all ranks had handed to MPI by then
   (``bytes_sent``; a log axis when the runs' totals differ by more than 20x);
 - ``time_breakdown.png``: per rank, stacked seconds of compute (``t_compute`` + ``t_teacher``), data
@@ -26,11 +26,11 @@ COLOURS = {"compute": "tab:blue", "data": "tab:cyan", "sync": "tab:orange", "str
 
 
 def _cum_at_evals(run: RunData, column: str) -> tuple[np.ndarray, np.ndarray]:
-    """(sum over ranks of the running total of ``column`` after each evaluated step, test accuracy);
-    evaluations after the last step every rank logged are left out."""
-    ev = run.eval_curve()
-    steps, acc = ev.get("step"), ev.get("test_acc")
-    if steps is None or acc is None or not steps.size or not run.ranks:
+    """(sum over ranks of the running total of ``column`` after each evaluated step, the accuracy
+    monitored during training: validation where the run has a split, else test); evaluations after
+    the last step every rank logged are left out."""
+    steps, acc, _ = run.monitored()
+    if not acc.size or not steps.size or not run.ranks:
         return np.array([]), np.array([])
     total = np.zeros(steps.size)
     keep = np.ones(steps.size, dtype=bool)
@@ -82,7 +82,8 @@ def _accuracy_vs(runs, out, plt, column: str, xlabel: str, name: str):
         if finals and max(finals) > 20 * min(finals):
             ax.set_xscale("log")
         ax.xaxis.set_major_formatter(EngFormatter(unit="B"))
-    ax.set(xlabel=xlabel, ylabel="test accuracy", title=wrap(f"Test accuracy against {xlabel}", 80))
+    ax.set(xlabel=xlabel, ylabel="accuracy (validation where a run has a split, else test)",
+           title=wrap(f"Accuracy against {xlabel}", 80))
     ax.grid(alpha=0.3)
     legend_below(fig, ax, len(curves))
     return save(fig, out / name, plt)

@@ -61,9 +61,8 @@ def _best_step(run: RunData) -> int | None:
     b = (run.summary or {}).get("best_step")
     if isinstance(b, int) and not isinstance(b, bool) and b >= 0:
         return b
-    ev = run.eval_curve()
-    acc, steps = ev.get("test_acc"), ev.get("step")
-    if acc is None or steps is None or not np.isfinite(acc).any():
+    steps, acc, _ = run.monitored()
+    if not acc.size or not steps.size or not np.isfinite(acc).any():
         return None
     return int(steps[int(np.nanargmax(acc))])
 

@@ -132,6 +132,7 @@ def validate(cfg: Config) -> None:
     _check_optimizer(cfg.train)
     _check_micro_batch(cfg)
     _check_adascale(cfg)
+    _check_gnp(cfg)
     _check_density(cfg)
     bt = cfg.batching
     if bt.global_mode == "adaptive":
@@ -185,6 +186,19 @@ def _check_adascale(cfg) -> None:
            "must be 'sgd' or 'lars' with scaling.method='adascale' (its gain scales an SGD learning rate)")
     _check(not cfg.train.scale_lr, "train.scale_lr", cfg.train.scale_lr,
            "must be false with scaling.method='adascale' (the gain replaces the linear scaling rule)")
+
+
+def _check_gnp(cfg) -> None:
+    """scaling.method = gnp: its extra backward passes need plain fp32/bf16 gradients of whole
+    micro-batches, outside any overlapping exchange (scaling/gnp.py)."""
+    if cfg.scaling.method != "gnp":
+        return
+    _check(cfg.train.precision != "fp16", "train.precision", cfg.train.precision,
+           "is not supported with scaling.method='gnp' (the finite difference needs unscaled gradients; use bf16)")
+    _check(cfg.sync.bucket_mb == 0, "sync.bucket_mb", cfg.sync.bucket_mb,
+           "must be 0 with scaling.method='gnp' (its extra backward passes would start the exchange's buckets)")
+    _check(cfg.train.micro_batch == 0, "train.micro_batch", cfg.train.micro_batch,
+           "must be 0 with scaling.method='gnp' (its L_j are the micro-batches of scaling.small_batch)")
 
 
 def _check_optimizer(tc) -> None:

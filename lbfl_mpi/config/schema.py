@@ -73,6 +73,14 @@ class DataConfig:
     synthetic_train: int = _f(8192, "Synthetic: training samples.", min=1, max=INT_MAX)
     synthetic_test: int = _f(1024, "Synthetic: test samples.", min=1, max=INT_MAX)
     synthetic_noise: float = _f(1.0, "Synthetic: noise std around each class template (signal std is 1).", min=0)
+    train_subset: int = _f(0, "Train on this many samples of the training set, drawn once from a fixed stream "
+                              "(the same for every run.seed and rank); the validation split and the client "
+                              "partition are made from them. 0: all.", min=0, max=INT_MAX)
+    val_fraction: float = _f(0.0, "Hold this fraction of the (subset of the) training set out as a validation "
+                                  "split, stratified by class and fixed for every run.seed; no client trains on "
+                                  "it. When > 0, train.eval_every evaluates the validation split (eval columns "
+                                  "val_loss, val_acc) and the test set is evaluated once, after the last step. "
+                                  "0: no split (eval measures the test set).", min=0, max=0.9)
 
 
 @dataclass
@@ -246,11 +254,12 @@ def num_classes(cfg: Config) -> int:
 
 def uses_micro_batches(cfg: Config, world_size: int) -> bool:
     """Whether the local batch is split into micro-batches of scaling.small_batch: always for the
-    teacher's training pairs; for the noise scale (and gain) where the free BSP estimate is missing."""
+    teacher's training pairs and the gradient-norm penalty's L_j; for the noise scale (and gain) where
+    the free BSP estimate is missing."""
     sc = cfg.scaling
     if sc.small_batch < 1:
         return False
-    return sc.method == "teacher" or cfg.sync.mode != "bsp" or world_size == 1
+    return sc.method in ("teacher", "gnp") or cfg.sync.mode != "bsp" or world_size == 1
 
 
 def global_batch(cfg: Config, world_size: int) -> int:

@@ -101,9 +101,12 @@ class ScalingConfig:
                              "gain, applied to the gradient); teacher: the learned A(.) of Eq. 5b; adascale: "
                              "AdaScale SGD (Johnson et al. 2020), lr x r with r = (tr/B0 + |G|^2) / (tr/B + "
                              "|G|^2), B0 = train.base_batch, and a progress counter tau += r that reads the "
-                             "schedule and ends the run at train.steps (BSP, sgd or lars). BSP transforms the "
+                             "schedule and ends the run at train.steps (BSP, sgd or lars); gnp: the "
+                             "gradient-norm penalty (eps/4) mean_j |grad L_j|^2 over the micro-batches of "
+                             "scaling.small_batch (Smith et al. 2021; one extra forward and backward, "
+                             "scaling/gnp.py), added to each client's local gradient. BSP transforms the "
                              "synchronised gradient, FedAvg each client's local gradient.",
-                     ("none", "step", "gain", "teacher", "adascale"))
+                     ("none", "step", "gain", "teacher", "adascale", "gnp"))
     threshold: float = _f(0.5, "Critical phase when the gradient change of Eq. 8 is >= this.", min=0)
     ewma: float = _f(0.0, "EWMA weight of the previous value when smoothing Eq. 8 (0: raw Eq. 8).",
                      min=0, max=1, max_open=True)
@@ -135,3 +138,7 @@ class ScalingConfig:
     teacher_chunk: int = _f(64, "teacher: gradient values per chunk the network reads.", min=1, max=65536)
     teacher_hidden: int = _f(32, "teacher: hidden units of the per-chunk MLP.", min=1, max=65536)
     teacher_lr: float = _f(1e-3, "teacher: Adam learning rate.", min=0, min_open=True)
+    gnp_epsilon: float = _f(0.0, "gnp: eps of the penalty (eps/4) mean_j |grad L_j|^2 (0: the step's learning "
+                                 "rate, SGD's implicit regulariser by Smith et al. 2021).", min=0)
+    gnp_radius: float = _f(1e-3, "gnp: radius r of the finite-difference Hessian-vector product "
+                                 "H g ~= |g| (grad L(theta + r g/|g|) - g) / r.", min=0, min_open=True)

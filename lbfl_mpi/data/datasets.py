@@ -20,6 +20,7 @@ from ..config import NUM_CLASSES, DataConfig
 from ..config.schema import FASHION_DEFAULT_ROOT
 from ..files import open_regular
 from .fits import synthetic_problem
+from .holdout import HoldoutError, holdout_indices, take
 
 DATASET_NAMES = ("digits", "fashion_mnist", "synthetic", "cifar10", "cifar100",
                  "caltech101", "caltech256", "food101")
@@ -114,11 +115,25 @@ class DatasetBundle:
     num_classes: int
     input_shape: tuple       # (C, H, W)
     train_labels: np.ndarray  # int64 labels of train, in order
+    val: object = None       # data.val_fraction's validation split of the training set (holdout.py), or None
 
 
 def load_dataset(cfg: DataConfig, seed: int = 0) -> DatasetBundle:
-    """Load ``cfg.name``. ``seed`` is accepted for symmetry; no split or sample depends on it."""
+    """Load ``cfg.name``, with ``data.train_subset`` and ``data.val_fraction`` applied (holdout.py).
+    ``seed`` is accepted for symmetry; no split or sample depends on it."""
     del seed
+    bundle = _load(cfg)
+    if not (cfg.train_subset or cfg.val_fraction):
+        return bundle
+    try:
+        train_idx, val_idx = holdout_indices(bundle.train_labels, cfg.train_subset, cfg.val_fraction)
+    except HoldoutError as e:
+        raise DataError(f"{e} of data.name={cfg.name!r}") from None
+    return DatasetBundle(take(bundle.train, train_idx), bundle.test, bundle.num_classes, bundle.input_shape,
+                         bundle.train_labels[train_idx], take(bundle.train, val_idx) if len(val_idx) else None)
+
+
+def _load(cfg: DataConfig) -> DatasetBundle:
     if cfg.name == "digits":
         return _digits()
     if cfg.name == "fashion_mnist":

@@ -83,6 +83,7 @@ class GradStatsPass:
         self.small_sq: torch.Tensor | None = None  # of the last backward (accumulation with small_stats)
         self.small_n = 0
         self.chunks = 1                              # micro-batches of the last backward
+        self.penalty = None  # scaling.method = gnp: a GradNormPenalty (gnp.py) run after the backward
 
     def backward(self, x: torch.Tensor, y: torch.Tensor, loss_fn, scaled, zero_grad, before_last=None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -99,14 +100,18 @@ class GradStatsPass:
                 before_last()
             loss = loss_fn(x, y)
             scaled(loss).backward()
+            if self.penalty is not None:  # m = 1: the batch's own gradient norm
+                rows = torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=x.device)
+                                  for p in self.params])[None]
+                self.penalty.add_(self.params, [(x, y)], loss_fn, rows)
             return loss.detach(), None
         if before_last is not None:
             before_last()
         chunks = list(zip(x.split(self.micro_batch), y.split(self.micro_batch)))
         self.chunks = len(chunks)
         shape = (len(chunks), sum(self.sizes))
-        if self._buf is None or self._buf.shape != shape:
-            self._buf = torch.empty(shape, device=x.device)
+        if self._buf is None or self._buf.shape != shape or self._buf.dtype != self.params[0].dtype:
+            self._buf = torch.empty(shape, device=x.device, dtype=self.params[0].dtype)
         flats = self._buf
         loss = torch.zeros((), device=x.device)
         for j, (xs, ys) in enumerate(chunks):
@@ -123,6 +128,8 @@ class GradStatsPass:
             if p.grad is None:
                 p.grad = torch.empty_like(p)
             p.grad.copy_(v.view_as(p))
+        if self.penalty is not None:  # the rows stay the plain g_j: the statistics read them
+            self.penalty.add_(self.params, chunks, loss_fn, flats)
         return loss / len(chunks), flats
 
     def _accumulate(self, x, y, loss_fn, scaled, before_last) -> torch.Tensor:

@@ -27,6 +27,7 @@ from ..optim import build_optimizer
 from ..plan.micro_batch import micro_batch_of
 from ..precision import LossScaler
 from ..run.stopping import StopAgreement, preemption_warnings
+from ..scaling.gnp import GradNormPenalty
 from ..scaling.transform import GradTransform, scaling_warnings
 from ..sync import build_sync
 from .client import Client
@@ -59,8 +60,8 @@ def build_worker(cfg: Config, comm=None, batches=None, signals=None, device: str
     kind = AdaptiveBatcher if cfg.batching.global_mode == "adaptive" else DynamicBatcher
     batcher = kind(cfg.batching, comm.world_size, gb) if cfg.batching.mode == "dynamic" else None
     worker = Worker(cfg, comm, device=device, backend=backend, stops=stops, plan=plan, test_set=bundle.test,
-                    partition_sizes=[len(p) for p in parts], global_batch=gb, batcher=batcher, clients=[client],
-                    batches=batches)
+                    val_set=bundle.val, partition_sizes=[len(p) for p in parts], global_batch=gb, batcher=batcher,
+                    clients=[client], batches=batches)
     for warning in start_warnings(cfg, comm.world_size, bundle, parts, batcher) if comm.rank == 0 else ():
         print(f"lbfl: warning: {warning}", file=sys.stderr, flush=True)
     return worker
@@ -146,10 +147,13 @@ def _build_client(cfg: Config, comm, device, bundle, indices, seed: int, loader=
     # accumulation feeds the noise scale where the free BSP estimate is missing (scaling/stats.py)
     small_stats = cfg.sync.mode != "bsp" or comm.world_size == 1
     transform = GradTransform(cfg, comm, sync.params, global_batch(cfg, comm.world_size), device)
+    sc = cfg.scaling
+    penalty = GradNormPenalty(model, sc.gnp_epsilon, sc.gnp_radius, lambda: opt.param_groups[0]["lr"]) \
+        if sc.method == "gnp" else None
     return Client(comm.rank, model=model, opt=opt, scaler=scaler, loader=loader, sync=sync, transform=transform,
                   micro_batch=micro, precision=cfg.train.precision, channels_last=cfg.train.channels_last,
                   device=device, accumulate=micro_batch_of(cfg, model, bundle, device, comm.rank),
-                  small_stats=small_stats)
+                  small_stats=small_stats, penalty=penalty)
 
 
 def _probe(model: torch.nn.Module, cfg: Config, shape: tuple, device: torch.device) -> None:

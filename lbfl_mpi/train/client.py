@@ -23,7 +23,7 @@ from ..scaling.stats import GradStatsPass
 class Client:
     def __init__(self, cid: int, *, model, opt, scaler, loader, sync, transform, micro_batch: int,
                  precision: str, channels_last: bool, device: torch.device, accumulate: int = 0,
-                 small_stats: bool = False):
+                 small_stats: bool = False, penalty=None):
         self.cid = cid
         self.model, self.opt, self.scaler, self.loader = model, opt, scaler, loader
         self.sync, self.transform = sync, transform
@@ -31,6 +31,7 @@ class Client:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # micro_batch: scaling.small_batch rows; accumulate: train.micro_batch (scaling/stats.py)
         self.grad_pass = GradStatsPass(sync.params, micro_batch, accumulate, small_stats)
+        self.grad_pass.penalty = penalty  # scaling.method = gnp (scaling/gnp.py)
         self.skips = 0  # updates dropped on a non-finite value (train.nonfinite='skip')
         # the federated algorithm's gradient correction before each update (FedProx, SCAFFOLD; fl/)
         self.correction = None

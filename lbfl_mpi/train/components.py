@@ -61,7 +61,9 @@ class Checkpointer:
 
 class Evaluator:
     """``train.eval_every``: the global model's test loss and accuracy, and always after the last step;
-    each evaluation's wall time on this rank is logged as ``t_eval`` (it is outside every ``t_step``)."""
+    each evaluation's wall time on this rank is logged as ``t_eval`` (it is outside every ``t_step``).
+    With a validation split (``data.val_fraction``) every evaluation measures it instead (val_loss,
+    val_acc), and the test set is measured once, after the last step (test_* NaN before it)."""
 
     def __init__(self, worker, log):
         self.w, self.log = worker, log
@@ -73,10 +75,13 @@ class Evaluator:
         return bool(self.every) and done % self.every == 0 or done == self.steps
 
     def run(self, step: int) -> None:
-        t = time.perf_counter()
-        test_loss, test_acc = self.w.evaluate()  # returns host floats: the device work is done
-        self.log.log_eval(step, test_loss, test_acc, time.perf_counter() - t)
-        self.last_acc, self.last_loss = test_acc, test_loss
+        t, nan = time.perf_counter(), float("nan")
+        val = self.w.evaluate(self.w.val_set) if self.w.val_set is not None else (nan, nan)
+        final = self.w.val_set is None or step + 1 == self.steps
+        test = self.w.evaluate() if final else (nan, nan)  # host floats: the device work is done
+        self.log.log_eval(step, *test, time.perf_counter() - t, *val)
+        # the progress bar's and the final check's reading: the test set only once it is measured
+        self.last_loss, self.last_acc = test if final else val
 
 
 class Rebatcher:

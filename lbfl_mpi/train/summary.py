@@ -12,17 +12,25 @@ from ..files import write_json_atomic
 def write_summary(w, log, wall: float, samples: int, sizes: list[int], **outcome) -> dict:
     """Rank 0: summary.json of the run (also of a stopped one), written atomically as strict JSON."""
     cfg = w.cfg
-    ev = {k: log.f["eval"][k][:] for k in ("step", "test_loss", "test_acc", "t_eval")}
+    ev = {k: log.f["eval"][k][:] for k in ("step", "test_loss", "test_acc", "t_eval", "val_loss", "val_acc")}
     nan = float("nan")
     eval_s = float(np.nansum(ev["t_eval"]))  # rows kept from a file written before t_eval existed hold NaN
     train_s = wall - eval_s
-    best = int(np.argmax(ev["test_acc"])) if len(ev["test_acc"]) else None
+    held_out = w.val_set is not None  # data.val_fraction: "best" is chosen on validation, test is measured once
+    pick = ev["val_acc"] if held_out else ev["test_acc"]
+    best = int(np.nanargmax(pick)) if len(pick) and not np.isnan(pick).all() else None
+    final_acc, final_loss = (float(ev["test_acc"][-1]), float(ev["test_loss"][-1])) if len(pick) else (nan, nan)
+    if held_out:  # the test set is measured once: its best is its final (NaN for a run stopped early)
+        best_acc = final_acc
+    else:
+        best_acc = float(ev["test_acc"][best]) if best is not None else nan
     summary = {
         "name": cfg.run.name or Path(cfg.run.out_dir).name, **outcome,
-        "final_test_acc": float(ev["test_acc"][-1]) if best is not None else nan,
-        "final_test_loss": float(ev["test_loss"][-1]) if best is not None else nan,
-        "best_test_acc": float(ev["test_acc"][best]) if best is not None else nan,
+        "final_test_acc": final_acc, "final_test_loss": final_loss, "best_test_acc": best_acc,
         "best_step": int(ev["step"][best]) if best is not None else -1,
+        **({"final_val_acc": float(ev["val_acc"][-1]), "final_val_loss": float(ev["val_loss"][-1]),
+            "best_val_acc": float(ev["val_acc"][best]), "val_samples": len(w.val_set)}
+           if held_out and best is not None else {}),
         "steps": cfg.train.steps, "world_size": w.comm.world_size, "global_batch": w.global_batch,
         "sync_mode": cfg.sync.mode, "period": cfg.sync.period, "dataset": cfg.data.name,
         "partition": cfg.data.partition, "model": cfg.model.name, "partition_sizes": w.partition_sizes,

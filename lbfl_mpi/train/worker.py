@@ -25,9 +25,9 @@ def loader_batch(step: int, client):
 
 class Worker:
     def __init__(self, cfg, comm, *, device, backend: str, stops, plan, test_set, partition_sizes: list[int],
-                 global_batch: int, batcher, clients: list, batches=None):
+                 global_batch: int, batcher, clients: list, batches=None, val_set=None):
         self.cfg, self.comm, self.device, self.backend = cfg, comm, device, backend
-        self.stops, self.plan, self.test_set = stops, plan, test_set
+        self.stops, self.plan, self.test_set, self.val_set = stops, plan, test_set, val_set
         self.partition_sizes, self.global_batch, self.batcher = partition_sizes, global_batch, batcher
         self.clients = clients
         self.batches = batches or loader_batch  # (step, client) -> (x, y), on the host or the device
@@ -58,13 +58,14 @@ class Worker:
             self.global_batch = self.client.transform.global_batch = int(sum(sizes))
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
-        """Test loss and accuracy of the global (sample-weighted average) model; collective."""
+    def evaluate(self, data=None) -> tuple[float, float]:
+        """Loss and accuracy of the global (sample-weighted average) model on ``data`` (the test set
+        by default); collective."""
         c, cfg = self.client, self.cfg
         with c.sync.global_view(c.sync.eval_weight(cfg.train.batch_size)):
             c.model.eval()
             acc = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count
-            for x, y in eval_batches(self.test_set, self.comm.rank, self.comm.world_size,
+            for x, y in eval_batches(self.test_set if data is None else data, self.comm.rank, self.comm.world_size,
                                      cfg.train.eval_batch, cfg.data.workers, device=self.device):
                 x, y = c.to_device(x, y)
                 with autocast(c.precision, self.device):
