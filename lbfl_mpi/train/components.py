@@ -74,10 +74,12 @@ class Evaluator:
     def due(self, done: int) -> bool:
         return bool(self.every) and done % self.every == 0 or done == self.steps
 
-    def run(self, step: int) -> None:
+    def run(self, step: int, last: bool = False) -> None:
+        """Evaluate after 0-based ``step``; ``last``: the run ends there (train.steps, or AdaScale's
+        progress before it), so a run with a validation split measures its test set now."""
         t, nan = time.perf_counter(), float("nan")
         val = self.w.evaluate(self.w.val_set) if self.w.val_set is not None else (nan, nan)
-        final = self.w.val_set is None or step + 1 == self.steps
+        final = self.w.val_set is None or last or step + 1 == self.steps
         test = self.w.evaluate() if final else (nan, nan)  # host floats: the device work is done
         self.log.log_eval(step, *test, time.perf_counter() - t, *val)
         # the progress bar's and the final check's reading: the test set only once it is measured

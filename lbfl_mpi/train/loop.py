@@ -80,7 +80,7 @@ def after_steps(w, log: RankLog, ckpt: Checkpointer, evaluator, done: int, t0: f
     step, which train.steps or AdaScale's progress makes the end)."""
     stop_if_nonfinite(w, log, t0)
     if evaluate:
-        evaluator.run(done - 1)
+        evaluator.run(done - 1, last=last)
     if ckpt.due(done):
         log.flush()
         ckpt.save(done, t0)

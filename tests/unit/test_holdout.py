@@ -146,3 +146,15 @@ def test_analysis_follows_the_validation_curve(tmp_path):
     steps, acc, kind = read_run(run).monitored()
     assert kind == "val" and steps.tolist() == [1, 3, 5]
     np.testing.assert_array_equal(acc, want)
+
+
+def test_adascale_ending_early_still_measures_the_test_set(tmp_path):
+    run = tmp_path / "run"
+    cfg = load_config(None, [f"run.out_dir={run}", "train.steps=40", "train.eval_every=5", "train.batch_size=16",
+                             "model.name=mlp", "data.val_fraction=0.2", "scaling.method=adascale",
+                             "scaling.small_batch=4", "train.base_batch=4"])
+    summary = train(build_worker(cfg, Comm()))
+    with h5py.File(run / "rank0000.h5", "r") as f:
+        test, steps = f["eval"]["test_acc"][:], f["eval"]["step"][:]
+    assert summary["steps_done"] < 40 and steps[-1] == summary["steps_done"] - 1  # AdaScale's progress ended it
+    assert np.isfinite(test[-1]) and np.isnan(test[:-1]).all() and summary["final_test_acc"] == test[-1]
