@@ -2,7 +2,8 @@
 
 ``load_run(dir)``: one row per (rank, step), columns ``rank`` and every column of the rank files'
 ``steps`` group, plus the ``eval`` group's ``test_loss``, ``test_acc``, ``t_eval``, ``val_loss`` and
-``val_acc`` (data.val_fraction's split; NaN without one) joined on
+``val_acc`` (data.val_fraction's split), ``train_loss``, ``train_acc`` and ``sharpness``
+(train.eval_train_samples; NaN without them) joined on
 (rank, step): the step after which the evaluation was taken (``step`` is the 0-based step index),
 NaN on the steps without one. ``load_evals(dir)``: the evaluations alone, one row per (rank,
 evaluation). Both read through the checked reader of load.py (a damaged file raises
@@ -17,7 +18,7 @@ from pathlib import Path
 from ..telemetry.h5log import EVAL_COLUMNS, STEP_COLUMNS, UNITS
 from .load import RunData, read_run
 
-EVAL_JOINED = tuple(c for c in EVAL_COLUMNS if c != "step")  # test_*, t_eval, val_*
+EVAL_JOINED = tuple(c for c in EVAL_COLUMNS if c != "step")  # test_*, t_eval, val_*, train_*, sharpness
 
 
 def _pandas():
@@ -52,8 +53,8 @@ def _frame(run: RunData, group: str, units: dict):
 
 def load_evals(path: str | Path | RunData):
     """The ``eval`` rows of every rank: columns ``rank``, ``step``, ``test_loss``, ``test_acc``,
-    ``t_eval``, ``val_loss``, ``val_acc`` (NaN in files written before they existed, and the val_* of a
-    run without a validation split), sorted by rank then step."""
+    ``t_eval``, ``val_loss``, ``val_acc``, ``train_loss``, ``train_acc``, ``sharpness`` (NaN in files
+    written before they existed, and where a run did not measure them), sorted by rank then step."""
     run = path if isinstance(path, RunData) else read_run(path)
     return _frame(run, "eval", UNITS["eval"])
 

@@ -19,6 +19,7 @@ RECORD_UNITS = {
     "final_test_acc": "1", "best_test_acc": "1", "best_step": "0-based step index", "wall_time_s": "s",
     "eval_time_s": "s", "samples_per_s": "samples/s", "samples_per_s_no_eval": "samples/s",
     "global_batch": "samples", "epoch_time_s": "s", "ideal_epoch_time_s": "s", "epoch_vs_ideal": "1",
+    "last_val_acc": "1", "last_train_acc": "1", "last_sharpness": "1",
     **{f"ranks.{st}_{c}": "s" for st in STATS for c in (*TABLE_TIMES, "t_compress")},
     "ranks.eval_time_s": "s", "ranks.bytes_sent_per_step": "bytes", "ranks.bytes_per_sync": "bytes",
     "ranks.dense_bytes": "bytes", "ranks.bytes_vs_dense": "1", "ranks.mean_density": "1",
@@ -175,7 +176,31 @@ def run_record(run: RunData) -> dict:
             **_throughput(run, ranks),
             "global_batch": s.get("global_batch"), "scaling": scaling_label(run.config),
             "lr": run.config.get("train", {}).get("lr"),
-            "wall_time_s": s.get("wall_time_s"), **epoch_vs_ideal(run), "ranks": ranks, "units": dict(RECORD_UNITS)}
+            "wall_time_s": s.get("wall_time_s"), **epoch_vs_ideal(run), **readings(run), "ranks": ranks,
+            "units": dict(RECORD_UNITS)}
+
+
+READINGS = ("val_acc", "train_acc", "sharpness")
+
+
+def readings(run: RunData) -> dict:
+    """The last evaluation's validation accuracy (data.val_fraction), train accuracy on the probe
+    (train.eval_train_samples) and sharpness (train.eval_sharpness_iters), as ``last_<column>``; NaN
+    where the run did not measure them."""
+    ev = run.eval_curve()
+    return {f"last_{c}": float(ev[c][-1]) if c in ev and ev[c].size else float("nan") for c in READINGS}
+
+
+def format_readings(rec: dict, final_test: float) -> str:
+    """"   last evaluation: val acc .., train acc .. (train - test ..), sharpness .." or ""."""
+    val, tr, sh = (as_float(rec.get(f"last_{c}")) for c in READINGS)
+    parts = [f"val acc {val:.4f}"] if math.isfinite(val) else []
+    if math.isfinite(tr):
+        gap = f" (train - test {tr - final_test:+.4f})" if math.isfinite(final_test) else ""
+        parts.append(f"train acc {tr:.4f}{gap}")
+    if math.isfinite(sh):
+        parts.append(f"sharpness {sh:.4g}")
+    return f"\n   last evaluation: {', '.join(parts)}" if parts else ""
 
 
 def _accuracy_warning(run: RunData, final: float, best: float) -> str | None:
@@ -254,6 +279,7 @@ def format_run(rec: dict) -> str:
         head += f" ({no_eval:.0f} without evaluation)" if no_eval > 0 else ""
         head += f", {as_float(rec['wall_time_s']):.1f} s"
         head += f" ({eval_s:.1f} s evaluation)" if eval_s >= 0 else ""
+    head += format_readings(rec, as_float(rec["final_test_acc"]))
     head += "".join(f"\n   {w}" for w in outcome_warnings(rec))
     if not math.isnan(rec.get("epoch_vs_ideal", float("nan"))):
         head += (f"\n   time per global epoch {rec['epoch_time_s']:.2f} s = {rec['epoch_vs_ideal']:.2f} x the ideal "

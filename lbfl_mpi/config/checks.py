@@ -133,6 +133,8 @@ def validate(cfg: Config) -> None:
     _check_micro_batch(cfg)
     _check_adascale(cfg)
     _check_gnp(cfg)
+    _check(not cfg.train.eval_sharpness_iters or cfg.train.eval_train_samples > 0, "train.eval_sharpness_iters",
+           cfg.train.eval_sharpness_iters, "needs train.eval_train_samples > 0 (it reads their first batch)")
     _check_density(cfg)
     bt = cfg.batching
     if bt.global_mode == "adaptive":

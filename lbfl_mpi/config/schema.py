@@ -136,6 +136,15 @@ class TrainConfig:
     base_batch: int = _f(32, "Reference batch for scale_lr.", min=1, max=INT_MAX)
     eval_every: int = _f(50, "Evaluate the global model every N steps (0: only at the end).", min=0, max=INT_MAX)
     eval_batch: int = _f(256, "Batch size for evaluation.", min=1, max=INT_MAX)
+    eval_train_samples: int = _f(0, "Every evaluation also measures the global model on this many training "
+                                    "samples, drawn once from a fixed stream (eval columns train_loss, "
+                                    "train_acc: the train side of the generalisation gap). 0: off.",
+                                 min=0, max=INT_MAX)
+    eval_sharpness_iters: int = _f(0, "Every evaluation also estimates the top Hessian eigenvalue of the "
+                                      "training loss (eval column sharpness) by this many power iterations "
+                                      "of exact Hessian-vector products on the first train.eval_batch samples "
+                                      "of train.eval_train_samples (scaling/sharpness.py). 0: off.",
+                                   min=0, max=10_000)
     precision: str = _f("fp32", "Forward/backward precision: fp32; bf16 or fp16 run the model under autocast "
                                 "(fp16 with a loss scaler whose skip-or-step decision every BSP rank shares). "
                                 "Parameters, gradients, the sync and the error-feedback residuals stay fp32.",

@@ -20,7 +20,7 @@ from ..config import NUM_CLASSES, DataConfig
 from ..config.schema import FASHION_DEFAULT_ROOT
 from ..files import open_regular
 from .fits import synthetic_problem
-from .holdout import HoldoutError, holdout_indices, take
+from .holdout import HoldoutError, holdout_indices, probe, take
 
 DATASET_NAMES = ("digits", "fashion_mnist", "synthetic", "cifar10", "cifar100",
                  "caltech101", "caltech256", "food101")
@@ -131,6 +131,14 @@ def load_dataset(cfg: DataConfig, seed: int = 0) -> DatasetBundle:
         raise DataError(f"{e} of data.name={cfg.name!r}") from None
     return DatasetBundle(take(bundle.train, train_idx), bundle.test, bundle.num_classes, bundle.input_shape,
                          bundle.train_labels[train_idx], take(bundle.train, val_idx) if len(val_idx) else None)
+
+
+def train_probe(bundle: DatasetBundle, count: int):
+    """``train.eval_train_samples`` of the bundle's training set (holdout.probe), or None when 0."""
+    try:
+        return probe(bundle.train, count)
+    except HoldoutError as e:
+        raise DataError(str(e)) from None
 
 
 def _load(cfg: DataConfig) -> DatasetBundle:

@@ -53,6 +53,17 @@ def holdout_indices(labels: np.ndarray, train_subset: int, val_fraction: float) 
     return train_idx, val_idx
 
 
+def probe(dataset, count: int):
+    """``train.eval_train_samples``: ``count`` samples of the training set drawn once from a fixed
+    stream (the same for every seed and rank), the train side of the evaluation; None when 0."""
+    if not count:
+        return None
+    n = len(dataset)
+    if count > n:
+        raise HoldoutError(f"train.eval_train_samples={count} exceeds the {n} training samples")
+    return take(dataset, np.sort(np.random.default_rng([_HOLDOUT_SEED, 2]).permutation(n)[:count]))
+
+
 def take(dataset, idx: np.ndarray):
     """The samples ``idx`` of a dataset: a TensorData of them, or a torch Subset of a map-style set."""
     if hasattr(dataset, "x") and hasattr(dataset, "y"):

@@ -24,9 +24,10 @@ from .validate import BadFile, check_rank_file
 CHUNK_ROWS = 1024
 DISK_MARGIN = 1 << 20  # HDF5 metadata (superblock, B-trees, SWMR flushes) on top of the rows
 EVAL_COLUMNS: dict[str, str] = {"step": "i8", "test_loss": "f8", "test_acc": "f8", "t_eval": "f8",
-                                "val_loss": "f8", "val_acc": "f8"}
+                                "val_loss": "f8", "val_acc": "f8", "train_loss": "f8", "train_acc": "f8",
+                                "sharpness": "f8"}
 EVAL_UNITS: dict[str, str] = {"step": "1", "test_loss": "1", "test_acc": "1", "t_eval": "s", "val_loss": "1",
-                              "val_acc": "1"}
+                              "val_acc": "1", "train_loss": "1", "train_acc": "1", "sharpness": "1"}
 # the ``plan`` group's per-probe columns (plan/recommend.py rows)
 PLAN_UNITS: dict[str, str] = {
     "batch": "samples", "held_out": "1", "mem_measured": "bytes", "mem_predicted": "bytes", "mem_err": "1",
@@ -187,11 +188,16 @@ class RankLog:
             self.flush()
 
     def log_eval(self, step: int, test_loss: float, test_acc: float, t_eval: float = float("nan"),
-                 val_loss: float = float("nan"), val_acc: float = float("nan")) -> None:
-        """One evaluation after 0-based step ``step``; ``t_eval``: its seconds on this rank; NaN for a
-        set not measured (the test set before the last step when a validation split exists)."""
-        self.pending["eval"].append({"step": step, "test_loss": test_loss, "test_acc": test_acc, "t_eval": t_eval,
-                                     "val_loss": val_loss, "val_acc": val_acc})
+                 **more: float) -> None:
+        """One evaluation after 0-based step ``step``; ``t_eval``: its seconds on this rank; ``more``:
+        other columns of EVAL_COLUMNS (val_*, train_*, sharpness), NaN where not measured (the test
+        set before the last step when a validation split exists)."""
+        unknown = set(more) - set(EVAL_COLUMNS)
+        if unknown:
+            raise KeyError(f"eval row has unknown columns {sorted(unknown)}")
+        row = dict.fromkeys(EVAL_COLUMNS, float("nan"))
+        row.update(step=step, test_loss=test_loss, test_acc=test_acc, t_eval=t_eval, **more)
+        self.pending["eval"].append(row)
 
     def log_group(self, group: str, row: dict) -> None:
         """One row of an extra group (``groups`` at construction: the federated layer's ``clients`` and

@@ -81,7 +81,12 @@ class Evaluator:
         val = self.w.evaluate(self.w.val_set) if self.w.val_set is not None else (nan, nan)
         final = self.w.val_set is None or last or step + 1 == self.steps
         test = self.w.evaluate() if final else (nan, nan)  # host floats: the device work is done
-        self.log.log_eval(step, *test, time.perf_counter() - t, *val)
+        more = {"val_loss": val[0], "val_acc": val[1]}
+        if self.w.probe_set is not None:  # train.eval_train_samples (and the sharpness of its first batch)
+            more["train_loss"], more["train_acc"] = self.w.evaluate(self.w.probe_set)
+            if self.w.cfg.train.eval_sharpness_iters:
+                more["sharpness"] = self.w.sharpness(self.w.cfg.train.eval_sharpness_iters)
+        self.log.log_eval(step, *test, time.perf_counter() - t, **more)
         # the progress bar's and the final check's reading: the test set only once it is measured
         self.last_loss, self.last_acc = test if final else val
 

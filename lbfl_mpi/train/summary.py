@@ -12,7 +12,8 @@ from ..files import write_json_atomic
 def write_summary(w, log, wall: float, samples: int, sizes: list[int], **outcome) -> dict:
     """Rank 0: summary.json of the run (also of a stopped one), written atomically as strict JSON."""
     cfg = w.cfg
-    ev = {k: log.f["eval"][k][:] for k in ("step", "test_loss", "test_acc", "t_eval", "val_loss", "val_acc")}
+    ev = {k: log.f["eval"][k][:] for k in ("step", "test_loss", "test_acc", "t_eval", "val_loss", "val_acc",
+                                           "train_loss", "train_acc", "sharpness")}
     nan = float("nan")
     eval_s = float(np.nansum(ev["t_eval"]))  # rows kept from a file written before t_eval existed hold NaN
     train_s = wall - eval_s
@@ -31,6 +32,9 @@ def write_summary(w, log, wall: float, samples: int, sizes: list[int], **outcome
         **({"final_val_acc": float(ev["val_acc"][-1]), "final_val_loss": float(ev["val_loss"][-1]),
             "best_val_acc": float(ev["val_acc"][best]), "val_samples": len(w.val_set)}
            if held_out and best is not None else {}),
+        # train.eval_train_samples: the train side of the gap at the last evaluation (and its sharpness)
+        **({"final_train_acc": float(ev["train_acc"][-1]), "final_train_loss": float(ev["train_loss"][-1]),
+            "final_sharpness": float(ev["sharpness"][-1])} if w.probe_set is not None and len(pick) else {}),
         "steps": cfg.train.steps, "world_size": w.comm.world_size, "global_batch": w.global_batch,
         "sync_mode": cfg.sync.mode, "period": cfg.sync.period, "dataset": cfg.data.name,
         "partition": cfg.data.partition, "model": cfg.model.name, "partition_sizes": w.partition_sizes,

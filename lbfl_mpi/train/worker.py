@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ..data import eval_batches
 from ..files import save_torch
 from ..precision import autocast
+from ..scaling.sharpness import model_sharpness
 
 
 def loader_batch(step: int, client):
@@ -25,9 +26,10 @@ def loader_batch(step: int, client):
 
 class Worker:
     def __init__(self, cfg, comm, *, device, backend: str, stops, plan, test_set, partition_sizes: list[int],
-                 global_batch: int, batcher, clients: list, batches=None, val_set=None):
+                 global_batch: int, batcher, clients: list, batches=None, val_set=None, probe_set=None):
         self.cfg, self.comm, self.device, self.backend = cfg, comm, device, backend
         self.stops, self.plan, self.test_set, self.val_set = stops, plan, test_set, val_set
+        self.probe_set = probe_set  # train.eval_train_samples of the training set, or None
         self.partition_sizes, self.global_batch, self.batcher = partition_sizes, global_batch, batcher
         self.clients = clients
         self.batches = batches or loader_batch  # (step, client) -> (x, y), on the host or the device
@@ -76,6 +78,14 @@ class Worker:
             self.comm.allreduce_(acc)
             c.model.train()
         return float(acc[0] / acc[2]), float(acc[1] / acc[2])
+
+    def sharpness(self, iters: int) -> float:
+        """Top Hessian eigenvalue of the global model's loss on the probe's first train.eval_batch
+        samples (scaling/sharpness.py); the same batch and model on every rank, no collective."""
+        c = self.client
+        x, y = next(eval_batches(self.probe_set, 0, 1, self.cfg.train.eval_batch, device=self.device))
+        with c.sync.global_view(c.sync.eval_weight(self.cfg.train.batch_size)):
+            return model_sharpness(c.model, *c.to_device(x, y), iters)
 
     def save_global_model(self) -> None:
         """Rank 0 writes the final global (averaged) model's state_dict to ``model.pt``; collective."""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lbfl_mpi.analysis import AnalysisError, load_evals, load_run
-from lbfl_mpi.telemetry import STEP_COLUMNS, UNITS, RankLog
+from lbfl_mpi.telemetry import EVAL_COLUMNS, STEP_COLUMNS, UNITS, RankLog
 
 pd = pytest.importorskip("pandas")
 
@@ -37,7 +37,7 @@ def test_load_run_equals_the_hdf5_columns(tmp_path):
     run = _write_run(tmp_path / "run")
     df = load_run(run)
     assert list(df.columns[:1]) == ["rank"] and len(df) == 2 * STEPS
-    assert set(df.columns) == {"rank", *STEP_COLUMNS, "test_loss", "test_acc", "t_eval", "val_loss", "val_acc"}
+    assert set(df.columns) == {"rank", *STEP_COLUMNS, *(c for c in EVAL_COLUMNS if c != "step")}
     for rank in (0, 1):
         part = df[df["rank"] == rank].sort_values("step")
         with h5py.File(run / f"rank{rank:04d}.h5", "r") as f:
@@ -56,8 +56,9 @@ def test_load_run_equals_the_hdf5_columns(tmp_path):
 
 def test_load_evals_one_row_per_rank_and_evaluation(tmp_path):
     ev = load_evals(_write_run(tmp_path / "run"))
-    assert list(ev.columns) == ["rank", "step", "test_loss", "test_acc", "t_eval", "val_loss", "val_acc"]
-    assert ev[["val_loss", "val_acc"]].isna().all().all()  # no validation split in these runs
+    assert list(ev.columns) == ["rank", "step", "test_loss", "test_acc", "t_eval", "val_loss", "val_acc",
+                                "train_loss", "train_acc", "sharpness"]
+    assert ev[["val_loss", "val_acc", "train_loss", "sharpness"]].isna().all().all()  # none measured here
     got = [tuple(r) for r in ev[["step", "test_loss", "test_acc", "t_eval"]].itertuples(index=False)]
     assert got == EVALS[0] + EVALS[1] and ev["rank"].tolist() == [0, 0, 1, 1]
     assert ev.attrs["units"]["t_eval"] == "s"

@@ -153,11 +153,13 @@ BOUNDS = [(key, f, side) for key, f in NUMERIC for side in ("min", "max") if sid
 
 def _context(key: str) -> list[str]:
     """The other keys a value needs to be valid at all: the federated layer's keys need fl.clients > 0,
-    which needs FedAvg rounds; a varying top-k density needs top-k."""
+    which needs FedAvg rounds; a varying top-k density needs top-k; sharpness needs the training probe."""
     if key.startswith("fl."):
         return ["sync.mode='fedavg'", *([] if key == "fl.clients" else ["fl.clients=1000000"])]
     if key == "compress.density_batch_ref":
         return ["compress.method='topk'"]
+    if key == "train.eval_sharpness_iters":
+        return ["train.eval_train_samples=64"]
     return []
 
 
