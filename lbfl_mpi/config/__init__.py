@@ -28,6 +28,7 @@ from .schema import (
                      TelemetryConfig,
                      TrainConfig,
                      global_batch,
+                     injects_noise,
                      num_classes,
                      reference,
                      sections,
@@ -39,4 +40,4 @@ __all__ = ["validate", "validate_for_world", "INT_MAX", "SEED_MAX", "UNCATCHABLE
            "CompressConfig", "Config", "DataConfig", "DistConfig", "FLConfig", "HeteroConfig", "ModelConfig",
            "RunConfig",
            "ScalingConfig", "SyncConfig", "TelemetryConfig", "TrainConfig", "global_batch", "num_classes",
-           "reference", "sections", "uses_micro_batches"]
+           "reference", "sections", "uses_micro_batches", "injects_noise"]

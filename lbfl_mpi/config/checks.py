@@ -19,7 +19,7 @@ from .fields import (
     range_text,
     shown,
 )
-from .schema import Config, global_batch, num_classes, sections, uses_micro_batches
+from .schema import Config, global_batch, injects_noise, num_classes, sections, uses_micro_batches
 
 
 def _check(cond: bool, key: str, value: Any, want: str) -> None:
@@ -133,6 +133,7 @@ def validate(cfg: Config) -> None:
     _check_micro_batch(cfg)
     _check_adascale(cfg)
     _check_gnp(cfg)
+    _check_teacher_noise(cfg)
     _check(not cfg.train.eval_sharpness_iters or cfg.train.eval_train_samples > 0, "train.eval_sharpness_iters",
            cfg.train.eval_sharpness_iters, "needs train.eval_train_samples > 0 (it reads their first batch)")
     _check_density(cfg)
@@ -201,6 +202,29 @@ def _check_gnp(cfg) -> None:
            "must be 0 with scaling.method='gnp' (its extra backward passes would start the exchange's buckets)")
     _check(cfg.train.micro_batch == 0, "train.micro_batch", cfg.train.micro_batch,
            "must be 0 with scaling.method='gnp' (its L_j are the micro-batches of scaling.small_batch)")
+
+
+def _check_teacher_noise(cfg) -> None:
+    """Teacher v2 (scaling/noise_inject.py): its keys need its noises; the noise is added to unscaled
+    local gradients before a dense exchange."""
+    sc = cfg.scaling
+    v2 = injects_noise(cfg)
+    _check(sc.teacher_noise == "learned" or sc.method == "teacher", "scaling.teacher_noise", sc.teacher_noise,
+           "needs scaling.method='teacher'")
+    for key, value, default in (("noise_schedule", sc.noise_schedule, "always"),
+                                ("noise_small_batch", sc.noise_small_batch, 0)):
+        _check(v2 or value == default, f"scaling.{key}", value,
+               "applies to scaling.teacher_noise='fisher', 'diagonal' or 'isotropic'")
+    if not v2:
+        return
+    _check(sc.teacher_pretrain_steps == 0, "scaling.teacher_pretrain_steps", sc.teacher_pretrain_steps,
+           f"must be 0 with scaling.teacher_noise={sc.teacher_noise!r} (only the learned teacher is trained)")
+    _check(cfg.train.precision != "fp16", "train.precision", cfg.train.precision,
+           f"is not supported with scaling.teacher_noise={sc.teacher_noise!r} (the noise is added to unscaled "
+           "gradients; use bf16)")
+    _check(cfg.compress.method == "none" or cfg.sync.mode == "fedavg", "compress.method", cfg.compress.method,
+           f"is not supported with scaling.teacher_noise={sc.teacher_noise!r} under sync.mode={cfg.sync.mode!r} "
+           "(the noise rides in the gradient exchange, which top-k would sparsify)")
 
 
 def _check_optimizer(tc) -> None:

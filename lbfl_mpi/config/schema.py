@@ -271,6 +271,11 @@ def uses_micro_batches(cfg: Config, world_size: int) -> bool:
     return sc.method in ("teacher", "gnp") or cfg.sync.mode != "bsp" or world_size == 1
 
 
+def injects_noise(cfg: Config) -> bool:
+    """Teacher v2: structured small-batch noise added before the exchange (scaling/noise_inject.py)."""
+    return cfg.scaling.method == "teacher" and cfg.scaling.teacher_noise != "learned"
+
+
 def global_batch(cfg: Config, world_size: int) -> int:
     """sum_c b_c: batching.global_batch in dynamic mode when set; with fl.clients > 0,
     train.batch_size x the clients that train at once (all N under BSP, K of a FedAvg round); else

@@ -138,6 +138,25 @@ class ScalingConfig:
     teacher_chunk: int = _f(64, "teacher: gradient values per chunk the network reads.", min=1, max=65536)
     teacher_hidden: int = _f(32, "teacher: hidden units of the per-chunk MLP.", min=1, max=65536)
     teacher_lr: float = _f(1e-3, "teacher: Adam learning rate.", min=0, min_open=True)
+    teacher_noise: str = _f("learned", "teacher: what A(.) of Eq. 5b adds to the gradient. learned: the learned "
+                                       "gain and noise (scaling/teacher.py); fisher: teacher v2, sqrt(t b_t/(m-1)) "
+                                       "sum_j z_j (g_j - g_bar) from the m micro-batch gradients g_j of "
+                                       "scaling.small_batch = b_t samples, covariance (1/b_s - 1/B) Sigma, added "
+                                       "before the gradient exchange; diagonal: the same variance per coordinate "
+                                       "from an EMA, Gaussian; isotropic: the control of diagonal's trace "
+                                       "(scaling/noise_inject.py).", ("learned", "fisher", "diagonal", "isotropic"))
+    noise_small_batch: int = _f(0, "teacher v2 (fisher, diagonal, isotropic): the small batch b_s whose "
+                                   "gradient noise is injected, (1/b_s - 1/B) Sigma (0: scaling.small_batch).",
+                                min=0, max=INT_MAX)
+    noise_schedule: str = _f("always", "teacher v2: when the noise is injected. always; until: in the first "
+                                       "scaling.noise_until fraction of train.steps, then its variance falls "
+                                       "linearly to 0 over scaling.noise_anneal x train.steps; critical: in the "
+                                       "steps after a critical one by Eq. 8 (scaling.threshold).",
+                             ("always", "until", "critical"))
+    noise_until: float = _f(0.5, "teacher v2, noise_schedule = until: the fraction of train.steps with full "
+                                 "noise.", min=0, max=1, min_open=True)
+    noise_anneal: float = _f(0.1, "teacher v2, noise_schedule = until: the fraction of train.steps over which "
+                                  "the variance then falls to 0 (0: it stops at once).", min=0, max=1)
     gnp_epsilon: float = _f(0.0, "gnp: eps of the penalty (eps/4) mean_j |grad L_j|^2 (0: the step's learning "
                                  "rate, SGD's implicit regulariser by Smith et al. 2021).", min=0)
     gnp_radius: float = _f(1e-3, "gnp: radius r of the finite-difference Hessian-vector product "

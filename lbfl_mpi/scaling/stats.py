@@ -48,13 +48,18 @@ class GradStats:
     small_sq: torch.Tensor | None = None    # [L] mean per-layer |g_j|^2 of accumulated micro-batches, or None
     small_batch: int = 0                    # their size n_j
     collective: bool = False                # every rank holds the same (synchronised) gradient now
+    noise_sq: torch.Tensor | None = None    # teacher v2: [L] q_c = (b_c/B)^2 |xi_c,l|^2 it added (noise_inject.py)
 
     @staticmethod
-    def local_vector(layer_sq: torch.Tensor, batch_size: int) -> torch.Tensor:
+    def local_vector(layer_sq: torch.Tensor, batch_size: int, noise_sq: torch.Tensor | None = None) -> torch.Tensor:
         """[|g_l|^2 for each layer] ++ [1 / b] of this rank's local gradient, the vector the BSP exchange
-        sums over the ranks with the gradients (free noise-scale estimate)."""
+        sums over the ranks with the gradients (free noise-scale estimate); ++ teacher v2's [q_c,l] when
+        it injected noise (noise_inject.py, "Statistics")."""
         sq = layer_sq.to(torch.float32)
-        return torch.cat([sq, torch.tensor([1.0 / batch_size], dtype=torch.float32, device=sq.device)])
+        parts = [sq, torch.tensor([1.0 / batch_size], dtype=torch.float32, device=sq.device)]
+        if noise_sq is not None:
+            parts.append(noise_sq.to(sq))
+        return torch.cat(parts)
 
     def synchronised(self, summed: torch.Tensor | None, collective: bool) -> None:
         """After the gradient exchange: its summed statistics, and whether it replaced the gradient (the

@@ -12,7 +12,10 @@ applies the same G~) and in FedAvg each client's local gradient. Per step it
    gradient of B samples it transforms (BSP: the global batch; FedAvg: b_local), which sets the
    variance it injects (:mod:`.teacher`, "Calibration"); adascale, AdaScale's gain r_t
    (:mod:`.adascale`), which leaves the gradient alone and multiplies the learning rate of the update
-   (:attr:`GradTransform.lr_scale`), its progress tau reading the schedule and ending the run.
+   (:attr:`GradTransform.lr_scale`), its progress tau reading the schedule and ending the run;
+   teacher v2 (``scaling.teacher_noise`` fisher, diagonal or isotropic; :mod:`.noise_inject`) added its
+   noise to the local gradient before the exchange (:meth:`GradTransform.inject_`), and the squared
+   norms it summed with the statistics are taken off |G_l|^2 before steps 1 and 2 read it.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import torch
 from ..telemetry.timers import StepTimer
 from .adascale import AdaScale
 from .critical import GradChange, is_critical
+from .noise_inject import SmallBatchNoise
 from .noise_scale import NoiseScale, layer_sq_norms
 from .stats import GradStats
 from .step import scale_grads_, step_factor
@@ -39,7 +43,11 @@ class GradTransform:
         self.noise = NoiseScale(len(params), self.sc.noise_ema)
         self.teacher = None
         self.teacher_left = 0
-        if self.sc.method == "teacher":
+        self.injector = None  # teacher v2 (noise_inject.py)
+        self.injected = (1.0, 0.0)  # its s_t and time of this step (inject_)
+        if self.sc.method == "teacher" and self.sc.teacher_noise != "learned":
+            self.injector = SmallBatchNoise(self.sc, cfg.train.steps, self.sizes, cfg.run.seed, comm.rank, device)
+        elif self.sc.method == "teacher":
             self.teacher = Teacher([p.numel() for p in params], device, self.sc.teacher_chunk,
                                    self.sc.teacher_hidden, self.sc.teacher_lr, seed=cfg.run.seed,
                                    b_small=self.sc.small_batch, ema=self.sc.noise_ema)
@@ -90,7 +98,29 @@ class GradTransform:
     def skipped(self) -> dict:
         """The logged values of a step that applied no update (an fp16 overflow): scale factor 0."""
         return {"grad_change": math.nan, "phase": int(self.was_critical), "noise_scale": self.noise.b_simple(),
-                "scale_factor": 0.0, "t_teacher": 0.0, "teacher_nll": math.nan, "teacher_cos": math.nan}
+                "scale_factor": 0.0, "t_teacher": 0.0, "teacher_nll": math.nan, "teacher_cos": math.nan,
+                "teacher_noise_sq": math.nan}
+
+    def inject_(self, stats: GradStats, averaged: bool, ranks: int, global_batch: int) -> torch.Tensor | None:
+        """Teacher v2, before the gradient exchange: add this client's xi_c to ``.grad`` (noise_inject.py,
+        with B, W = ``global_batch``, ``ranks`` when the exchange ``averaged`` the gradients, else the local
+        batch and 1); keeps s_t and the time taken for the step's row, and returns the per-layer q_c the
+        exchange sums with the statistics (None without teacher v2)."""
+        if self.injector is None:
+            return None
+        clock = StepTimer(self.device)
+        clock.start()
+        grads = []
+        for p in self.params:
+            if p.grad is None:  # a layer this batch did not reach: the noise still reaches it
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        b = stats.batch
+        b_apply, w = (global_batch, ranks) if averaged else (b, 1)
+        s, q = self.injector.add_(grads, stats.micro, stats.step, self.was_critical, b, b_apply, w)
+        stats.noise_sq = q
+        self.injected = (s, clock.lap("teacher"))
+        return q
 
     def apply(self, stats: GradStats) -> dict:
         """Transform the gradients in ``self.params[i].grad`` in place; returns the logged values,
@@ -106,6 +136,7 @@ class GradTransform:
         # one pass, shared by the noise scale, Eq. 8 and the teacher; ``layer_sq`` when the caller
         # already has the per-layer squared norms of exactly these gradients (not synchronised since)
         sq = stats.layer_sq if stats.layer_sq is not None else layer_sq_norms(grads)
+        injected_sq = self._injected_sq(stats, sq)
         small = (stats.small_sq, stats.small_batch) if stats.small_sq is not None else None
         b_large = self._update_noise(summed, micro, b, sq, small)
         delta = self.detector.update(float(sq.sum()))
@@ -124,6 +155,9 @@ class GradTransform:
             out["scale_factor"] = float(r.mean())
         elif method == "adascale":
             self.lr_scale = out["scale_factor"] = self.adascale.update(self.noise, b_large)
+        elif method == "teacher" and self.injector is not None:
+            out["scale_factor"], out["t_teacher"] = self.injected
+            out["teacher_noise_sq"] = injected_sq
         elif method == "teacher":
             clock = StepTimer(self.device)
             clock.start()
@@ -132,6 +166,19 @@ class GradTransform:
             out["t_teacher"] = clock.lap("teacher")
         self.was_critical = critical
         return out
+
+    def _injected_sq(self, stats: GradStats, sq: torch.Tensor) -> float:
+        """Teacher v2: the estimate sum_c q_c of |xi_bar|^2, the injected noise in ``.grad``. Under an
+        exchange (``sq`` measured after it) the summed q_c,l are taken off ``sq`` in place, which leaves
+        an unbiased estimate of the clean |G_l|^2 (noise_inject.py, "Statistics")."""
+        if self.injector is None or stats.noise_sq is None:
+            return math.nan
+        n = len(self.params)
+        if stats.collective and stats.summed is not None:
+            q = stats.summed[n + 1:].to(sq)
+            sq.sub_(q)
+            return float(q.sum())
+        return float(stats.noise_sq.sum())
 
     def _teacher_step(self, step, b, grads, sq, micro, critical, collective, out) -> None:
         sc, teacher = self.sc, self.teacher
@@ -171,7 +218,8 @@ class GradTransform:
         return {"detector": self.detector.state_dict(), "noise": self.noise.state_dict(),
                 "teacher": self.teacher.state_dict() if self.teacher is not None else None,
                 "teacher_left": self.teacher_left, "was_critical": self.was_critical,
-                "adascale": self.adascale.state_dict() if self.adascale is not None else None}
+                "adascale": self.adascale.state_dict() if self.adascale is not None else None,
+                "injector": self.injector.state_dict() if self.injector is not None else None}
 
     def load_state_dict(self, d: dict) -> None:
         self.detector.load_state_dict(d["detector"])
@@ -181,6 +229,8 @@ class GradTransform:
         self.teacher_left, self.was_critical = int(d["teacher_left"]), bool(d["was_critical"])
         if self.adascale is not None and d.get("adascale") is not None:
             self.adascale.load_state_dict(d["adascale"])
+        if self.injector is not None and d.get("injector") is not None:
+            self.injector.load_state_dict(d["injector"])
 
 
 def scaling_warnings(cfg) -> list[str]:

@@ -1,16 +1,18 @@
 """Client synchronisation schemes (BSP, FedAvg, post-local SGD), each composed with an exchange."""
 import sys
 
-from ..config import uses_micro_batches
+from ..config import injects_noise, uses_micro_batches
 from ..exchange import BucketedExchange, DenseExchange, Exchange, TopKExchange
 from .base import Synchronizer, SyncResult
 from .bsp import BSPSync
 from .fedavg import FedAvgSync, PostLocalSync
 
 
-def stats_slots(model) -> int:
-    """Slots of the BSP statistics vector: one squared norm per trainable tensor, plus 1/b."""
-    return sum(1 for p in model.parameters() if p.requires_grad) + 1
+def stats_slots(model, injects: bool = False) -> int:
+    """Slots of the BSP statistics vector: one squared norm per trainable tensor, plus 1/b; with teacher
+    v2's noise (``injects``) one more per tensor, its q_c,l (scaling/noise_inject.py)."""
+    n = sum(1 for p in model.parameters() if p.requires_grad)
+    return n + 1 + (n if injects else 0)
 
 
 def overlap_off_reason(cfg, world_size: int) -> str | None:
@@ -55,7 +57,7 @@ def build_sync(cfg, comm, model) -> Synchronizer:
     params = [p for p in model.parameters() if p.requires_grad]
     state = params + [b for b in model.buffers() if b.is_floating_point()]
     # BSP sums per-layer local squared gradient norms and 1/b with the gradients (noise scale, gain)
-    slots = stats_slots(model) if comm.world_size > 1 else 0
+    slots = stats_slots(model, injects_noise(cfg)) if comm.world_size > 1 else 0
     reason = overlap_off_reason(cfg, comm.world_size) if cfg.sync.bucket_mb > 0 else None
     if reason is not None and comm.rank == 0:
         print(f"lbfl: sync.bucket_mb={cfg.sync.bucket_mb:g} ignored, gradients are reduced in one buffer "

@@ -85,6 +85,10 @@ class Synchronizer:
         """After the optimizer step; ``samples`` is this rank's batch of the step."""
         return NO_SYNC
 
+    def averages_grads(self, step: int) -> bool:
+        """Whether ``sync_grads`` of ``step`` averages the gradients over more than one rank."""
+        return False
+
     def set_density(self, density: float) -> None:
         """The top-k density of this step's compressed exchanges (compress/density.py); dense: nothing."""
         for ex in self.exchanges():

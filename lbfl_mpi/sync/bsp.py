@@ -42,6 +42,9 @@ class BSPSync(Synchronizer):
                 p.grad = torch.zeros_like(p)
         return [p.grad for p in self.params]
 
+    def averages_grads(self, step: int) -> bool:
+        return self.comm.world_size > 1
+
     def begin_step(self, batch_size: int) -> None:
         if self.comm.world_size > 1:
             self.exchange.begin_(float(batch_size))

@@ -141,6 +141,9 @@ class PostLocalSync(Synchronizer):
     def sync_grads(self, step: int, batch_size: int, stats: torch.Tensor | None = None) -> SyncResult:
         return self._active(step).sync_grads(step, batch_size, stats)
 
+    def averages_grads(self, step: int) -> bool:
+        return self._active(step).averages_grads(step)
+
     def sync_params(self, step: int, samples: int) -> SyncResult:
         res = self._active(step).sync_params(step, samples)
         if step == self.switch_step - 1:

@@ -46,6 +46,7 @@ class StepRow:
     t_teacher: float = _col("f8", 0.0, unit="s")
     teacher_nll: float = _col("f8", NAN)
     teacher_cos: float = _col("f8", NAN)
+    teacher_noise_sq: float = _col("f8", NAN)
     nonfinite_skip: int = _col("i1")
     global_batch: int = _col("i8", unit="samples")
     micro_batches: int = _col("i4")

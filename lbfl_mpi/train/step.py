@@ -6,6 +6,8 @@ t_step = t_c + t_mov + [i % H == 0] t_sync).
                      scaling.small_batch)
     straggle         emulated slower device (hetero.slowdown)               t_straggle
     statistics       per-layer |g_l|^2, non-finite check, BSP stats vector  t_compute
+    inject           teacher v2: small-batch noise into the local gradient   t_teacher
+                     (scaling/noise_inject.py), before the exchange
     exchange_grads   BSP: compression (Eq. 9) + allreduce of the gradients  t_compress, t_sync
     agree            stops every rank must take together                    (t_sync of the next collective)
     update           loss scaler, gradient transform (Eq. 5-8), optimizer   t_compute, t_teacher
@@ -52,6 +54,7 @@ def run_step(w, c, step: int, timer: StepTimer) -> StepRow:
     loss, micro = forward_backward(c, x, y, timer, row)
     straggle(w, timer, row)
     stats, bad = statistics(w, c, step, loss, micro, timer, row)
+    inject(w, c, step, stats, timer)
     res_g = exchange_grads(w, c, step, stats, timer, row)
     drop = agree(w, c, step, res_g, bad)
     update(w, c, stats, drop, timer, row)
@@ -110,9 +113,18 @@ def statistics(w, c, step: int, loss, micro, timer: StepTimer, row: StepRow):
     return stats, bad
 
 
+def inject(w, c, step: int, stats, timer: StepTimer) -> None:
+    """Teacher v2 adds its noise to the local gradient, so that it rides in a BSP exchange (B and W of
+    noise_inject.py's (S) are the global batch and the ranks there; the local batch and 1 otherwise).
+    Its time is booked as compute here and moved to t_teacher by the update stage."""
+    if c.transform.injector is not None:
+        c.transform.inject_(stats, c.sync.averages_grads(step), w.comm.world_size, w.global_batch)
+        timer.lap("compute")
+
+
 def exchange_grads(w, c, step: int, stats, timer: StepTimer, row: StepRow):
     """BSP: the gradients (and the noise-scale statistics) summed over the ranks; FedAvg: nothing."""
-    local = stats.local_vector(stats.layer_sq, row.batch_size) if w.exchanges_stats else None
+    local = stats.local_vector(stats.layer_sq, row.batch_size, stats.noise_sq) if w.exchanges_stats else None
     res = c.sync.sync_grads(step, row.batch_size, stats=local)
     timer.lap_split("sync", compress=res.t_compress)
     stats.synchronised(res.stats, res.synced and w.comm.world_size > 1)
