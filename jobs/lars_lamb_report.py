@@ -18,18 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import statistics
 import sys
 from pathlib import Path
 
 import numpy as np
 from tta_report import ms, save_run  # jobs/ is on sys.path when this script runs
 
+from lbfl_mpi.analysis.paired import paired_ci, verdict
 from lbfl_mpi.telemetry import open_rank_file, read_group
 
 OPTS = ("sgd", "lars", "lamb")
 BATCHES = (4096, 8192)
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}  # two-sided 95 % t quantiles by degrees of freedom
 
 
 def load(run: Path) -> dict | None:
@@ -47,24 +46,6 @@ def load(run: Path) -> dict | None:
         curve = json.loads((run / "curve.json").read_text())
     return {"final": summ["final_test_acc"], "best": max(curve["test_acc"]),
             "loss": curve["train_loss_end"], "steps": summ["steps"], "curve": curve}
-
-
-def paired_ci(a: list[float], b: list[float]) -> tuple[float, float, float]:
-    """Mean of a - b over paired seeds and its 95 % t interval (infinite half-width for one pair)."""
-    d = [x - y for x, y in zip(a, b, strict=True)]
-    m = statistics.mean(d)
-    if len(d) < 2:
-        return m, -np.inf, np.inf
-    h = T95.get(len(d) - 1, 1.96) * statistics.stdev(d) / len(d) ** 0.5
-    return m, m - h, m + h
-
-
-def verdict(lo: float, hi: float) -> str:
-    """Held when the interval lies above 0; otherwise not held, saying whether the reverse holds."""
-    if lo > 0:
-        return "**held**"
-    return "**not held** (the reverse holds: the interval lies below 0)" if hi < 0 else \
-        "**not held** (the interval includes 0: not shown at this number of seeds)"
 
 
 def tune_table(root: Path, keep: Path | None) -> list[str]:

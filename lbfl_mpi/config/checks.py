@@ -134,6 +134,8 @@ def validate(cfg: Config) -> None:
     _check_adascale(cfg)
     _check_gnp(cfg)
     _check_teacher_noise(cfg)
+    _check(cfg.model.width == 1 or cfg.model.name == "bncnn", "model.width", cfg.model.width,
+           f"applies to model.name='bncnn', not {cfg.model.name!r}")
     _check(not cfg.train.eval_sharpness_iters or cfg.train.eval_train_samples > 0, "train.eval_sharpness_iters",
            cfg.train.eval_sharpness_iters, "needs train.eval_train_samples > 0 (it reads their first batch)")
     _check_density(cfg)

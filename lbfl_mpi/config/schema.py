@@ -92,6 +92,8 @@ class ModelConfig:
                               "under BSP the update is not the global-batch gradient), group (GroupNorm, "
                               "per sample), none; default: the architecture's own (cnn none, the others "
                               "batch).", ("default", "batch", "group", "none"))
+    width: int = _f(1, "bncnn: multiplies its channel widths 16/32/64 and its 64 hidden units (2: 32/64/128, "
+                       "about 4x the parameters).", min=1, max=64)
     ghost_batch: int = _f(0, "Ghost BatchNorm (Hoffer et al. 2017): in training every BatchNorm layer normalises "
                              "slices of this many samples of each forward pass (the batch, or the micro-batch "
                              "of train.micro_batch) with their own statistics, in the same pass; it must divide "

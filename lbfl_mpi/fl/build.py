@@ -71,7 +71,7 @@ def build_federated_worker(cfg: Config, comm=None, batches=None, signals=None, d
                for cid in range(n)}
     torch.manual_seed(seed)
     model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.norm,
-                        cfg.model.ghost_batch).to(device)
+                        cfg.model.ghost_batch, cfg.model.width).to(device)
     _probe(model, cfg, bundle.input_shape, device)
     if cfg.fl.bn == "local" and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise ConfigError(f"fl.bn='local': model.name={cfg.model.name!r} with model.norm={cfg.model.norm!r} has no "

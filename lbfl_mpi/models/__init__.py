@@ -39,11 +39,14 @@ NORM_MODELS = ("cnn", "bncnn", "resnet18", "resnet50")
 
 
 def build_model(name: str, input_shape: tuple, num_classes: int, norm: str = "default",
-                ghost_batch: int = 0) -> nn.Module:
+                ghost_batch: int = 0, width: int = 1) -> nn.Module:
     """Build model ``name`` for images of ``input_shape`` (C, H, W) and ``num_classes`` outputs;
     ``norm`` (model.norm: default, batch, group, none) for the models in NORM_MODELS; ``ghost_batch``
-    > 0 makes every BatchNorm layer a ghost BatchNorm of that many samples (ghost_bn.py)."""
-    model = _build(name, input_shape, num_classes, norm)
+    > 0 makes every BatchNorm layer a ghost BatchNorm of that many samples (ghost_bn.py); ``width``
+    (model.width) multiplies bncnn's widths."""
+    if width != 1 and name != "bncnn":
+        raise ModelError(f"model.width={width}: applies to model.name='bncnn', not {name!r}")
+    model = _build(name, input_shape, num_classes, norm, {"width": width} if width != 1 else {})
     if ghost_batch:
         from .ghost_bn import ghost_batch_norm_
 
@@ -53,7 +56,7 @@ def build_model(name: str, input_shape: tuple, num_classes: int, norm: str = "de
     return model
 
 
-def _build(name: str, input_shape: tuple, num_classes: int, norm: str) -> nn.Module:
+def _build(name: str, input_shape: tuple, num_classes: int, norm: str, extra: dict) -> nn.Module:
     if name not in MODELS:
         raise ModelError(f"model.name={name!r} is not a model; choose one of: {', '.join(sorted(MODELS))}")
     shape = tuple(input_shape)
@@ -64,11 +67,11 @@ def _build(name: str, input_shape: tuple, num_classes: int, norm: str) -> nn.Mod
     if norm not in NORMS:
         raise ModelError(f"model.norm={norm!r}: choose one of {', '.join(NORMS)}")
     if norm == "default":
-        return MODELS[name](shape, num_classes)
+        return MODELS[name](shape, num_classes, **extra)
     if name not in NORM_MODELS and name != "mlp":
         raise ModelError(f"model.norm={norm!r}: model.name={name!r} keeps its own normalisation; "
                          f"model.norm applies to {', '.join(NORM_MODELS)}")
     try:
-        return MODELS[name](shape, num_classes, norm)
+        return MODELS[name](shape, num_classes, norm, **extra)
     except ValueError as e:
         raise ModelError(str(e)) from None

@@ -77,7 +77,8 @@ def plan_rank(cfg, comm, budget_bytes: float | None, probes: list[int], holdouts
         if problem:
             raise DataError(problem)
         torch.manual_seed(cfg.run.seed)
-        model = build_model(cfg.model.name, tuple(bundle.input_shape), bundle.num_classes, cfg.model.norm)
+        model = build_model(cfg.model.name, tuple(bundle.input_shape), bundle.num_classes, cfg.model.norm,
+                            width=cfg.model.width)
         return bundle, model.to(device), loader_feed(cfg, bundle, comm.rank, comm.world_size, device)
 
     bundle, model, feed = _agreed(comm, inputs)

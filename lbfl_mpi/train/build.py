@@ -136,7 +136,7 @@ def _build_client(cfg: Config, comm, device, bundle, indices, seed: int, loader=
                               device=device)
     torch.manual_seed(seed)  # same init everywhere; rank 0's copy is broadcast anyway
     model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes, cfg.model.norm,
-                        cfg.model.ghost_batch).to(device)
+                        cfg.model.ghost_batch, cfg.model.width).to(device)
     _probe(model, cfg, bundle.input_shape, device)
     model.train()
     if cfg.train.channels_last:

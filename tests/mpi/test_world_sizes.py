@@ -17,7 +17,7 @@ import torch
 
 from ..conftest import ROOT, _env, mpiexec
 
-RANK_TESTS = 35     # test ids in tests/mpi/ranks, at every world size
+RANK_TESTS = 36     # test ids in tests/mpi/ranks, at every world size
 GPU_TESTS = 2       # of them marked gpu (skipped without CUDA)
 TWO_RANK_TESTS = 1  # of them skipped on one rank (dynamic batching needs two)
 HANG_DUMP_S = 300   # a test running longer dumps every thread's traceback (pytest's faulthandler_timeout)

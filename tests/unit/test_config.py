@@ -154,13 +154,15 @@ BOUNDS = [(key, f, side) for key, f in NUMERIC for side in ("min", "max") if sid
 def _context(key: str) -> list[str]:
     """The other keys a value needs to be valid at all: the federated layer's keys need fl.clients > 0,
     which needs FedAvg rounds; a varying top-k density needs top-k; sharpness needs the training probe;
-    teacher v2's keys need its noise."""
+    teacher v2's keys need its noise; model.width needs bncnn."""
     if key.startswith("fl."):
         return ["sync.mode='fedavg'", *([] if key == "fl.clients" else ["fl.clients=1000000"])]
     if key == "compress.density_batch_ref":
         return ["compress.method='topk'"]
     if key == "train.eval_sharpness_iters":
         return ["train.eval_train_samples=64"]
+    if key == "model.width":
+        return ["model.name='bncnn'"]
     if key == "scaling.noise_small_batch":
         return ["scaling.method='teacher'", "scaling.teacher_noise='fisher'", "scaling.small_batch=4"]
     return []

@@ -179,3 +179,25 @@ def test_model_norm_is_refused_for_models_that_keep_their_own():
         build_model("vgg11", (3, 32, 32), 10, "group")
     with pytest.raises(ModelError, match="no conv layer"):
         build_model("mlp", (1, 8, 8), 10, "batch")
+
+
+def test_bncnn_width_multiplies_its_channels_and_hidden_units():
+    """model.width = 2: 32/64/128 channels and 128 hidden units, i.e. the parameter count of the layers
+    written out by hand here."""
+    from lbfl_mpi.models import build_model
+
+    m = build_model("bncnn", (1, 28, 28), 10, width=2)
+    convs = [mod for mod in m.modules() if isinstance(mod, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 128]
+    want = (9 * 1 * 32 + 9 * 32 * 64 + 9 * 64 * 128) + 2 * (32 + 64 + 128) + (128 * 4 * 128 + 128) + (128 * 10 + 10)
+    assert sum(p.numel() for p in m.parameters()) == want
+    assert sum(p.numel() for p in build_model("bncnn", (1, 28, 28), 10).parameters()) < want / 3
+    x = torch.randn(4, 1, 28, 28)
+    assert m(x).shape == (4, 10)
+
+
+def test_width_is_refused_for_other_models():
+    from lbfl_mpi.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"model\.width=2: applies to model\.name='bncnn', not 'cnn'"):
+        load_config(None, ["model.name=cnn", "model.width=2"])

@@ -1,0 +1,139 @@
+"""The protocol's report (jobs/protocol/run.py --stage report): the grid, the final runs, and the
+paired differences in test accuracy against each baseline with their 95 % t intervals.
+
+Per final run it reads summary.json: ``final_test_acc`` (the test set, measured once at the end when
+data.val_fraction holds a validation split out), ``final_val_acc``, ``final_train_acc`` and
+``final_sharpness`` (train.eval_train_samples, train.eval_sharpness_iters) and ``step_time_s`` (the
+training time, evaluation excluded); and from rank 0's file the median of the ``noise_scale`` column
+(B_simple) over the second half of the steps. A run that did not complete is listed with its outcome
+and its seed is left out of every pair it belongs to.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+from run import Spec, choose, chosen_overrides, final_dir, summary, tune_dir  # jobs/protocol/ on sys.path
+
+from lbfl_mpi.analysis.paired import mean_std, paired_ci, verdict
+from lbfl_mpi.telemetry import open_rank_file, read_group
+
+READS = ("final_test_acc", "final_val_acc", "final_train_acc", "final_sharpness", "step_time_s")
+
+
+def noise_scale(run: Path) -> float:
+    """Median B_simple over the second half of rank 0's steps (NaN where it was not estimated)."""
+    f = run / "rank0000.h5"
+    if not f.is_file():
+        return math.nan
+    with open_rank_file(f) as h:
+        col = np.asarray(read_group(h, "steps")["noise_scale"], dtype=np.float64)
+    tail = col[len(col) // 2:]
+    tail = tail[np.isfinite(tail)]
+    return float(np.median(tail)) if tail.size else math.nan
+
+
+def finals(spec: Spec, root: Path, arm: str) -> dict[int, dict]:
+    """seed -> the readings of that completed final run; seeds whose run did not complete map to
+    {"outcome": ...}; missing runs are absent."""
+    out = {}
+    for seed in spec.seeds:
+        run = final_dir(root, arm, seed)
+        s = summary(run)
+        if s is None:
+            continue
+        if s.get("outcome") != "completed":
+            out[seed] = {"outcome": s.get("outcome")}
+            continue
+        out[seed] = {k: float(s.get(k, math.nan)) for k in READS} | {"outcome": "completed",
+                                                                      "noise_scale": noise_scale(run)}
+    return out
+
+
+def _vals(runs: dict[int, dict], key: str) -> list[float]:
+    return [r[key] for r in runs.values() if r["outcome"] == "completed" and not math.isnan(r[key])]
+
+
+def grid_table(spec: Spec, root: Path) -> list[str]:
+    out = [f"## Grid: mean `{spec.select}` over tune seeds {spec.tune_seeds}", "",
+           "| arm | key | value | " + spec.select + " | chosen |", "|---|---|---|---|---|"]
+    for arm in spec.arms.values():
+        if not arm.key:
+            how = f"train.lr of {arm.lr_from}" if arm.lr_from else "no grid"
+            out.append(f"| {arm.name} | - | - | - | {how} |")
+            continue
+        c = choose(spec, root, arm)
+        for i, (label, v) in enumerate(zip(arm.labels, arm.values)):
+            ss = [summary(tune_dir(root, arm, label, s)) for s in spec.tune_seeds]
+            done = [s for s in ss if s is not None]
+            scores = [float(s.get(spec.select, math.nan)) if s.get("outcome") == "completed" else math.nan
+                      for s in done]
+            shown = mean_std(scores) if done and all(x == x for x in scores) else \
+                (f"{len(done)}/{len(ss)} done" if len(done) < len(ss) else
+                 ", ".join(s.get("outcome", "?") for s in done))
+            mark = "**yes**" if c is not None and c[0] == i else ""
+            out.append(f"| {arm.name} | {arm.key} | {label} ({v:.4g}) | {shown} | {mark} |")
+    trials = {a.name: len(a.values) * len(spec.tune_seeds) for a in spec.arms.values() if a.key}
+    out += ["", "Trials per tuned arm: " + ", ".join(f"{k} {v}" for k, v in trials.items()) +
+            ("" if len(set(trials.values())) <= 1 else " (**unequal**)")]
+    return out
+
+
+def final_table(spec: Spec, root: Path) -> list[str]:
+    base = spec.baselines[0] if spec.baselines else None
+    base_time = _vals(finals(spec, root, base), "step_time_s") if base else []
+    out = ["## Final runs: mean +- std over seeds", "",
+           "| arm | setting | n | test acc | val acc | train acc | train - test | sharpness | B_simple | "
+           "train time (s) | time vs " + (base or "-") + " | not completed |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for arm in spec.arms.values():
+        runs = finals(spec, root, arm.name)
+        ov = chosen_overrides(spec, root, arm) or []
+        setting = ", ".join(o for o in ov if o not in arm.overrides) or "as set"
+        done = {s: r for s, r in runs.items() if r["outcome"] == "completed"}
+        gap = [r["final_train_acc"] - r["final_test_acc"] for r in done.values()
+               if not math.isnan(r["final_train_acc"])]
+        times = _vals(runs, "step_time_s")
+        ratio = f"{statistics.mean(times) / statistics.mean(base_time):.2f}x" if times and base_time else "-"
+        failed = ", ".join(f"seed {s}: {r['outcome']}" for s, r in runs.items() if r["outcome"] != "completed")
+        out.append(f"| {arm.name} | {setting} | {len(done)} | {mean_std(_vals(runs, 'final_test_acc'))} | "
+                   f"{mean_std(_vals(runs, 'final_val_acc'))} | {mean_std(_vals(runs, 'final_train_acc'))} | "
+                   f"{mean_std(gap)} | {mean_std(_vals(runs, 'final_sharpness'))} | "
+                   f"{_fmt(_vals(runs, 'noise_scale'))} | {_fmt(times)} | {ratio} | {failed or '-'} |")
+    return out
+
+
+def _fmt(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    return f"{statistics.mean(xs):.1f}" + (f" +- {statistics.stdev(xs):.1f}" if len(xs) > 1 else "")
+
+
+def paired_table(spec: Spec, root: Path) -> list[str]:
+    out = ["## Paired differences in test accuracy (arm - baseline, same seeds, 95 % t interval)", "",
+           "| arm | baseline | pairs | mean difference | 95 % CI | verdict (arm above baseline) |",
+           "|---|---|---|---|---|---|"]
+    for b in spec.baselines:
+        rb = finals(spec, root, b)
+        for arm in spec.arms.values():
+            if arm.name == b:
+                continue
+            ra = finals(spec, root, arm.name)
+            seeds = [s for s in spec.seeds if s in ra and s in rb and ra[s]["outcome"] == rb[s]["outcome"] ==
+                     "completed"]
+            if not seeds:
+                out.append(f"| {arm.name} | {b} | 0 | - | - | - |")
+                continue
+            m, lo, hi = paired_ci([ra[s]["final_test_acc"] for s in seeds], [rb[s]["final_test_acc"] for s in seeds])
+            out.append(f"| {arm.name} | {b} | {len(seeds)} | {m:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {verdict(lo, hi)} |")
+    return out
+
+
+def report(spec: Spec, root: Path) -> str:
+    head = [f"# Protocol `{spec.name}`", "",
+            f"Base config `{spec.config}`, {spec.ranks} rank(s); grid seeds {spec.tune_seeds}, chosen by "
+            f"`{spec.select}`; final seeds {spec.seeds} (paired across arms). Run dirs: `{root}`.", ""]
+    return "\n".join(head + grid_table(spec, root) + [""] + final_table(spec, root) + [""] +
+                     paired_table(spec, root)) + "\n"

@@ -1,0 +1,297 @@
+"""The tuning protocol: a grid per arm on validation, then the chosen setting on paired seeds.
+
+    python jobs/protocol/run.py SPEC.toml [--stage tune|final|report|all] [--runs DIR] [--out FILE] [--dry]
+
+SPEC.toml (jobs/protocol/gap.toml is one):
+
+    [protocol]
+    name = "gap"                    # run dirs under DIR/<name> (DIR: --runs, default runs/protocol)
+    config = "jobs/protocol/gap_base.toml"   # the base config every run starts from
+    ranks = 2                       # mpiexec -n
+    tune_seeds = [0]                # seeds of the grid
+    seeds = [1, 2, 3, 4, 5, 6]      # seeds of the final runs, paired across arms
+    select = "final_val_acc"        # summary.json key the grid maximises (mean over tune_seeds)
+    baselines = ["b2048"]           # arms the report compares every other arm with
+
+    [arm.b2048]
+    set = ["train.batch_size=1024"]  # overrides of the base config
+    grid = {key = "train.lr", multipliers = [0.5, 1, 2, 4, 8]}   # or values = [...]
+    # lr_from = "b2048"             # instead of a grid of its own: take that arm's chosen lr
+
+Stages:
+1. tune: every arm with a grid runs each grid value with each tune seed (DIR/<name>/tune/<arm>/<value>/seedS);
+2. final: every arm runs its chosen setting (the best grid value by ``select``, or its ``lr_from``
+   arm's chosen train.lr) with each seed (DIR/<name>/final/<arm>/seedS);
+3. report: jobs/protocol/report.py's tables (to stdout, or to --out).
+``all`` runs the three in order. Every stage skips a run whose summary.json exists (any outcome): a
+grid stopped at any point continues where it stopped, so one grid can span several sittings. A run
+dir left without a summary (a killed run) is resumed from its checkpoint (run.resume=auto) when it has
+one, and started again (run.overwrite=true) when not. Each run prints one progress line with its wall
+time; ``--dry`` prints the commands instead. Runs are launched as
+
+    $MPIEXEC -n <ranks> $MPIEXEC_ARGS $LBFL train --config <config> --set k=v ...
+
+(defaults: mpiexec, --oversubscribe, lbfl). A bad spec exits 2 with one line before anything runs; a
+failed run stops the grid with its exit code (finished runs keep their files).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lbfl_mpi.config import ConfigError, load_config
+
+
+class SpecError(ValueError):
+    """A bad protocol spec: its message names the key."""
+
+
+@dataclass
+class Arm:
+    name: str
+    overrides: list[str]
+    key: str = ""                       # the grid's key ("" without a grid)
+    values: list[float] = field(default_factory=list)  # the grid's values of ``key``
+    labels: list[str] = field(default_factory=list)    # their directory names
+    lr_from: str = ""
+
+
+@dataclass
+class Spec:
+    name: str
+    config: Path
+    ranks: int
+    tune_seeds: list[int]
+    seeds: list[int]
+    select: str
+    baselines: list[str]
+    arms: dict[str, Arm]
+
+
+def _label(x: float) -> str:
+    return f"{x:g}".replace("-", "m")
+
+
+def load_spec(path: Path) -> Spec:
+    """Parse and check a spec (module docstring); every arm's config is validated here."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise SpecError(f"{path}: {e}") from None
+    p = raw.get("protocol")
+    if not isinstance(p, dict):
+        raise SpecError(f"{path}: no [protocol] table")
+    for key in ("name", "config", "seeds"):
+        if key not in p:
+            raise SpecError(f"protocol.{key}: missing")
+    config = Path(p["config"])
+    if not config.is_file():
+        raise SpecError(f"protocol.config={str(config)!r}: no such file")
+    ints = {k: p.get(k, d) for k, d in (("ranks", 1), ("tune_seeds", [0]), ("seeds", None))}
+    if not (isinstance(ints["ranks"], int) and ints["ranks"] >= 1):
+        raise SpecError(f"protocol.ranks={ints['ranks']!r}: must be an integer >= 1")
+    for k in ("tune_seeds", "seeds"):
+        v = ints[k]
+        if not (isinstance(v, list) and v and all(isinstance(s, int) and s >= 0 for s in v) and len(set(v)) == len(v)):
+            raise SpecError(f"protocol.{k}={v!r}: must be a non-empty list of distinct integers >= 0")
+    arms_raw = raw.get("arm")
+    if not isinstance(arms_raw, dict) or not arms_raw:
+        raise SpecError(f"{path}: no [arm.NAME] tables")
+    arms = {name: _arm(name, a, config) for name, a in arms_raw.items()}
+    for arm in arms.values():
+        if arm.lr_from and (arm.lr_from not in arms or arms[arm.lr_from].key != "train.lr"):
+            raise SpecError(f"arm.{arm.name}.lr_from={arm.lr_from!r}: must name an arm with a train.lr grid")
+    baselines = p.get("baselines", [])
+    for b in baselines:
+        if b not in arms:
+            raise SpecError(f"protocol.baselines: {b!r} is not an arm")
+    spec = Spec(name=str(p["name"]), config=config, ranks=ints["ranks"], tune_seeds=ints["tune_seeds"],
+                seeds=ints["seeds"], select=str(p.get("select", "final_val_acc")), baselines=list(baselines),
+                arms=arms)
+    for arm in arms.values():  # every setting an arm can run must be a valid config
+        for ov in _variants(spec, arm):
+            try:
+                load_config(config, ov)
+            except ConfigError as e:
+                raise SpecError(f"arm.{arm.name}: {e}") from None
+    return spec
+
+
+def _arm(name: str, a: dict, config: Path) -> Arm:
+    if not isinstance(a, dict):
+        raise SpecError(f"arm.{name}: must be a table")
+    unknown = set(a) - {"set", "grid", "lr_from"}
+    if unknown:
+        raise SpecError(f"arm.{name}: unknown keys {sorted(unknown)} (set, grid, lr_from)")
+    overrides = a.get("set", [])
+    if not (isinstance(overrides, list) and all(isinstance(o, str) and "=" in o for o in overrides)):
+        raise SpecError(f"arm.{name}.set={overrides!r}: must be a list of 'section.key=value' strings")
+    arm = Arm(name, list(overrides), lr_from=str(a.get("lr_from", "")))
+    grid = a.get("grid")
+    if grid is not None:
+        if arm.lr_from:
+            raise SpecError(f"arm.{name}: grid and lr_from exclude each other")
+        if not isinstance(grid, dict) or "key" not in grid or ("values" in grid) == ("multipliers" in grid):
+            raise SpecError(f"arm.{name}.grid: needs key and one of values, multipliers")
+        vals = grid.get("values", grid.get("multipliers"))
+        if not (isinstance(vals, list) and vals and all(isinstance(v, (int, float)) and v > 0 for v in vals)):
+            raise SpecError(f"arm.{name}.grid: {vals!r} must be a non-empty list of numbers > 0")
+        arm.key = str(grid["key"])
+        if "multipliers" in grid:
+            base = _resolved(config, arm.key, arm.overrides, name)
+            arm.values = [base * float(v) for v in vals]
+            arm.labels = [f"x{_label(float(v))}" for v in vals]
+        else:
+            arm.values = list(vals)
+            arm.labels = [_label(float(v)) for v in vals]
+    return arm
+
+
+def _resolved(config: Path, key: str, overrides: list[str], arm: str) -> float:
+    """The value of ``key`` in the base config with ``overrides`` applied (a multiplier grid's base)."""
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as e:
+        raise SpecError(f"arm.{arm}: {e}") from None
+    sec, _, name = key.partition(".")
+    value = getattr(getattr(cfg, sec, None), name, None)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise SpecError(f"arm.{arm}.grid.key={key!r}: not a numeric config key")
+    return float(value)
+
+
+def _variants(spec: Spec, arm: Arm) -> list[list[str]]:
+    if arm.key:
+        return [arm.overrides + [f"{arm.key}={v!r}"] for v in arm.values]
+    return [arm.overrides]
+
+
+# --------------------------------------------------------------------------------------- runs
+def summary(run: Path) -> dict | None:
+    f = run / "summary.json"
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def launch(spec: Spec, run: Path, overrides: list[str], seed: int, dry: bool) -> None:
+    """One run (skipped when its summary.json exists); resumed or restarted when it was killed."""
+    if summary(run) is not None:
+        return
+    extra = ["run.resume=auto"] if (run / "checkpoints" / "latest.json").is_file() else ["run.overwrite=true"]
+    sets = [*overrides, f"run.seed={seed}", f"run.out_dir={run}", f"run.name={run.parent.name}", *extra]
+    cmd = [*shlex.split(os.environ.get("MPIEXEC", "mpiexec")), "-n", str(spec.ranks),
+           *shlex.split(os.environ.get("MPIEXEC_ARGS", "--oversubscribe")),
+           *shlex.split(os.environ.get("LBFL", "lbfl")), "train", "--config", str(spec.config)]
+    for s in sets:
+        cmd += ["--set", s]
+    if dry:
+        print(shlex.join(cmd))
+        return
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, stdout=subprocess.DEVNULL)
+    wall = time.monotonic() - t0
+    s = summary(run)
+    if p.returncode != 0 and (s is None or s.get("outcome") == "completed"):
+        print(f"protocol: {run}: exit {p.returncode} after {wall:.0f} s; the grid stops here", file=sys.stderr)
+        raise SystemExit(p.returncode)
+    got = f"{spec.select} {s.get(spec.select, float('nan')):.4f}" if s else "no summary"
+    print(f"protocol: {run}: {s.get('outcome') if s else '?'}, {got}, {wall:.0f} s", file=sys.stderr, flush=True)
+
+
+def tune_dir(root: Path, arm: Arm, label: str, seed: int) -> Path:
+    return root / "tune" / arm.name / label / f"seed{seed}"
+
+
+def final_dir(root: Path, arm: str, seed: int) -> Path:
+    return root / "final" / arm / f"seed{seed}"
+
+
+def _score(s: dict | None, key: str) -> float:
+    v = (s or {}).get(key)
+    return float(v) if isinstance(v, (int, float)) and v == v and (s or {}).get("outcome") == "completed" \
+        else float("-inf")
+
+
+def choose(spec: Spec, root: Path, arm: Arm) -> tuple[int, list[float]] | None:
+    """Index of the best grid value by the mean of ``select`` over the tune seeds (a run that did not
+    complete scores -inf), and every value's mean; None while a grid run is missing."""
+    means = []
+    for label in arm.labels:
+        ss = [summary(tune_dir(root, arm, label, s)) for s in spec.tune_seeds]
+        if any(x is None for x in ss):
+            return None
+        sc = [_score(x, spec.select) for x in ss]
+        means.append(sum(sc) / len(sc))
+    return max(range(len(means)), key=lambda i: (means[i], -i)), means
+
+
+def chosen_overrides(spec: Spec, root: Path, arm: Arm) -> list[str] | None:
+    """The final setting of ``arm`` (None while its grid, or its lr_from arm's, is unfinished)."""
+    if arm.lr_from:
+        src = spec.arms[arm.lr_from]
+        c = choose(spec, root, src)
+        return None if c is None else arm.overrides + [f"train.lr={src.values[c[0]]!r}"]
+    if not arm.key:
+        return arm.overrides
+    c = choose(spec, root, arm)
+    return None if c is None else arm.overrides + [f"{arm.key}={arm.values[c[0]]!r}"]
+
+
+def stage_tune(spec: Spec, root: Path, dry: bool) -> None:
+    for arm in spec.arms.values():
+        for label, ov in zip(arm.labels, _variants(spec, arm) if arm.key else []):
+            for seed in spec.tune_seeds:
+                launch(spec, tune_dir(root, arm, label, seed), ov, seed, dry)
+
+
+def stage_final(spec: Spec, root: Path, dry: bool) -> None:
+    for arm in spec.arms.values():
+        ov = chosen_overrides(spec, root, arm)
+        if ov is None:
+            print(f"protocol: arm {arm.name}: its grid is not finished; run --stage tune first", file=sys.stderr)
+            if not dry:
+                raise SystemExit(1)
+            continue
+        for seed in spec.seeds:
+            launch(spec, final_dir(root, arm.name, seed), ov, seed, dry)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("spec", type=Path)
+    ap.add_argument("--stage", choices=("tune", "final", "report", "all"), default="all")
+    ap.add_argument("--runs", type=Path, default=Path("runs/protocol"))
+    ap.add_argument("--out", type=Path, help="write the report here (markdown) instead of stdout")
+    ap.add_argument("--dry", action="store_true", help="print the commands of the runs still to do")
+    args = ap.parse_args(argv)
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as e:
+        print(f"protocol: error: {e}", file=sys.stderr)
+        return 2
+    root = args.runs / spec.name
+    if args.stage in ("tune", "all"):
+        stage_tune(spec, root, args.dry)
+    if args.stage in ("final", "all"):
+        stage_final(spec, root, args.dry)
+    if args.stage in ("report", "all") and not args.dry:
+        from report import report  # jobs/protocol/ is on sys.path when this script runs
+
+        text = report(spec, root)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text)
+        else:
+            print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""jobs/protocol/run.py and report.py with a fake launcher that writes each run's summary.json from the
+arguments it was given (no training): the grid picks the best validation setting, the final runs use
+it on every seed, finished runs are skipped, a killed run is resumed, a failed one stops the grid, the
+report's paired intervals equal a hand computation, and a bad spec exits 2 with one line. Also the
+t quantiles of lbfl_mpi/analysis/paired.py against a table."""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+from lbfl_mpi.analysis.paired import paired_ci, t975, verdict
+
+from ._jobs import REPO
+
+sys.path.insert(0, str(REPO / "jobs" / "protocol"))
+import report as protocol_report  # noqa: E402
+import run as protocol  # noqa: E402
+
+FAKE = '''
+import json, math, sys
+from pathlib import Path
+args = sys.argv[1:]
+sets = dict(a.split("=", 1) for a in (args[i + 1] for i, a in enumerate(args) if a == "--set"))
+out = Path(sets["run.out_dir"])
+with open(sys.argv[0] + ".log", "a") as f:
+    f.write(json.dumps(sets) + "\\n")
+if sets.get("train.batch_size") == "999":
+    sys.exit(1)
+lr, seed = float(sets["train.lr"]), int(sets["run.seed"])
+arm = out.parent.name if out.parent.parent.name == "final" else out.parent.parent.name
+bonus = {"small": 0.05, "big": 0.0, "copy": 0.01}[arm]
+out.mkdir(parents=True, exist_ok=True)
+summary = {"outcome": "completed", "final_val_acc": 0.9 - 0.1 * abs(math.log2(lr / 0.2)),
+           "final_test_acc": 0.8 + bonus + 0.01 * seed * (arm == "small"), "final_train_acc": 0.99,
+           "final_sharpness": 5.0, "step_time_s": 10.0 + seed}
+(out / "summary.json").write_text(json.dumps(summary))
+'''
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    fake = tmp_path / "fake_mpiexec.py"
+    fake.write_text(FAKE)
+    monkeypatch.setenv("MPIEXEC", f"{sys.executable} {fake}")
+    monkeypatch.setenv("MPIEXEC_ARGS", "")
+    base = tmp_path / "base.toml"
+    base.write_text("[train]\nlr = 0.1\nsteps = 5\n")
+    spec = tmp_path / "spec.toml"
+    spec.write_text(f'''[protocol]
+name = "t"
+config = "{base}"
+ranks = 1
+tune_seeds = [0]
+seeds = [1, 2, 3]
+baselines = ["big"]
+
+[arm.small]
+set = ["train.batch_size=8"]
+grid = {{key = "train.lr", multipliers = [0.5, 1, 2, 4]}}
+
+[arm.big]
+set = ["train.batch_size=16"]
+grid = {{key = "train.lr", multipliers = [0.5, 1, 2, 4]}}
+
+[arm.copy]
+set = ["train.batch_size=16", "train.momentum=0.5"]
+lr_from = "big"
+''')
+
+    def launches() -> list[dict]:
+        log = Path(str(fake) + ".log")
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    return spec, tmp_path / "runs", launches
+
+
+def test_the_grid_picks_the_best_validation_lr_and_the_final_runs_use_it(setup):
+    spec, runs, launches = setup
+    assert protocol.main([str(spec), "--runs", str(runs), "--stage", "tune"]) == 0
+    tune = launches()
+    assert len(tune) == 8  # 2 arms x 4 values x 1 seed; the lr_from arm has no grid
+    assert sorted(float(s["train.lr"]) for s in tune if s["train.batch_size"] == "8") == [0.05, 0.1, 0.2, 0.4]
+    assert protocol.main([str(spec), "--runs", str(runs), "--stage", "final"]) == 0
+    final = launches()[8:]
+    assert len(final) == 9  # 3 arms x 3 seeds
+    # validation is best at lr 0.2 = 2 x 0.1 for every tuned arm, and copy takes big's lr
+    assert {s["train.lr"] for s in final} == {"0.2"}
+    assert {(s["run.name"], s["run.seed"]) for s in final} == {(a, str(k)) for a in ("small", "big", "copy")
+                                                                 for k in (1, 2, 3)}
+    assert all(s["run.overwrite"] == "true" for s in final)
+
+
+def test_finished_runs_are_skipped_and_a_killed_run_resumes(setup):
+    spec, runs, launches = setup
+    assert protocol.main([str(spec), "--runs", str(runs)]) == 0
+    n = len(launches())
+    assert protocol.main([str(spec), "--runs", str(runs), "--stage", "all"]) == 0
+    assert len(launches()) == n  # nothing to do
+    killed = runs / "t" / "final" / "big" / "seed2"
+    (killed / "summary.json").unlink()
+    (killed / "checkpoints").mkdir()
+    (killed / "checkpoints" / "latest.json").write_text("{}")
+    gone = runs / "t" / "tune" / "small" / "x4" / "seed0"
+    (gone / "summary.json").unlink()
+    assert protocol.main([str(spec), "--runs", str(runs)]) == 0
+    again = launches()[n:]
+    assert [(s["run.out_dir"], "run.resume" in s) for s in again] == [(str(gone), False), (str(killed), True)]
+    assert again[1]["run.resume"] == "auto"
+
+
+def test_a_failed_run_stops_the_grid_with_its_exit_code(setup, tmp_path):
+    spec, runs, launches = setup
+    spec.write_text(spec.read_text().replace('set = ["train.batch_size=8"]', 'set = ["train.batch_size=999"]'))
+    with pytest.raises(SystemExit) as e:
+        protocol.main([str(spec), "--runs", str(runs), "--stage", "tune"])
+    assert e.value.code == 1 and len(launches()) == 1
+
+
+def test_report_pairs_the_seeds_as_computed_by_hand(setup):
+    spec, runs, _ = setup
+    assert protocol.main([str(spec), "--runs", str(runs)]) == 0
+    text = protocol_report.report(protocol.load_spec(spec), runs / "t")
+    # small - big per seed s: 0.05 + 0.01 s for s = 1, 2, 3
+    d = [0.05 + 0.01 * s for s in (1, 2, 3)]
+    m, h = statistics.mean(d), 4.303 * statistics.stdev(d) / math.sqrt(3)
+    assert f"| small | big | 3 | {m:+.4f} | [{m - h:+.4f}, {m + h:+.4f}] | **held** |" in text
+    assert "| copy | big | 3 | +0.0100 | [+0.0100, +0.0100] |" in text
+    assert "| big | train.lr | x2 (0.2) | 0.9000 | **yes** |" in text
+    assert "Trials per tuned arm: small 4, big 4" in text and "unequal" not in text
+
+
+@pytest.mark.parametrize("edit,fragment", [
+    (('baselines = ["big"]', 'baselines = ["nope"]'), "protocol.baselines: 'nope' is not an arm"),
+    (('lr_from = "big"', 'lr_from = "copy"'), "arm.copy.lr_from='copy'"),
+    (('set = ["train.batch_size=8"]', 'set = ["train.batch_size=8"]\nbogus = 1'), "arm.small: unknown keys"),
+    (('set = ["train.batch_size=8"]', 'set = ["train.momentum=-1"]'), "arm.small: train.momentum=-1"),
+    (("seeds = [1, 2, 3]", "seeds = [1, 1]"), "protocol.seeds=[1, 1]"),
+    (("multipliers = [0.5, 1, 2, 4]}}\n\n[arm.big]", "multipliers = []}}\n\n[arm.big]"), "arm.small.grid"),
+])
+def test_a_bad_spec_exits_2_with_one_line_before_anything_runs(setup, capsys, edit, fragment):
+    spec, runs, launches = setup
+    text = spec.read_text()
+    old, new = edit
+    old = old.replace("}}", "}")
+    new = new.replace("}}", "}")
+    assert old in text
+    spec.write_text(text.replace(old, new, 1))
+    assert protocol.main([str(spec), "--runs", str(runs)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("protocol: error:") and fragment in err and "\n" not in err, err
+    assert launches() == []
+
+
+def test_t_quantiles_and_the_paired_interval():
+    table = {1: 12.706, 2: 4.303, 5: 2.571, 10: 2.228, 30: 2.042}
+    for df, t in table.items():
+        assert t975(df) == t
+    assert abs(t975(60) - 2.000) < 0.003 and abs(t975(120) - 1.980) < 0.003
+    a, b = [0.81, 0.84, 0.80, 0.86], [0.80, 0.80, 0.79, 0.81]
+    d = [x - y for x, y in zip(a, b)]
+    m, lo, hi = paired_ci(a, b)
+    h = 3.182 * statistics.stdev(d) / 2
+    assert math.isclose(m, statistics.mean(d)) and math.isclose(lo, m - h) and math.isclose(hi, m + h)
+    assert lo < 0 < hi and verdict(lo, hi).startswith("**not held** (the interval includes 0")
+    assert verdict(0.01, 0.2) == "**held**" and verdict(-0.2, -0.1).startswith("**not held** (the reverse")
+    assert paired_ci([1.0], [0.5])[1:] == (-math.inf, math.inf)
