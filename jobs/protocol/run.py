@@ -180,12 +180,12 @@ def summary(run: Path) -> dict | None:
     return json.loads(f.read_text()) if f.is_file() else None
 
 
-def launch(spec: Spec, run: Path, overrides: list[str], seed: int, dry: bool) -> None:
+def launch(spec: Spec, run: Path, overrides: list[str], seed: int, dry: bool, name: str) -> None:
     """One run (skipped when its summary.json exists); resumed or restarted when it was killed."""
     if summary(run) is not None:
         return
     extra = ["run.resume=auto"] if (run / "checkpoints" / "latest.json").is_file() else ["run.overwrite=true"]
-    sets = [*overrides, f"run.seed={seed}", f"run.out_dir={run}", f"run.name={run.parent.name}", *extra]
+    sets = [*overrides, f"run.seed={seed}", f"run.out_dir={run}", f"run.name={name}", *extra]
     cmd = [*shlex.split(os.environ.get("MPIEXEC", "mpiexec")), "-n", str(spec.ranks),
            *shlex.split(os.environ.get("MPIEXEC_ARGS", "--oversubscribe")),
            *shlex.split(os.environ.get("LBFL", "lbfl")), "train", "--config", str(spec.config)]
@@ -248,7 +248,7 @@ def stage_tune(spec: Spec, root: Path, dry: bool) -> None:
     for arm in spec.arms.values():
         for label, ov in zip(arm.labels, _variants(spec, arm) if arm.key else []):
             for seed in spec.tune_seeds:
-                launch(spec, tune_dir(root, arm, label, seed), ov, seed, dry)
+                launch(spec, tune_dir(root, arm, label, seed), ov, seed, dry, f"{arm.name}_{label}")
 
 
 def stage_final(spec: Spec, root: Path, dry: bool) -> None:
@@ -260,7 +260,7 @@ def stage_final(spec: Spec, root: Path, dry: bool) -> None:
                 raise SystemExit(1)
             continue
         for seed in spec.seeds:
-            launch(spec, final_dir(root, arm.name, seed), ov, seed, dry)
+            launch(spec, final_dir(root, arm.name, seed), ov, seed, dry, arm.name)
 
 
 def main(argv: list[str] | None = None) -> int:

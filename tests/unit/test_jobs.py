@@ -12,7 +12,10 @@ import pytest
 from lbfl_mpi.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = sorted(glob.glob(str(ROOT / "jobs" / "**" / "*.toml"), recursive=True))
+_TOMLS = sorted(glob.glob(str(ROOT / "jobs" / "**" / "*.toml"), recursive=True))
+# protocol specs (jobs/protocol/run.py) hold a [protocol] table, not a config
+SPECS = [t for t in _TOMLS if "[protocol]" in Path(t).read_text().splitlines()]
+CONFIGS = [t for t in _TOMLS if t not in SPECS]
 
 
 def _flat(cfg) -> dict:
@@ -51,3 +54,16 @@ def test_fig3_runs_two_epochs_at_every_batch():
     for f in glob.glob(str(ROOT / "jobs" / "fig3" / "*.toml")):
         cfg = load_config(f)
         assert cfg.train.steps == 120_000 // (cfg.train.batch_size * cfg.run.world_size), f
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[str(Path(c).relative_to(ROOT)) for c in SPECS])
+def test_every_protocol_spec_loads_with_valid_configs(path, monkeypatch):
+    """Each spec parses, and every setting of every arm is a valid config (load_spec validates them)."""
+    import sys
+
+    monkeypatch.chdir(ROOT)
+    sys.path.insert(0, str(ROOT / "jobs" / "protocol"))
+    import run as protocol
+
+    spec = protocol.load_spec(Path(path))
+    assert spec.arms and all(a.values or a.lr_from or not a.key for a in spec.arms.values())

@@ -84,6 +84,7 @@ def test_the_grid_picks_the_best_validation_lr_and_the_final_runs_use_it(setup):
     assert protocol.main([str(spec), "--runs", str(runs), "--stage", "tune"]) == 0
     tune = launches()
     assert len(tune) == 8  # 2 arms x 4 values x 1 seed; the lr_from arm has no grid
+    assert {s["run.name"] for s in tune} == {f"{a}_x{m}" for a in ("small", "big") for m in ("0.5", "1", "2", "4")}
     assert sorted(float(s["train.lr"]) for s in tune if s["train.batch_size"] == "8") == [0.05, 0.1, 0.2, 0.4]
     assert protocol.main([str(spec), "--runs", str(runs), "--stage", "final"]) == 0
     final = launches()[8:]
