@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from lbfl_mpi.analysis.paired import mean_std  # noqa: E402
 from lbfl_mpi.telemetry import open_rank_file, read_group  # noqa: E402
 
 
@@ -45,14 +46,6 @@ def run_row(seed_dir: Path) -> dict:
 def mean_mb(xs) -> str:
     xs = [x for x in xs if x is not None]
     return f"{statistics.mean(xs) / 1e6:.2f}" if xs else "-"
-
-
-def mean_std(xs: list[float]) -> str:
-    if not xs:
-        return "-"
-    if len(xs) == 1:
-        return f"{xs[0]:.4f}"
-    return f"{statistics.mean(xs):.4f} +- {statistics.stdev(xs):.4f}"
 
 
 def main(argv=None) -> int:
