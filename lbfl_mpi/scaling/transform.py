@@ -23,6 +23,7 @@ import math
 
 import torch
 
+from ..config import injects_noise
 from ..telemetry.timers import StepTimer
 from .adascale import AdaScale
 from .critical import GradChange, is_critical
@@ -45,7 +46,7 @@ class GradTransform:
         self.teacher_left = 0
         self.injector = None  # teacher v2 (noise_inject.py)
         self.injected = (1.0, 0.0)  # its s_t and time of this step (inject_)
-        if self.sc.method == "teacher" and self.sc.teacher_noise != "learned":
+        if injects_noise(cfg):
             self.injector = SmallBatchNoise(self.sc, cfg.train.steps, self.sizes, cfg.run.seed, comm.rank, device)
         elif self.sc.method == "teacher":
             self.teacher = Teacher([p.numel() for p in params], device, self.sc.teacher_chunk,
