@@ -56,7 +56,7 @@ export ROWS WORK
 
 machine_part
 
-part tests "$PY" -m pytest tests -m gpu -q -p no:cacheprovider -rs
+part tests "$PY" -m pytest tests -m gpu -q -p no:cacheprovider -rfEs --tb=short
 
 # bench_step twice (fp32, then bf16 + channels_last); its --markdown tables go into the report
 part bench_step env STEP_ARGS="${step_args[*]}" SECOND_ARGS="--precision bf16 --set train.channels_last=true" \

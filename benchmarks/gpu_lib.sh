@@ -169,8 +169,9 @@ render_report() {
       echo; echo "## ${TITLE[$k]}"; echo
       echo "Command: \`$(cat "$WORK/$k.cmd")\` (${RESULT[$k]}, ${SECS[$k]} s)"
       if [[ -s $WORK/$k.md ]]; then echo; cat "$WORK/$k.md"; fi
-      echo; echo "<details><summary>output (last 60 lines)</summary>"; echo; echo '```'
-      [[ -e $WORK/$k.out ]] && tail -n 60 "$WORK/$k.out"; echo '```'; echo; echo "</details>"
+      keep=60; [[ ${RESULT[$k]} == pass ]] || keep=250   # a failed part keeps more of its output
+      echo; echo "<details><summary>output (last $keep lines)</summary>"; echo; echo '```'
+      [[ -e $WORK/$k.out ]] && tail -n "$keep" "$WORK/$k.out"; echo '```'; echo; echo "</details>"
     done
   } > "$tmp" && mv -f "$tmp" "$REPORT"
 }

@@ -12,17 +12,26 @@ What is analytic and what is measured:
 - :meth:`MemoryModel.max_batch` inverts the fitted total to give the largest permissible ``b`` for a
   device memory budget.
 
-What this is compared against: no allocator is read by the model itself. ``lbfl plan``'s "measured"
-memory at a batch is static (analytic) + :func:`activation_bytes` + batch bytes, i.e. the same
-counted quantities the fit was made from, so on CPU its held-out error checks only that the saved
-bytes are linear in ``b`` (the 0.00 % reported for ResNet-18 means exactly that), not that the process
-uses that much memory: backward temporaries, gradients of intermediate results, intermediates freed
-during forward, allocator rounding and caching, and library workspaces are all outside it. Only on
-CUDA is a real allocator figure available: :func:`measure_peak_bytes` reads
-``torch.cuda.max_memory_allocated`` over one real training step, which includes those terms.
+What this is compared against. On CPU no allocator is read: ``lbfl plan``'s "measured" memory at a
+batch is static (analytic) + :func:`activation_bytes` + batch bytes, i.e. the same counted quantities
+the fit was made from, so its held-out error checks only that the saved bytes are linear in ``b``
+(the 0.00 % reported for ResNet-18 means exactly that), not that the process uses that much memory:
+backward temporaries, gradients of intermediate results, intermediates freed during forward,
+allocator rounding and caching, and library workspaces are all outside it.
+
+On CUDA those terms are large. On an H200 (torch 2.11, cuDNN 9.19) the counted terms fell short of
+``torch.cuda.max_memory_allocated`` of one step by 1.2 GiB for ResNet-18, 7.1 GiB for ResNet-50 and
+7.4 GiB for VGG-11 at every batch (mostly batch-independent: convolution workspaces), so a batch
+planned from the counted terms alone ran out of memory under its budget. There the fit is therefore
+*calibrated*: :func:`measure_peak_bytes` reads the allocator's peak of one real step at each probe
+batch, and the residual (peak minus counted) is fitted as one more line, ``M_other(b)``, which
+:meth:`MemoryModel.predict` adds to Eq. 3's terms. :meth:`MemoryModel.max_batch` then also keeps
+``ALLOCATOR_HEADROOM`` of the budget free, since a memory cap counts the caching allocator's
+reserved blocks, which exceed the allocated peak by block rounding and fragmentation.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -42,20 +51,24 @@ __all__ = [
 ]
 
 _OPT_BUFFERS = {"adam": 2, "adamw": 2, "lamb": 2}
+ALLOCATOR_HEADROOM = 0.05  # share of a budget a calibrated plan leaves free (allocator blocks, fragmentation)
 
 
 @dataclass
 class MemoryProbe:
-    """Counted ``M_act`` (saved-for-backward storages) and ``M_batch`` (bytes) at one probe batch size."""
+    """Counted ``M_act`` (saved-for-backward storages) and ``M_batch`` (bytes) at one probe batch size,
+    and where an allocator was read (CUDA), the peak of one real step at that batch."""
 
     batch: int
     act_bytes: int
     batch_bytes: int
+    peak_bytes: int | None = None
 
 
 @dataclass
 class MemoryModel:
-    """Eq. 3 with batch-independent terms from :func:`static_bytes` and linear fits for the rest."""
+    """Eq. 3 with batch-independent terms from :func:`static_bytes` and linear fits for the rest; when
+    calibrated against an allocator, plus the uncounted remainder ``M_other(b)`` and a headroom."""
 
     model_bytes: int
     grad_bytes: int
@@ -65,6 +78,14 @@ class MemoryModel:
     batch_slope: float
     batch_intercept: float
     probes: list[MemoryProbe] = field(default_factory=list)
+    other_slope: float = 0.0
+    other_intercept: float = 0.0
+    headroom: float = 0.0
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether ``M_other`` was fitted from allocator peaks (CUDA) rather than left at zero."""
+        return any(p.peak_bytes is not None for p in self.probes)
 
     @property
     def static(self) -> int:
@@ -79,19 +100,29 @@ class MemoryModel:
         """Modelled ``M_batch(b)``."""
         return self.batch_intercept + self.batch_slope * b
 
-    def predict(self, b: int) -> float:
-        """Modelled ``M_total(b)`` in bytes (Eq. 3)."""
+    def other(self, b: int) -> float:
+        """Modelled uncounted remainder ``M_other(b)`` (workspaces, backward temporaries); 0 uncalibrated."""
+        return self.other_intercept + self.other_slope * b
+
+    def counted(self, b: int) -> float:
+        """Eq. 3's counted terms alone: ``M_model + M_grad + M_opt + M_act(b) + M_batch(b)``."""
         return self.static + self.act(b) + self.batch(b)
 
+    def predict(self, b: int) -> float:
+        """Modelled ``M_total(b)`` in bytes (Eq. 3, plus ``M_other(b)`` when calibrated)."""
+        return self.counted(b) + self.other(b)
+
     def max_batch(self, budget_bytes: float) -> int:
-        """Largest ``b >= 0`` with ``predict(b) <= budget_bytes``; 0 when even ``b = 0`` does not fit.
+        """Largest ``b >= 0`` with ``predict(b) <= (1 - headroom) * budget_bytes``; 0 when even
+        ``b = 0`` does not fit.
 
         Solved in closed form from the linear fit, then nudged by whole steps so float rounding in
         the division cannot return a batch that does not fit (or miss one that does).
         """
+        budget_bytes = (1.0 - self.headroom) * budget_bytes
         if self.predict(0) > budget_bytes:
             return 0
-        slope = self.act_slope + self.batch_slope
+        slope = self.act_slope + self.batch_slope + self.other_slope
         if not slope > 0:
             raise ValueError(f"memory model does not grow with the batch (slope {slope}); no largest batch")
         b = max(0, int(math.floor((budget_bytes - self.predict(0)) / slope)))
@@ -184,23 +215,38 @@ def _random_batch(input_shape, num_classes: int, b: int, device) -> tuple[torch.
 
 
 def fit_memory(model: nn.Module, input_shape, num_classes: int, optimizer: str, momentum: float, device,
-               probe_batches=(1, 2, 4, 8, 16, 32)) -> MemoryModel:
+               probe_batches=(1, 2, 4, 8, 16, 32), peak=None) -> MemoryModel:
     """Fit Eq. 3 for ``model`` on ``device``: analytic static terms plus counted (saved-tensor and
     batch bytes), line-fitted ``M_act`` and ``M_batch`` over ``probe_batches``. Moves ``model`` to
-    ``device`` (in place)."""
+    ``device`` (in place).
+
+    Calibration: ``peak(b)`` gives a real step's peak bytes at batch ``b``. By default it is
+    :func:`measure_peak_bytes` on a copy of ``model`` when ``device`` is CUDA, and absent elsewhere
+    (``peak=False`` turns it off). With it, ``M_other(b)`` is the line fitted to peak minus counted
+    bytes at the probes, and the model keeps ``ALLOCATOR_HEADROOM`` of a budget free.
+    """
     if not probe_batches or any(int(b) < 1 for b in probe_batches):
         raise ValueError(f"probe_batches must be positive batch sizes, got {probe_batches!r}")
     model.to(device)
+    if peak is None and torch.device(device).type == "cuda":
+        def peak(b: int) -> int:
+            return measure_peak_bytes(copy.deepcopy(model), input_shape, num_classes, b, device, optimizer, momentum)
     probes = []
     for b in probe_batches:
         x, y = _random_batch(input_shape, num_classes, int(b), device)
         probes.append(MemoryProbe(int(b), activation_bytes(model, x, y), int(x.nbytes + y.nbytes)))
         del x, y
+        if peak:
+            probes[-1].peak_bytes = int(peak(int(b)))
     bs = [p.batch for p in probes]
     act_intercept, act_slope = fit_line(bs, [p.act_bytes for p in probes])
     batch_intercept, batch_slope = fit_line(bs, [p.batch_bytes for p in probes])
     m, g, o = static_bytes(model, optimizer, momentum)
-    return MemoryModel(m, g, o, act_slope, act_intercept, batch_slope, batch_intercept, probes)
+    mm = MemoryModel(m, g, o, act_slope, act_intercept, batch_slope, batch_intercept, probes)
+    if peak:
+        mm.other_intercept, mm.other_slope = fit_line(bs, [p.peak_bytes - mm.counted(p.batch) for p in probes])
+        mm.headroom = ALLOCATOR_HEADROOM
+    return mm
 
 
 def measure_peak_bytes(model: nn.Module, input_shape, num_classes: int, b: int, device,

@@ -16,15 +16,19 @@ What is measured where:
   the host-to-device copy (plan/loader_feed.py), timed in the same steps;
 - t_sync: the trainer's synchroniser and exchange on the job's data plane, max over ranks of each
   rank's median (plan/sync_time.py); 0 on one rank;
-- memory: the "measured" column is *counted*, not read from an allocator: static (analytic
+- memory on CPU: the "measured" column is *counted*, not read from an allocator: static (analytic
   M_model + M_grad + M_opt) + the bytes of the storages autograd saves for backward (a
   saved-tensors pack hook, plan/memory.py: ``activation_bytes``) + the input and label bytes.
   It omits backward temporaries, allocator rounding and caching, and any intermediate autograd does
   not save, so on CPU the held-out memory error checks only that these counted bytes are linear in b.
-  On GPU ``torch.cuda.max_memory_allocated`` of a real step is reported beside it.
+- memory on CUDA: "measured" is ``torch.cuda.max_memory_allocated`` of a real step, and the fit is
+  calibrated to it at the probes (plan/memory.py: ``M_other``, the uncounted workspaces and
+  temporaries, plus a headroom for the caching allocator), so the held-out error is against the
+  allocator and the largest permissible batch is one that runs.
 """
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 
@@ -41,6 +45,8 @@ from .sync_time import measure_t_sync
 
 MEM_SOURCE = ("counted: analytic M_model+M_grad+M_opt + storages saved for backward (saved-tensors hook) "
               "+ input/label bytes; not an allocator reading")
+MEM_SOURCE_CUDA = ("allocator: torch.cuda.max_memory_allocated of one real step; Eq. 3 calibrated to it at the "
+                   "probes (M_other = peak - counted, fitted as a line)")
 
 
 def _agreed(comm, build):
@@ -99,15 +105,17 @@ def plan_rank(cfg, comm, budget_bytes: float | None, probes: list[int], holdouts
     for b in sorted(set(probes) | set(holdouts)):
         x = torch.randn(b, *shape, device=device)
         y = torch.randint(0, classes, (b,), device=device)
-        measured = mem.static + activation_bytes(model, x, y) + x.nbytes + y.nbytes
+        counted = mem.static + activation_bytes(model, x, y) + x.nbytes + y.nbytes
         del x, y
+        peak = measure_peak_bytes(copy.deepcopy(model), shape, classes, b, device)  # None on CPU
+        measured = counted if peak is None else peak
         probe = timed[b]
         predicted_tc = comp.t_compute(b)
         rows.append({
             "batch": b, "held_out": b not in probes,
-            "mem_measured": int(measured), "mem_predicted": float(mem.predict(b)),
+            "mem_counted": int(counted), "mem_measured": int(measured), "mem_predicted": float(mem.predict(b)),
             "mem_err": abs(mem.predict(b) - measured) / measured,
-            "mem_peak_cuda": measure_peak_bytes(model, shape, classes, b, device),
+            "mem_peak_cuda": peak,
             "t_compute": probe.t_compute, "t_compute_predicted": predicted_tc,
             "t_compute_err": abs(predicted_tc - probe.t_compute) / probe.t_compute,
             "t_mov": probe.t_mov, "samples_per_s": b / (probe.t_compute + probe.t_mov),
@@ -125,14 +133,14 @@ def plan_rank(cfg, comm, budget_bytes: float | None, probes: list[int], holdouts
         "params": sum(p.numel() for p in model.parameters()),
         "static_bytes": {"model": mem.model_bytes, "grad": mem.grad_bytes, "opt": mem.opt_bytes},
         "act_bytes_per_sample": mem.act_slope, "batch_bytes_per_sample": mem.batch_slope,
+        "other_bytes": mem.other_intercept, "other_bytes_per_sample": mem.other_slope, "mem_headroom": mem.headroom,
         "alpha": comp.alpha, "beta": comp.beta, "gamma": comp.gamma, "delta": comp.delta,
         "budget_bytes": budget_bytes, "max_batch": max_b, "recommended_batch": knee,
         "mem_err_median": statistics.median(r["mem_err"] for r in held),
         "mem_err_max": max(r["mem_err"] for r in held),
         "t_compute_err_median": statistics.median(r["t_compute_err"] for r in held),
         "t_compute_err_max": max(r["t_compute_err"] for r in held),
-        "mem_measured_source": MEM_SOURCE + ("; mem_peak_cuda is the allocator's peak of one real step"
-                                             if device.type == "cuda" else "; no allocator is read on CPU"),
+        "mem_measured_source": MEM_SOURCE_CUDA if mem.calibrated else MEM_SOURCE + "; no allocator is read on CPU",
         "t_mov_source": f"ClientLoader over this rank's partition (data.workers={cfg.data.workers}) + copy to "
                         f"{device}",
         # Eq. 2: epoch = D / B * (t_c + t_mov + t_sync / H), B = world_size * b
@@ -159,7 +167,7 @@ def plan_warnings(p: dict, probes: list[int]) -> list[str]:
     a probe excluded by the memory budget does not count as an edge)."""
     who = f"rank {p['rank']}: " if p["world_size"] > 1 else ""
     out = []
-    for key, what in (("mem_err", "counted-memory fit (Eq. 3)"), ("t_compute_err", "t_compute fit (alpha + beta b)")):
+    for key, what in (("mem_err", "memory fit (Eq. 3)"), ("t_compute_err", "t_compute fit (alpha + beta b)")):
         bad = [r for r in p["rows"] if r[key] > FIT_ERR_WARN]
         if bad:
             worst = max(bad, key=lambda r: r[key])
@@ -195,12 +203,16 @@ def format_plan(p: dict) -> str:
                      f"{r['t_compute_predicted'] * 1e3:8.2f} {100 * r['t_compute_err']:6.2f} "
                      f"{r['samples_per_s']:10.1f}")
     lines.append("   count MiB = static + bytes autograd saves for backward (saved-tensors hook) + input/label bytes, "
-                 "counted, not an allocator reading" + ("; cuda peak = torch.cuda.max_memory_allocated of one step"
-                                                        if cuda else "; on CPU no allocator is read"))
+                 "counted, not an allocator reading" + (
+                     f"; cuda peak = torch.cuda.max_memory_allocated of one step; pred = count + M_other "
+                     f"({p['other_bytes'] / mib:.1f} MiB + {p['other_bytes_per_sample'] / 1024:.1f} KiB x b, fitted "
+                     f"to the peaks at the probes), err against the peak; {100 * p['mem_headroom']:.0f} % of the "
+                     "budget kept free" if cuda else "; on CPU no allocator is read"))
     budget = f"{p['budget_bytes'] / 2**30:.1f} GiB" if p["budget_bytes"] else "none given"
     lines.append(f"   memory budget {budget}: largest permissible batch "
                  f"{p['max_batch'] if p['max_batch'] is not None else '-'}")
-    lines.append(f"   held-out error: counted memory median {100 * p['mem_err_median']:.2f} % max "
+    what = "memory (against the allocator)" if cuda else "counted memory"
+    lines.append(f"   held-out error: {what} median {100 * p['mem_err_median']:.2f} % max "
                  f"{100 * p['mem_err_max']:.2f} %; t_compute median {100 * p['t_compute_err_median']:.2f} % max "
                  f"{100 * p['t_compute_err_max']:.2f} %")
     lines += _format_eq2(p)

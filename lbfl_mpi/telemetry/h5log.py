@@ -30,7 +30,8 @@ EVAL_UNITS: dict[str, str] = {"step": "1", "test_loss": "1", "test_acc": "1", "t
                               "val_acc": "1", "train_loss": "1", "train_acc": "1", "sharpness": "1"}
 # the ``plan`` group's per-probe columns (plan/recommend.py rows)
 PLAN_UNITS: dict[str, str] = {
-    "batch": "samples", "held_out": "1", "mem_measured": "bytes", "mem_predicted": "bytes", "mem_err": "1",
+    "batch": "samples", "held_out": "1", "mem_counted": "bytes", "mem_measured": "bytes", "mem_predicted": "bytes",
+    "mem_err": "1",
     "mem_peak_cuda": "bytes", "t_compute": "s", "t_compute_predicted": "s", "t_compute_err": "1", "t_mov": "s",
     "samples_per_s": "samples/s", "global_batch": "samples", "t_sync": "s", "epoch_time": "s"}
 # the federated layer (fl.clients > 0): one ``clients`` row per (round, client) trained on the rank, and

@@ -1,6 +1,7 @@
 """Memory (Eq. 3) and compute/step-time (Eq. 2) batch models: closed forms, exact fits, smoke runs."""
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -130,6 +131,30 @@ def test_fit_memory_extrapolates_on_real_models(name, shape):
     measured = activation_bytes(model, x, y) + x.nbytes + y.nbytes
     predicted = mm.predict(24) - mm.static
     assert abs(predicted - measured) / measured < 0.10
+
+
+def test_fit_memory_calibrated_by_a_peak_function_adds_the_uncounted_line_and_headroom():
+    """With an allocator reading (here a fake one: counted bytes + 1 MiB + 300 B per sample, as a
+    convolution workspace and backward temporaries would add), M_other is that line exactly, the
+    prediction at a held-out batch equals the reading, and max_batch keeps ALLOCATOR_HEADROOM free."""
+    from lbfl_mpi.plan.memory import ALLOCATOR_HEADROOM
+
+    model = _three_layer()
+    plain = fit_memory(copy.deepcopy(model), (10,), 5, "sgd", 0.9, "cpu", probe_batches=(1, 2, 4, 8))
+    assert not plain.calibrated and plain.other(100) == 0 and plain.headroom == 0
+
+    def peak(b):
+        return plain.counted(b) + 2**20 + 300 * b
+
+    mm = fit_memory(copy.deepcopy(model), (10,), 5, "sgd", 0.9, "cpu", probe_batches=(1, 2, 4, 8), peak=peak)
+    assert mm.calibrated and [p.peak_bytes for p in mm.probes] == [int(peak(b)) for b in (1, 2, 4, 8)]
+    assert mm.other_intercept == pytest.approx(2**20, abs=1.0) and mm.other_slope == pytest.approx(300, abs=1e-3)
+    assert mm.predict(64) == pytest.approx(peak(64), rel=1e-9)
+    assert mm.counted(64) == pytest.approx(plain.predict(64), rel=1e-12)
+    budget = 64 * 2**20
+    want = int((1 - ALLOCATOR_HEADROOM) * budget - mm.predict(0)) // int(round(mm.predict(1) - mm.predict(0)))
+    assert abs(mm.max_batch(budget) - want) <= 1
+    assert mm.predict(mm.max_batch(budget)) <= (1 - ALLOCATOR_HEADROOM) * budget < mm.predict(mm.max_batch(budget) + 1)
 
 
 def test_measure_peak_bytes_is_none_on_cpu():

