@@ -19,15 +19,18 @@ the fit was made from, so its held-out error checks only that the saved bytes ar
 backward temporaries, gradients of intermediate results, intermediates freed during forward,
 allocator rounding and caching, and library workspaces are all outside it.
 
-On CUDA those terms are large. On an H200 (torch 2.11, cuDNN 9.19) the counted terms fell short of
-``torch.cuda.max_memory_allocated`` of one step by 1.2 GiB for ResNet-18, 7.1 GiB for ResNet-50 and
-7.4 GiB for VGG-11 at every batch (mostly batch-independent: convolution workspaces), so a batch
-planned from the counted terms alone ran out of memory under its budget. There the fit is therefore
-*calibrated*: :func:`measure_peak_bytes` reads the allocator's peak of one real step at each probe
-batch, and the residual (peak minus counted) is fitted as one more line, ``M_other(b)``, which
-:meth:`MemoryModel.predict` adds to Eq. 3's terms. :meth:`MemoryModel.max_batch` then also keeps
-``ALLOCATOR_HEADROOM`` of the budget free, since a memory cap counts the caching allocator's
-reserved blocks, which exceed the allocated peak by block rounding and fragmentation.
+On CUDA an allocator reading exists, and the fit is *calibrated* to it:
+:func:`measure_peak_bytes` reads ``torch.cuda.max_memory_allocated`` of one real step at each probe
+batch, and the residual (peak minus counted) is fitted as one more line, ``M_other(b)`` (backward
+temporaries, workspaces, rounding), which :meth:`MemoryModel.predict` adds to Eq. 3's terms.
+:meth:`MemoryModel.max_batch` then also keeps ``ALLOCATOR_HEADROOM`` of the budget free, since a
+memory cap counts the caching allocator's reserved blocks, which exceed the allocated peak by block
+rounding and fragmentation. (The first GPU check, benchmarks/results/2026-12-04-gpu_check.md, read
+the counted terms as 48-98 % short of the allocator. That was the counting pass itself: its pack hook
+returned the tensor it was given, which kept every probe's activations allocated, and the peaks were
+read on top of them. Measured on fresh copies with nothing counted before, ResNet-18's peak on an
+H200 was 150 MiB + 4.57 MiB x b, 2-6 % above the counted terms: enough for a batch planned from the
+counted terms alone to exceed its budget.)
 """
 from __future__ import annotations
 
@@ -191,7 +194,10 @@ def activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
         key = _storage_key(t)
         if key not in exclude:
             seen[key] = key[2]
-        return t
+        # detached: a pack hook that returns the tensor it is given makes a reference cycle through
+        # autograd (an op's saved output refers to the node that saves it) that Python's collector
+        # cannot free, so every probe's activations stayed allocated (on CUDA, gigabytes)
+        return t.detach()
 
     was_training = model.training
     saved_buffers = [b.detach().clone() for b in model.buffers()]
@@ -251,7 +257,9 @@ def fit_memory(model: nn.Module, input_shape, num_classes: int, optimizer: str, 
 
 def measure_peak_bytes(model: nn.Module, input_shape, num_classes: int, b: int, device,
                        optimizer: str = "sgd", momentum: float = 0.9, lr: float = 0.01) -> int | None:
-    """Measured peak CUDA allocation over one forward/backward/optimizer step at batch ``b``.
+    """Measured peak CUDA allocation of one forward/backward/optimizer step at batch ``b``: the
+    allocator's peak during the step less what was allocated before it, plus the model's own
+    parameters and buffers, so tensors other code keeps alive on the device do not count.
 
     Returns ``None`` on non-CUDA devices, where no allocator peak is available. The step updates
     ``model``'s parameters, so pass a copy when they matter.
@@ -268,14 +276,16 @@ def measure_peak_bytes(model: nn.Module, input_shape, num_classes: int, b: int, 
     from ..optim import build_optimizer
 
     opt = build_optimizer(TrainConfig(optimizer=name, lr=lr, momentum=momentum), model.parameters())
+    model.zero_grad(set_to_none=True)
+    own = _tensor_bytes(model.parameters()) + _tensor_bytes(model.buffers())
     torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     x, y = _random_batch(input_shape, num_classes, b, device)
-    opt.zero_grad(set_to_none=True)
     F.cross_entropy(model(x), y).backward()
     opt.step()
     torch.cuda.synchronize(device)
-    peak = int(torch.cuda.max_memory_allocated(device))
+    peak = int(torch.cuda.max_memory_allocated(device)) - before + own
     del opt, x, y
     model.zero_grad(set_to_none=True)
     return peak

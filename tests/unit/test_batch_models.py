@@ -157,6 +157,30 @@ def test_fit_memory_calibrated_by_a_peak_function_adds_the_uncounted_line_and_he
     assert mm.predict(mm.max_batch(budget)) <= (1 - ALLOCATOR_HEADROOM) * budget < mm.predict(mm.max_batch(budget) + 1)
 
 
+def test_activation_bytes_keeps_no_activation_alive():
+    """The counting pass frees what it saw: every layer output is dead once it returns, with the
+    garbage collector off (the reference: a plain forward + loss, whose outputs die with the loss).
+    A pack hook returning the tensor it was given made an uncollectable cycle per saved output."""
+    import gc
+    import weakref
+
+    model = build_model("resnet18", (3, 32, 32), 10)
+    refs = []
+    for mod in model.modules():
+        if not list(mod.children()):
+            mod.register_forward_hook(lambda mod, i, o: refs.append(weakref.ref(o)))
+    x, y = _batch((3, 32, 32), 10, 2)
+    gc.disable()
+    try:
+        torch.nn.functional.cross_entropy(model(x), y)
+        assert refs and all(r() is None for r in refs)
+        refs.clear()
+        assert activation_bytes(model, x, y) > 0
+        assert len(refs) > 20 and [r for r in refs if r() is not None] == []
+    finally:
+        gc.enable()
+
+
 def test_measure_peak_bytes_is_none_on_cpu():
     assert measure_peak_bytes(nn.Linear(3, 2), (3,), 2, 4, "cpu") is None
 
