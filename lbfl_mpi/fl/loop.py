@@ -44,7 +44,7 @@ def train_federated(w) -> dict | None:
             w.stops.check(done - 1)  # the ranks meet here anyway: agree on signals and non-finite values
             evaluate = bool(every) and done // every > (done - h) // every or done == cfg.train.steps
             after_steps(w, log, ckpt, evaluator, done, t0, evaluate)
-            bar.update(rows[-1].loss, evaluator.last_acc)
+            bar.update(rows[-1].loss, evaluator.last_acc, evaluator.last_name)
         summary = end_of_training(w, log, ckpt, evaluator, t0, fl_rounds=fed.rounds_done, fl_clients=fed.n_clients,
                                   fl_clients_per_round=fed.k, fl_algorithm=cfg.fl.algorithm,
                                   fl_server_optimizer=cfg.fl.server_optimizer)

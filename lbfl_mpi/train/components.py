@@ -70,6 +70,7 @@ class Evaluator:
         self.every, self.steps = worker.cfg.train.eval_every, worker.cfg.train.steps
         self.last_acc: float | None = None
         self.last_loss: float | None = None
+        self.last_name = "test_acc"  # which set last_acc is of: test_acc, or val_acc before the test is measured
 
     def due(self, done: int) -> bool:
         return bool(self.every) and done % self.every == 0 or done == self.steps
@@ -89,6 +90,7 @@ class Evaluator:
         self.log.log_eval(step, *test, time.perf_counter() - t, **more)
         # the progress bar's and the final check's reading: the test set only once it is measured
         self.last_loss, self.last_acc = test if final else val
+        self.last_name = "test_acc" if final else "val_acc"
 
 
 class Rebatcher:

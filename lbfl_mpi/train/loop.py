@@ -59,7 +59,7 @@ def train(w) -> dict | None:
             last = c.transform.finished
             after_steps(w, log, ckpt, evaluator, done, t0, evaluator.due(done) or last, last=last)
             rebatcher.maybe_reallocate(step)
-            bar.update(row.loss, evaluator.last_acc)
+            bar.update(row.loss, evaluator.last_acc, evaluator.last_name)
         extra = {"steps_done": done} if c.transform.adascale is not None else {}
         summary = end_of_training(w, log, ckpt, evaluator, t0, done=done, **extra)
     except (OSError, RuntimeError) as e:  # a write failed (disk full, quota): the CLI reports it on one line

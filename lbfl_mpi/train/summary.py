@@ -67,7 +67,9 @@ class Progress:
         if sys.stderr.isatty():
             self.bar = tqdm(total=total, initial=initial, desc="train", unit=unit, dynamic_ncols=True)
 
-    def update(self, loss: float, acc: float | None) -> None:
+    def update(self, loss: float, acc: float | None, acc_name: str = "test_acc") -> None:
+        """One step (or round); ``acc``: the latest evaluation's accuracy, of the set ``acc_name``
+        names (val_acc with a validation split until the test set is measured at the end)."""
         self.n += 1
         if self.bar is not None:
             post = {"loss": f"{loss:.4f}"}
@@ -76,7 +78,7 @@ class Progress:
             self.bar.set_postfix(post, refresh=False)
             self.bar.update(1)
         elif self.enabled and (self.n % self.every == 0 or self.n == self.total):
-            acc_s = f" test_acc {acc:.4f}" if acc is not None else ""
+            acc_s = f" {acc_name} {acc:.4f}" if acc is not None else ""
             print(f"{self.unit} {self.n}/{self.total} loss {loss:.4f}{acc_s}", file=sys.stderr, flush=True)
 
     def close(self) -> None:

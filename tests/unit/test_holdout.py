@@ -75,7 +75,7 @@ def _evaluate(model, data):
     return float(F.cross_entropy(out, data.y)), float((out.argmax(1) == data.y).double().mean())
 
 
-def test_run_evaluates_validation_each_time_and_test_once(tmp_path):
+def test_run_evaluates_validation_each_time_and_test_once(tmp_path, capsys):
     run = tmp_path / "run"
     cfg = load_config(None, [f"run.out_dir={run}", "train.steps=9", "train.eval_every=3", "train.batch_size=16",
                              "model.name=mlp", "data.val_fraction=0.25", "telemetry.flush_every=1"])
@@ -96,6 +96,12 @@ def test_run_evaluates_validation_each_time_and_test_once(tmp_path):
     assert summary["final_test_acc"] == summary["best_test_acc"] == ev["test_acc"][-1]
     assert summary["val_samples"] == len(b.val)
     assert json.loads((run / "summary.json").read_text())["final_val_acc"] == ev["val_acc"][-1]
+    # the progress lines name the set their accuracy is of: validation until the test set is measured
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("step ")]
+    assert [x.split(" loss ")[0] for x in lines] == [f"step {n}/9" for n in range(1, 10)]
+    assert [" ".join(x.split()[4:]) for x in lines] == ["", "", *[f"val_acc {ev['val_acc'][0]:.4f}"] * 3,
+                                                        *[f"val_acc {ev['val_acc'][1]:.4f}"] * 3,
+                                                        f"test_acc {ev['test_acc'][-1]:.4f}"]
 
 
 def test_run_without_split_keeps_test_every_time(tmp_path):
