@@ -138,6 +138,8 @@ def validate(cfg: Config) -> None:
            f"applies to model.name='bncnn', not {cfg.model.name!r}")
     _check(not cfg.train.eval_sharpness_iters or cfg.train.eval_train_samples > 0, "train.eval_sharpness_iters",
            cfg.train.eval_sharpness_iters, "needs train.eval_train_samples > 0 (it reads their first batch)")
+    _check(not cfg.train.eval_bn_recompute or not cfg.model.ghost_batch, "train.eval_bn_recompute",
+           cfg.train.eval_bn_recompute, "not with model.ghost_batch (ghost slices would recompute other statistics)")
     _check_density(cfg)
     bt = cfg.batching
     if bt.global_mode == "adaptive":

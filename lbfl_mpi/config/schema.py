@@ -142,6 +142,12 @@ class TrainConfig:
                                     "samples, drawn once from a fixed stream (eval columns train_loss, "
                                     "train_acc: the train side of the generalisation gap). 0: off.",
                                  min=0, max=INT_MAX)
+    eval_bn_recompute: int = _f(0, "An evaluation control, not an FL method: before every evaluation the global "
+                                   "model's BatchNorm running statistics are recomputed from this many training "
+                                   "samples pooled over all clients (the first of train.eval_train_samples' fixed "
+                                   "draw), and put back after it, so training is untouched "
+                                   "(train/bn_recompute.py). Separates averaged running_var from the weights "
+                                   "under FedAvg. Not with model.ghost_batch. 0: off.", min=0, max=INT_MAX)
     eval_sharpness_iters: int = _f(0, "Every evaluation also estimates the top Hessian eigenvalue of the "
                                       "training loss (eval column sharpness) by this many power iterations "
                                       "of exact Hessian-vector products on the first train.eval_batch samples "

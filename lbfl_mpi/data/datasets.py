@@ -133,10 +133,10 @@ def load_dataset(cfg: DataConfig, seed: int = 0) -> DatasetBundle:
                          bundle.train_labels[train_idx], take(bundle.train, val_idx) if len(val_idx) else None)
 
 
-def train_probe(bundle: DatasetBundle, count: int):
-    """``train.eval_train_samples`` of the bundle's training set (holdout.probe), or None when 0."""
+def train_probe(bundle: DatasetBundle, count: int, key: str = "train.eval_train_samples"):
+    """``count`` (config key ``key``) of the bundle's training set (holdout.probe), or None when 0."""
     try:
-        return probe(bundle.train, count)
+        return probe(bundle.train, count, key)
     except HoldoutError as e:
         raise DataError(str(e)) from None
 

@@ -53,14 +53,16 @@ def holdout_indices(labels: np.ndarray, train_subset: int, val_fraction: float) 
     return train_idx, val_idx
 
 
-def probe(dataset, count: int):
+def probe(dataset, count: int, key: str = "train.eval_train_samples"):
     """``train.eval_train_samples``: ``count`` samples of the training set drawn once from a fixed
-    stream (the same for every seed and rank), the train side of the evaluation; None when 0."""
+    stream (the same for every seed and rank), the train side of the evaluation; None when 0.
+    ``train.eval_bn_recompute`` reads the first ``count`` of the same stream (``key`` names the
+    setting in the error)."""
     if not count:
         return None
     n = len(dataset)
     if count > n:
-        raise HoldoutError(f"train.eval_train_samples={count} exceeds the {n} training samples")
+        raise HoldoutError(f"{key}={count} exceeds the {n} training samples")
     return take(dataset, np.sort(np.random.default_rng([_HOLDOUT_SEED, 2]).permutation(n)[:count]))
 
 

@@ -89,6 +89,7 @@ def build_federated_worker(cfg: Config, comm=None, batches=None, signals=None, d
     sizes = [len(p) for p in parts]
     w = FederatedWorker(cfg, comm, device=device, backend=backend, stops=stops, plan=None, test_set=bundle.test,
                         val_set=bundle.val, probe_set=train_probe(bundle, cfg.train.eval_train_samples),
+                        bn_set=train_probe(bundle, cfg.train.eval_bn_recompute, "train.eval_bn_recompute"),
                         partition_sizes=sizes, global_batch=b * (cfg.fl.clients_per_round or n), batcher=None,
                         clients=[slot], batches=batches)
     w.federation = Federation(w, loaders, sizes, Path(cfg.run.out_dir) / "clients" / f"rank{comm.rank:04d}")

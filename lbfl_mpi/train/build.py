@@ -62,6 +62,7 @@ def build_worker(cfg: Config, comm=None, batches=None, signals=None, device: str
     batcher = kind(cfg.batching, comm.world_size, gb) if cfg.batching.mode == "dynamic" else None
     worker = Worker(cfg, comm, device=device, backend=backend, stops=stops, plan=plan, test_set=bundle.test,
                     val_set=bundle.val, probe_set=train_probe(bundle, cfg.train.eval_train_samples),
+                    bn_set=train_probe(bundle, cfg.train.eval_bn_recompute, "train.eval_bn_recompute"),
                     partition_sizes=[len(p) for p in parts], global_batch=gb, batcher=batcher,
                     clients=[client], batches=batches)
     for warning in start_warnings(cfg, comm.world_size, bundle, parts, batcher) if comm.rank == 0 else ():

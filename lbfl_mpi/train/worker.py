@@ -8,6 +8,7 @@ opened by the loop (loop.py). Today a worker hosts one client (client.py): ``cli
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from ..data import eval_batches
 from ..files import save_torch
 from ..precision import autocast
 from ..scaling.sharpness import model_sharpness
+from .bn_recompute import batch_norms, recomputed_statistics
 
 
 def loader_batch(step: int, client):
@@ -26,10 +28,12 @@ def loader_batch(step: int, client):
 
 class Worker:
     def __init__(self, cfg, comm, *, device, backend: str, stops, plan, test_set, partition_sizes: list[int],
-                 global_batch: int, batcher, clients: list, batches=None, val_set=None, probe_set=None):
+                 global_batch: int, batcher, clients: list, batches=None, val_set=None, probe_set=None,
+                 bn_set=None):
         self.cfg, self.comm, self.device, self.backend = cfg, comm, device, backend
         self.stops, self.plan, self.test_set, self.val_set = stops, plan, test_set, val_set
         self.probe_set = probe_set  # train.eval_train_samples of the training set, or None
+        self.bn_set = bn_set  # train.eval_bn_recompute samples of the training set, or None
         self.partition_sizes, self.global_batch, self.batcher = partition_sizes, global_batch, batcher
         self.clients = clients
         self.batches = batches or loader_batch  # (step, client) -> (x, y), on the host or the device
@@ -42,6 +46,11 @@ class Worker:
         self.elapsed = 0.0  # wall seconds of earlier segments of a resumed run
         if batcher is not None:
             self.set_batch_sizes(batcher.sizes)
+        if bn_set is not None and not batch_norms(self.client.model):
+            from ..config import ConfigError
+
+            raise ConfigError(f"train.eval_bn_recompute={cfg.train.eval_bn_recompute}: model.name="
+                              f"{cfg.model.name!r} with model.norm={cfg.model.norm!r} has no BatchNorm statistics")
 
     @property
     def client(self):
@@ -64,7 +73,7 @@ class Worker:
         """Loss and accuracy of the global (sample-weighted average) model on ``data`` (the test set
         by default); collective."""
         c, cfg = self.client, self.cfg
-        with c.sync.global_view(c.sync.eval_weight(cfg.train.batch_size)):
+        with c.sync.global_view(c.sync.eval_weight(cfg.train.batch_size)), self._statistics():
             c.model.eval()
             acc = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count
             for x, y in eval_batches(self.test_set if data is None else data, self.comm.rank, self.comm.world_size,
@@ -78,6 +87,15 @@ class Worker:
             self.comm.allreduce_(acc)
             c.model.train()
         return float(acc[0] / acc[2]), float(acc[1] / acc[2])
+
+    def _statistics(self):
+        """train.eval_bn_recompute: the global model's BatchNorm statistics recomputed from pooled
+        training samples for the evaluation (train/bn_recompute.py); otherwise nothing changes."""
+        if self.bn_set is None:
+            return nullcontext()
+        c = self.client
+        return recomputed_statistics(c.model, self.bn_set, self.cfg.train.eval_batch, self.device, c.to_device,
+                                     c.precision)
 
     def sharpness(self, iters: int) -> float:
         """Top Hessian eigenvalue of the global model's loss on the probe's first train.eval_batch
