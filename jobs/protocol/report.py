@@ -74,7 +74,8 @@ def grid_table(spec: Spec, root: Path) -> list[str]:
                 (f"{len(done)}/{len(ss)} done" if len(done) < len(ss) else
                  ", ".join(s.get("outcome", "?") for s in done))
             mark = "**yes**" if c is not None and c[0] == i else ""
-            out.append(f"| {arm.name} | {arm.key} | {label} ({v:.4g}) | {shown} | {mark} |")
+            value = label if isinstance(v, str) else f"{label} ({v:.4g})"
+            out.append(f"| {arm.name} | {arm.key} | {value} | {shown} | {mark} |")
     trials = {a.name: len(a.values) * len(spec.tune_seeds) for a in spec.arms.values() if a.key}
     out += ["", "Trials per tuned arm: " + ", ".join(f"{k} {v}" for k, v in trials.items()) +
             ("" if len(set(trials.values())) <= 1 else " (**unequal**)")]

@@ -15,7 +15,8 @@ SPEC.toml (jobs/protocol/gap.toml is one):
 
     [arm.b2048]
     set = ["train.batch_size=1024"]  # overrides of the base config
-    grid = {key = "train.lr", multipliers = [0.5, 1, 2, 4, 8]}   # or values = [...]
+    grid = {key = "train.lr", multipliers = [0.5, 1, 2, 4, 8]}   # or values = [...]: numbers or words
+    #                               (e.g. {key = "scaling.noise_schedule", values = ["always", "until"]})
     # lr_from = "b2048"             # instead of a grid of its own: take that arm's chosen lr
 
 Stages:
@@ -59,7 +60,7 @@ class Arm:
     name: str
     overrides: list[str]
     key: str = ""                       # the grid's key ("" without a grid)
-    values: list[float] = field(default_factory=list)  # the grid's values of ``key``
+    values: list = field(default_factory=list)  # the grid's values of ``key`` (numbers, or words)
     labels: list[str] = field(default_factory=list)    # their directory names
     lr_from: str = ""
 
@@ -142,8 +143,13 @@ def _arm(name: str, a: dict, config: Path) -> Arm:
         if not isinstance(grid, dict) or "key" not in grid or ("values" in grid) == ("multipliers" in grid):
             raise SpecError(f"arm.{name}.grid: needs key and one of values, multipliers")
         vals = grid.get("values", grid.get("multipliers"))
-        if not (isinstance(vals, list) and vals and all(isinstance(v, (int, float)) and v > 0 for v in vals)):
-            raise SpecError(f"arm.{name}.grid: {vals!r} must be a non-empty list of numbers > 0")
+        numbers = isinstance(vals, list) and vals and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in vals)
+        words = "values" in grid and isinstance(vals, list) and vals and all(
+            isinstance(v, str) and v and all(ch.isalnum() or ch in "_.-" for ch in v) for v in vals)
+        if not (numbers or words) or len(set(vals)) != len(vals):
+            raise SpecError(f"arm.{name}.grid: {vals!r} must be a non-empty list of distinct numbers > 0 "
+                            "(values may instead be words: letters, digits, _ . -)")
         arm.key = str(grid["key"])
         if "multipliers" in grid:
             base = _resolved(config, arm.key, arm.overrides, name)
@@ -151,7 +157,7 @@ def _arm(name: str, a: dict, config: Path) -> Arm:
             arm.labels = [f"x{_label(float(v))}" for v in vals]
         else:
             arm.values = list(vals)
-            arm.labels = [_label(float(v)) for v in vals]
+            arm.labels = list(vals) if words else [_label(float(v)) for v in vals]
     return arm
 
 

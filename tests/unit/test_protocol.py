@@ -34,8 +34,9 @@ if sets.get("train.batch_size") == "999":
 lr, seed = float(sets["train.lr"]), int(sets["run.seed"])
 arm = out.parent.name if out.parent.parent.name == "final" else out.parent.parent.name
 bonus = {"small": 0.05, "big": 0.0, "copy": 0.01}[arm]
+val_bonus = 0.01 * ("cosine" in sets.get("train.schedule", ""))
 out.mkdir(parents=True, exist_ok=True)
-summary = {"outcome": "completed", "final_val_acc": 0.9 - 0.1 * abs(math.log2(lr / 0.2)),
+summary = {"outcome": "completed", "final_val_acc": 0.9 - 0.1 * abs(math.log2(lr / 0.2)) + val_bonus,
            "final_test_acc": 0.8 + bonus + 0.01 * seed * (arm == "small"), "final_train_acc": 0.99,
            "final_sharpness": 5.0, "step_time_s": 10.0 + seed}
 (out / "summary.json").write_text(json.dumps(summary))
@@ -122,6 +123,27 @@ def test_a_failed_run_stops_the_grid_with_its_exit_code(setup, tmp_path):
     assert e.value.code == 1 and len(launches()) == 1
 
 
+def test_a_grid_of_words_runs_each_and_the_final_runs_take_the_best(setup):
+    spec, runs, launches = setup
+    text = spec.read_text().replace(
+        'set = ["train.batch_size=8"]\ngrid = {key = "train.lr", multipliers = [0.5, 1, 2, 4]}',
+        'set = ["train.batch_size=8", "train.lr=0.2"]\n'
+        'grid = {key = "train.schedule", values = ["cosine", "constant"]}')
+    assert "train.schedule" in text
+    spec.write_text(text)
+    assert protocol.main([str(spec), "--runs", str(runs), "--stage", "tune"]) == 0
+    small = [s for s in launches() if s["train.batch_size"] == "8"]
+    assert [(s["run.name"], s["train.schedule"]) for s in small] == [("small_cosine", "'cosine'"),
+                                                                      ("small_constant", "'constant'")]
+    assert (runs / "t" / "tune" / "small" / "constant" / "seed0" / "summary.json").is_file()
+    assert protocol.main([str(spec), "--runs", str(runs), "--stage", "final"]) == 0
+    final = [s for s in launches()[len(small) + 4:] if s["train.batch_size"] == "8"]
+    assert {s["train.schedule"] for s in final} == {"'cosine'"} and len(final) == 3  # val 0.91 > 0.90
+    text = protocol_report.report(protocol.load_spec(spec), runs / "t")
+    assert "| small | train.schedule | cosine | 0.9100 | **yes** |" in text
+    assert "| small | train.schedule | constant | 0.9000 |  |" in text
+
+
 def test_report_pairs_the_seeds_as_computed_by_hand(setup):
     spec, runs, _ = setup
     assert protocol.main([str(spec), "--runs", str(runs)]) == 0
@@ -142,6 +164,9 @@ def test_report_pairs_the_seeds_as_computed_by_hand(setup):
     (('set = ["train.batch_size=8"]', 'set = ["train.momentum=-1"]'), "arm.small: train.momentum=-1"),
     (("seeds = [1, 2, 3]", "seeds = [1, 1]"), "protocol.seeds=[1, 1]"),
     (("multipliers = [0.5, 1, 2, 4]}}\n\n[arm.big]", "multipliers = []}}\n\n[arm.big]"), "arm.small.grid"),
+    (("multipliers = [0.5, 1, 2, 4]}}\n\n[arm.big]", "multipliers = [\"a\"]}}\n\n[arm.big]"), "arm.small.grid"),
+    (("multipliers = [0.5, 1, 2, 4]}}\n\n[arm.big]", "values = [\"a/b\"]}}\n\n[arm.big]"), "arm.small.grid"),
+    (("multipliers = [0.5, 1, 2, 4]}}\n\n[arm.big]", "values = [1, 1]}}\n\n[arm.big]"), "arm.small.grid"),
 ])
 def test_a_bad_spec_exits_2_with_one_line_before_anything_runs(setup, capsys, edit, fragment):
     spec, runs, launches = setup
