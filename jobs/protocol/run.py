@@ -1,6 +1,7 @@
 """The tuning protocol: a grid per arm on validation, then the chosen setting on paired seeds.
 
     python jobs/protocol/run.py SPEC.toml [--stage tune|final|report|all] [--runs DIR] [--out FILE] [--dry]
+                                          [--parallel N]
 
 SPEC.toml (jobs/protocol/gap.toml is one):
 
@@ -28,7 +29,9 @@ Stages:
 grid stopped at any point continues where it stopped, so one grid can span several sittings. A run
 dir left without a summary (a killed run) is resumed from its checkpoint (run.resume=auto) when it has
 one, and started again (run.overwrite=true) when not. Each run prints one progress line with its wall
-time; ``--dry`` prints the commands instead. Runs are launched as
+time; ``--dry`` prints the commands instead. ``--parallel N`` keeps N runs going at once (a machine
+with many cores, or one GPU shared by several small runs); each run's output then goes to
+``<run dir>.log``, and a failed run lets the others finish before the grid stops. Runs are launched as
 
     $MPIEXEC -n <ranks> $MPIEXEC_ARGS $LBFL train --config <config> --set k=v ...
 
@@ -186,10 +189,7 @@ def summary(run: Path) -> dict | None:
     return json.loads(f.read_text()) if f.is_file() else None
 
 
-def launch(spec: Spec, run: Path, overrides: list[str], seed: int, dry: bool, name: str) -> None:
-    """One run (skipped when its summary.json exists); resumed or restarted when it was killed."""
-    if summary(run) is not None:
-        return
+def _command(spec: Spec, run: Path, overrides: list[str], seed: int, name: str) -> list[str]:
     extra = ["run.resume=auto"] if (run / "checkpoints" / "latest.json").is_file() else ["run.overwrite=true"]
     sets = [*overrides, f"run.seed={seed}", f"run.out_dir={run}", f"run.name={name}", *extra]
     cmd = [*shlex.split(os.environ.get("MPIEXEC", "mpiexec")), "-n", str(spec.ranks),
@@ -197,18 +197,55 @@ def launch(spec: Spec, run: Path, overrides: list[str], seed: int, dry: bool, na
            *shlex.split(os.environ.get("LBFL", "lbfl")), "train", "--config", str(spec.config)]
     for s in sets:
         cmd += ["--set", s]
-    if dry:
-        print(shlex.join(cmd))
-        return
-    t0 = time.monotonic()
-    p = subprocess.run(cmd, stdout=subprocess.DEVNULL)
-    wall = time.monotonic() - t0
+    return cmd
+
+
+def _finished(spec: Spec, run: Path, returncode: int, wall: float) -> int:
+    """Print the run's progress line; the exit code that stops the grid (0: go on). A run that exits
+    non-zero after writing an outcome other than completed (diverged, preempted) does not stop it."""
     s = summary(run)
-    if p.returncode != 0 and (s is None or s.get("outcome") == "completed"):
-        print(f"protocol: {run}: exit {p.returncode} after {wall:.0f} s; the grid stops here", file=sys.stderr)
-        raise SystemExit(p.returncode)
+    if returncode != 0 and (s is None or s.get("outcome") == "completed"):
+        print(f"protocol: {run}: exit {returncode} after {wall:.0f} s; the grid stops here", file=sys.stderr)
+        return returncode
     got = f"{spec.select} {s.get(spec.select, float('nan')):.4f}" if s else "no summary"
     print(f"protocol: {run}: {s.get('outcome') if s else '?'}, {got}, {wall:.0f} s", file=sys.stderr, flush=True)
+    return 0
+
+
+def run_all(spec: Spec, jobs: list[tuple[Path, list[str], int, str]], dry: bool, parallel: int) -> None:
+    """``jobs`` = (run dir, overrides, seed, name), those without a summary.json, ``parallel`` at a time
+    (one: in order, each run's output on this stderr; more: each run's output in ``<run dir>.log``).
+    A failed run lets the running ones finish, starts no more, and exits with its code."""
+    todo = [j for j in jobs if summary(j[0]) is None]
+    if dry:
+        for run, ov, seed, name in todo:
+            print(shlex.join(_command(spec, run, ov, seed, name)))
+        return
+    running: list[tuple[subprocess.Popen, Path, float, object]] = []
+    stop = 0
+    while running or (todo and not stop):
+        while todo and not stop and len(running) < parallel:
+            run, ov, seed, name = todo.pop(0)
+            log = None
+            if parallel > 1:
+                run.parent.mkdir(parents=True, exist_ok=True)
+                log = open(run.parent / f"{run.name}.log", "a")  # noqa: SIM115 - closed when the run ends
+            p = subprocess.Popen(_command(spec, run, ov, seed, name), stdout=subprocess.DEVNULL, stderr=log)
+            running.append((p, run, time.monotonic(), log))
+        if len(running) == 1:
+            running[0][0].wait()
+        done = [r for r in running if r[0].poll() is not None]
+        if not done:
+            time.sleep(0.05)
+            continue
+        for r in done:
+            p, run, t0, log = r
+            running.remove(r)
+            if log is not None:
+                log.close()
+            stop = stop or _finished(spec, run, p.returncode, time.monotonic() - t0)
+    if stop:
+        raise SystemExit(stop)
 
 
 def tune_dir(root: Path, arm: Arm, label: str, seed: int) -> Path:
@@ -250,14 +287,15 @@ def chosen_overrides(spec: Spec, root: Path, arm: Arm) -> list[str] | None:
     return None if c is None else arm.overrides + [f"{arm.key}={arm.values[c[0]]!r}"]
 
 
-def stage_tune(spec: Spec, root: Path, dry: bool) -> None:
-    for arm in spec.arms.values():
-        for label, ov in zip(arm.labels, _variants(spec, arm) if arm.key else []):
-            for seed in spec.tune_seeds:
-                launch(spec, tune_dir(root, arm, label, seed), ov, seed, dry, f"{arm.name}_{label}")
+def stage_tune(spec: Spec, root: Path, dry: bool, parallel: int = 1) -> None:
+    jobs = [(tune_dir(root, arm, label, seed), ov, seed, f"{arm.name}_{label}")
+            for arm in spec.arms.values() for label, ov in zip(arm.labels, _variants(spec, arm) if arm.key else [])
+            for seed in spec.tune_seeds]
+    run_all(spec, jobs, dry, parallel)
 
 
-def stage_final(spec: Spec, root: Path, dry: bool) -> None:
+def stage_final(spec: Spec, root: Path, dry: bool, parallel: int = 1) -> None:
+    jobs = []
     for arm in spec.arms.values():
         ov = chosen_overrides(spec, root, arm)
         if ov is None:
@@ -265,8 +303,8 @@ def stage_final(spec: Spec, root: Path, dry: bool) -> None:
             if not dry:
                 raise SystemExit(1)
             continue
-        for seed in spec.seeds:
-            launch(spec, final_dir(root, arm.name, seed), ov, seed, dry, arm.name)
+        jobs += [(final_dir(root, arm.name, seed), ov, seed, arm.name) for seed in spec.seeds]
+    run_all(spec, jobs, dry, parallel)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,7 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=Path, default=Path("runs/protocol"))
     ap.add_argument("--out", type=Path, help="write the report here (markdown) instead of stdout")
     ap.add_argument("--dry", action="store_true", help="print the commands of the runs still to do")
+    ap.add_argument("--parallel", type=int, default=1, metavar="N",
+                    help="runs at a time (default 1; more: each run's output goes to <run dir>.log)")
     args = ap.parse_args(argv)
+    if args.parallel < 1:
+        print(f"protocol: error: --parallel={args.parallel}: must be >= 1", file=sys.stderr)
+        return 2
     try:
         spec = load_spec(args.spec)
     except SpecError as e:
@@ -284,9 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     root = args.runs / spec.name
     if args.stage in ("tune", "all"):
-        stage_tune(spec, root, args.dry)
+        stage_tune(spec, root, args.dry, args.parallel)
     if args.stage in ("final", "all"):
-        stage_final(spec, root, args.dry)
+        stage_final(spec, root, args.dry, args.parallel)
     if args.stage in ("report", "all") and not args.dry:
         from report import report  # jobs/protocol/ is on sys.path when this script runs
 

@@ -22,14 +22,16 @@ import report as protocol_report  # noqa: E402
 import run as protocol  # noqa: E402
 
 FAKE = '''
-import json, math, sys
+import json, math, os, sys, time
 from pathlib import Path
 args = sys.argv[1:]
 sets = dict(a.split("=", 1) for a in (args[i + 1] for i, a in enumerate(args) if a == "--set"))
 out = Path(sets["run.out_dir"])
+t0 = time.time()
+time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
 with open(sys.argv[0] + ".log", "a") as f:
     f.write(json.dumps(sets) + "\\n")
-if sets.get("train.batch_size") == "999":
+if sets.get("train.batch_size") == "999" or sets.get("train.lr") == os.environ.get("FAKE_FAIL_LR"):
     sys.exit(1)
 lr, seed = float(sets["train.lr"]), int(sets["run.seed"])
 arm = out.parent.name if out.parent.parent.name == "final" else out.parent.parent.name
@@ -40,6 +42,8 @@ summary = {"outcome": "completed", "final_val_acc": 0.9 - 0.1 * abs(math.log2(lr
            "final_test_acc": 0.8 + bonus + 0.01 * seed * (arm == "small"), "final_train_acc": 0.99,
            "final_sharpness": 5.0, "step_time_s": 10.0 + seed}
 (out / "summary.json").write_text(json.dumps(summary))
+with open(sys.argv[0] + ".times", "a") as f:
+    f.write(f"{t0} {time.time()}\\n")
 '''
 
 
@@ -142,6 +146,31 @@ def test_a_grid_of_words_runs_each_and_the_final_runs_take_the_best(setup):
     text = protocol_report.report(protocol.load_spec(spec), runs / "t")
     assert "| small | train.schedule | cosine | 0.9100 | **yes** |" in text
     assert "| small | train.schedule | constant | 0.9000 |  |" in text
+
+
+def test_parallel_runs_overlap_and_give_what_one_at_a_time_gives(setup, tmp_path, monkeypatch):
+    spec, runs, launches = setup
+    assert protocol.main([str(spec), "--runs", str(runs / "one")]) == 0
+    one = protocol_report.report(protocol.load_spec(spec), runs / "one" / "t")
+    monkeypatch.setenv("FAKE_SLEEP", "0.3")
+    assert protocol.main([str(spec), "--runs", str(runs / "three"), "--parallel", "3"]) == 0
+    three = protocol_report.report(protocol.load_spec(spec), runs / "three" / "t")
+    assert three.replace(str(runs / "three"), str(runs / "one")) == one
+    assert len(launches()) == 2 * 17
+    times = sorted(tuple(map(float, x.split())) for x in (tmp_path / "fake_mpiexec.py.times").read_text().split("\n")
+                   if x)[17:]  # the parallel grid's runs
+    assert any(b[0] < a[1] for a, b in zip(times, times[1:]))  # some run started before the one before ended
+    assert (runs / "three" / "t" / "final" / "big" / "seed1.log").is_file()
+
+
+def test_a_failed_run_in_parallel_lets_the_others_finish_and_stops(setup, monkeypatch):
+    spec, runs, launches = setup
+    monkeypatch.setenv("FAKE_FAIL_LR", "0.1")  # small x1, the second of the first three
+    monkeypatch.setenv("FAKE_SLEEP", "0.3")
+    with pytest.raises(SystemExit) as e:
+        protocol.main([str(spec), "--runs", str(runs), "--stage", "tune", "--parallel", "3"])
+    assert e.value.code == 1 and len(launches()) == 3  # the first three started; none after the failure
+    assert len(list((runs / "t" / "tune").glob("*/*/seed0/summary.json"))) == 2  # the other two finished
 
 
 def test_report_pairs_the_seeds_as_computed_by_hand(setup):
