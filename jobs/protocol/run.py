@@ -35,8 +35,10 @@ with many cores, or one GPU shared by several small runs); each run's output the
 
     $MPIEXEC -n <ranks> $MPIEXEC_ARGS $LBFL train --config <config> --set k=v ...
 
-(defaults: mpiexec, --oversubscribe, lbfl). A bad spec exits 2 with one line before anything runs; a
-failed run stops the grid with its exit code (finished runs keep their files).
+(defaults: mpiexec, --oversubscribe, lbfl); ``$PROTOCOL_SET`` adds ``--set`` overrides to every run
+(whitespace-separated ``k=v``: where the data lie on another machine, say). A bad spec exits 2 with
+one line before anything runs; a failed run stops the grid with its exit code (finished runs keep
+their files).
 """
 from __future__ import annotations
 
@@ -191,7 +193,8 @@ def summary(run: Path) -> dict | None:
 
 def _command(spec: Spec, run: Path, overrides: list[str], seed: int, name: str) -> list[str]:
     extra = ["run.resume=auto"] if (run / "checkpoints" / "latest.json").is_file() else ["run.overwrite=true"]
-    sets = [*overrides, f"run.seed={seed}", f"run.out_dir={run}", f"run.name={name}", *extra]
+    more = shlex.split(os.environ.get("PROTOCOL_SET", ""))  # e.g. data.root on a machine with the data elsewhere
+    sets = [*overrides, *more, f"run.seed={seed}", f"run.out_dir={run}", f"run.name={name}", *extra]
     cmd = [*shlex.split(os.environ.get("MPIEXEC", "mpiexec")), "-n", str(spec.ranks),
            *shlex.split(os.environ.get("MPIEXEC_ARGS", "--oversubscribe")),
            *shlex.split(os.environ.get("LBFL", "lbfl")), "train", "--config", str(spec.config)]

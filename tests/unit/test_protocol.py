@@ -28,11 +28,11 @@ args = sys.argv[1:]
 sets = dict(a.split("=", 1) for a in (args[i + 1] for i, a in enumerate(args) if a == "--set"))
 out = Path(sets["run.out_dir"])
 t0 = time.time()
-time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
 with open(sys.argv[0] + ".log", "a") as f:
     f.write(json.dumps(sets) + "\\n")
 if sets.get("train.batch_size") == "999" or sets.get("train.lr") == os.environ.get("FAKE_FAIL_LR"):
-    sys.exit(1)
+    sys.exit(1)  # at once: a run that fails fails before the others (FAKE_SLEEP) finish
+time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
 lr, seed = float(sets["train.lr"]), int(sets["run.seed"])
 arm = out.parent.name if out.parent.parent.name == "final" else out.parent.parent.name
 bonus = {"small": 0.05, "big": 0.0, "copy": 0.01}[arm]
@@ -119,6 +119,14 @@ def test_finished_runs_are_skipped_and_a_killed_run_resumes(setup):
     assert again[1]["run.resume"] == "auto"
 
 
+def test_protocol_set_adds_overrides_to_every_run(setup, monkeypatch):
+    spec, runs, launches = setup
+    monkeypatch.setenv("PROTOCOL_SET", "data.root=/elsewhere/fmnist  train.eval_batch=64")
+    assert protocol.main([str(spec), "--runs", str(runs), "--stage", "tune"]) == 0
+    got = launches()
+    assert len(got) == 8 and all(s["data.root"] == "/elsewhere/fmnist" and s["train.eval_batch"] == "64" for s in got)
+
+
 def test_a_failed_run_stops_the_grid_with_its_exit_code(setup, tmp_path):
     spec, runs, launches = setup
     spec.write_text(spec.read_text().replace('set = ["train.batch_size=8"]', 'set = ["train.batch_size=999"]'))
@@ -166,7 +174,7 @@ def test_parallel_runs_overlap_and_give_what_one_at_a_time_gives(setup, tmp_path
 def test_a_failed_run_in_parallel_lets_the_others_finish_and_stops(setup, monkeypatch):
     spec, runs, launches = setup
     monkeypatch.setenv("FAKE_FAIL_LR", "0.1")  # small x1, the second of the first three
-    monkeypatch.setenv("FAKE_SLEEP", "0.3")
+    monkeypatch.setenv("FAKE_SLEEP", "1.0")  # the others end well after the failure is seen
     with pytest.raises(SystemExit) as e:
         protocol.main([str(spec), "--runs", str(runs), "--stage", "tune", "--parallel", "3"])
     assert e.value.code == 1 and len(launches()) == 3  # the first three started; none after the failure
