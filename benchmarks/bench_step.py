@@ -108,6 +108,28 @@ def _ms(seconds: float) -> str:
     return "n/a" if math.isnan(seconds) else f"{seconds * 1e3:.3f}"
 
 
+def profile_steps(steps: dict, device, path: str, what: str, n: int = 10, top: int = 25) -> None:
+    """Append to ``path`` torch.profiler's table of ``n`` steps of each callable in ``steps`` (after
+    the timed ones), the ops sorted by their own time on the device (CUDA) or the host: where the
+    lbfl step's extra time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    with open(path, "a") as f:
+        for label, fn in steps.items():
+            with profile(activities=acts) as prof:
+                for _ in range(n):
+                    fn()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+            f.write(f"## {label}: {what}, {n} steps, by {key}\n\n")
+            f.write(prof.key_averages().table(sort_by=key, row_limit=top) + "\n")
+            if device.type == "cuda":
+                f.write(f"### {label}: by self_cpu_time_total\n\n")
+                f.write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top) + "\n")
+
+
 def compare(args, comm: Comm, devices: list[str], emit) -> None:
     emit("")
     emit("## (a) 1 rank: lbfl step vs plain PyTorch loop")
@@ -155,6 +177,8 @@ def compare(args, comm: Comm, devices: list[str], emit) -> None:
                 tel_rows.append([name, str(device), ms["layer_sq_norms"], ms["transform"], local,
                                  ms["timer"], ms["row"], ms["log_row"], f"{total * 1e3:.3f}", f"{share:.2f} %"])
                 notes += dtype_notes(name, device, args.precision, lb.out_dtype, plain.out_dtype)
+                if args.profile:
+                    profile_steps({"plain": plain, "lbfl": lb}, device, args.profile, f"{name} on {device}")
                 probe.close()
                 lb.close()
                 del lb, plain, probe
@@ -208,6 +232,8 @@ def main() -> None:
     ap.add_argument("--accumulate", type=int, default=0, metavar="M",
                     help="also part (c): M micro-batches (train.micro_batch = batch / M) vs one pass")
     ap.add_argument("--only-accumulate", action="store_true", help="part (c) alone")
+    ap.add_argument("--profile", metavar="FILE", help="append torch.profiler tables of 10 more steps of each "
+                                                      "(plain, lbfl) per model to this file")
 
     def parts(args, comm, devices, emit):
         if not args.only_accumulate:

@@ -10,7 +10,8 @@
 #                   device-resident data, Eq. 3 against the allocator, bucketed exchange on CUDA, and a
 #                   1-rank dist.backend=nccl run formed over the MPI bootstrap
 #   3. bench_step   1 rank, ResNet-18, CIFAR-shaped synthetic data on the device, batch 512, fp32 and
-#                   bf16 + channels_last, each against a plain PyTorch loop in the same process
+#                   bf16 + channels_last, each against a plain PyTorch loop in the same process; the
+#                   bf16 steps' torch.profiler tables go beside the report (REPORT-profile.txt)
 #   4. memory       Eq. 3 against torch.cuda.max_memory_allocated (resnet18, resnet50, vgg11) and the
 #                   planned largest batch under a budget allocated for real (gpu_models.py)
 #   5. compute      the t_c model's held-out error on the GPU for the same models (gpu_models.py)
@@ -59,11 +60,13 @@ machine_part
 part tests "$PY" -m pytest tests -m gpu -q -p no:cacheprovider -rfEs --tb=short
 
 # bench_step twice (fp32, then bf16 + channels_last); its --markdown tables go into the report
+keep_earlier "${REPORT%.md}-profile.txt"   # torch.profiler tables of the bf16 steps, beside the report
 part bench_step env STEP_ARGS="${step_args[*]}" SECOND_ARGS="--precision bf16 --set train.channels_last=true" \
-  PY="$PY" DEV="$dev" bash -c '
+  PY="$PY" DEV="$dev" PROFILE="${REPORT%.md}-profile.txt" bash -c '
   set -e; read -r -a common <<< "$STEP_ARGS"; read -r -a second <<< "$SECOND_ARGS"
   "$PY" benchmarks/bench_step.py --device "$DEV" "${common[@]}" --json "$ROWS" --markdown "$WORK/step_a.md"
-  "$PY" benchmarks/bench_step.py --device "$DEV" "${common[@]}" "${second[@]}" --json "$ROWS" --markdown "$WORK/step_b.md"
+  "$PY" benchmarks/bench_step.py --device "$DEV" "${common[@]}" "${second[@]}" --json "$ROWS" --markdown "$WORK/step_b.md" \
+    --profile "$PROFILE"
   { echo "Anchor: a plain PyTorch bf16 loop of ResNet-18 at batch 512 runs 51.7k img/s on an H100."
     for f in "$WORK/step_a.md" "$WORK/step_b.md"; do echo; sed -n "/^device /p;/^## (a)/,\$p" "$f"; done
   } > "$WORK/bench_step.md"'

@@ -53,6 +53,8 @@ def test_dry_run_passes_every_part_within_four_minutes(dry):
     results = _table(report)
     assert len(results) == len(PARTS) and all(r == "pass" for r in results.values()), results
     assert "**Dry run**" in report and "Every part that ran passed." in report
+    profile = (tmp / "report-profile.txt").read_text()  # bench_step --profile, plain and lbfl steps
+    assert "## plain: cnn on cpu, 10 steps" in profile and "## lbfl: cnn on cpu, 10 steps" in profile
 
 
 def test_printed_sum_of_timeouts_is_the_scripts_and_at_most_480(dry):
