@@ -61,7 +61,8 @@ def grid_table(spec: Spec, root: Path) -> list[str]:
            "| arm | key | value | " + spec.select + " | chosen |", "|---|---|---|---|---|"]
     for arm in spec.arms.values():
         if not arm.key:
-            how = f"train.lr of {arm.lr_from}" if arm.lr_from else "no grid"
+            how = (f"train.lr of {arm.lr_from}" if arm.lr_from else
+                   f"lr x mean scale factor of {arm.lr_matched}" if arm.lr_matched else "no grid")
             out.append(f"| {arm.name} | - | - | - | {how} |")
             continue
         c = choose(spec, root, arm)

@@ -19,6 +19,9 @@ SPEC.toml (jobs/protocol/gap.toml is one):
     grid = {key = "train.lr", multipliers = [0.5, 1, 2, 4, 8]}   # or values = [...]: numbers or words
     #                               (e.g. {key = "scaling.noise_schedule", values = ["always", "until"]})
     # lr_from = "b2048"             # instead of a grid of its own: take that arm's chosen lr
+    # lr_matched = "step"           # or: this arm's own lr x the mean over that arm's final runs of
+    #                               # summary.json's mean_scale_factor (a control for a transform
+    #                               # that changes |G|); run after that arm's final runs
 
 Stages:
 1. tune: every arm with a grid runs each grid value with each tune seed (DIR/<name>/tune/<arm>/<value>/seedS);
@@ -68,6 +71,7 @@ class Arm:
     values: list = field(default_factory=list)  # the grid's values of ``key`` (numbers, or words)
     labels: list[str] = field(default_factory=list)    # their directory names
     lr_from: str = ""
+    lr_matched: str = ""                # its own config at lr x that arm's mean logged scale factor
 
 
 @dataclass
@@ -115,6 +119,11 @@ def load_spec(path: Path) -> Spec:
     for arm in arms.values():
         if arm.lr_from and (arm.lr_from not in arms or arms[arm.lr_from].key != "train.lr"):
             raise SpecError(f"arm.{arm.name}.lr_from={arm.lr_from!r}: must name an arm with a train.lr grid")
+    for arm in arms.values():
+        target = arms.get(arm.lr_matched)
+        if arm.lr_matched and (target is None or target is arm or target.lr_matched):
+            raise SpecError(f"arm.{arm.name}.lr_matched={arm.lr_matched!r}: must name another arm, "
+                            "not itself lr-matched")
     baselines = p.get("baselines", [])
     for b in baselines:
         if b not in arms:
@@ -134,17 +143,19 @@ def load_spec(path: Path) -> Spec:
 def _arm(name: str, a: dict, config: Path) -> Arm:
     if not isinstance(a, dict):
         raise SpecError(f"arm.{name}: must be a table")
-    unknown = set(a) - {"set", "grid", "lr_from"}
+    unknown = set(a) - {"set", "grid", "lr_from", "lr_matched"}
     if unknown:
-        raise SpecError(f"arm.{name}: unknown keys {sorted(unknown)} (set, grid, lr_from)")
+        raise SpecError(f"arm.{name}: unknown keys {sorted(unknown)} (set, grid, lr_from, lr_matched)")
     overrides = a.get("set", [])
     if not (isinstance(overrides, list) and all(isinstance(o, str) and "=" in o for o in overrides)):
         raise SpecError(f"arm.{name}.set={overrides!r}: must be a list of 'section.key=value' strings")
-    arm = Arm(name, list(overrides), lr_from=str(a.get("lr_from", "")))
+    arm = Arm(name, list(overrides), lr_from=str(a.get("lr_from", "")), lr_matched=str(a.get("lr_matched", "")))
+    if arm.lr_from and arm.lr_matched:
+        raise SpecError(f"arm.{name}: lr_from and lr_matched exclude each other")
     grid = a.get("grid")
     if grid is not None:
-        if arm.lr_from:
-            raise SpecError(f"arm.{name}: grid and lr_from exclude each other")
+        if arm.lr_from or arm.lr_matched:
+            raise SpecError(f"arm.{name}: grid excludes lr_from and lr_matched")
         if not isinstance(grid, dict) or "key" not in grid or ("values" in grid) == ("multipliers" in grid):
             raise SpecError(f"arm.{name}.grid: needs key and one of values, multipliers")
         vals = grid.get("values", grid.get("multipliers"))
@@ -278,8 +289,26 @@ def choose(spec: Spec, root: Path, arm: Arm) -> tuple[int, list[float]] | None:
     return max(range(len(means)), key=lambda i: (means[i], -i)), means
 
 
+def matched_factor(spec: Spec, root: Path, arm: Arm) -> float | None:
+    """The mean over seeds of ``summary.json``'s ``mean_scale_factor`` of the final runs of the arm
+    ``arm`` is lr-matched to (completed runs only); None while one of them is missing."""
+    ss = [summary(final_dir(root, arm.lr_matched, seed)) for seed in spec.seeds]
+    if any(s is None for s in ss):
+        return None
+    got = [float(s["mean_scale_factor"]) for s in ss
+           if s.get("outcome") == "completed" and isinstance(s.get("mean_scale_factor"), (int, float))]
+    if not got:
+        raise SpecError(f"arm.{arm.name}.lr_matched: no completed run of {arm.lr_matched} logged a scale factor")
+    return sum(got) / len(got)
+
+
 def chosen_overrides(spec: Spec, root: Path, arm: Arm) -> list[str] | None:
-    """The final setting of ``arm`` (None while its grid, or its lr_from arm's, is unfinished)."""
+    """The final setting of ``arm`` (None while its grid, its lr_from arm's grid, or its lr_matched
+    arm's final runs are unfinished)."""
+    if arm.lr_matched:
+        f = matched_factor(spec, root, arm)
+        lr = _resolved(spec.config, "train.lr", arm.overrides, arm.name)
+        return None if f is None else arm.overrides + [f"train.lr={lr * f!r}"]
     if arm.lr_from:
         src = spec.arms[arm.lr_from]
         c = choose(spec, root, src)
@@ -298,16 +327,22 @@ def stage_tune(spec: Spec, root: Path, dry: bool, parallel: int = 1) -> None:
 
 
 def stage_final(spec: Spec, root: Path, dry: bool, parallel: int = 1) -> None:
-    jobs = []
-    for arm in spec.arms.values():
-        ov = chosen_overrides(spec, root, arm)
-        if ov is None:
-            print(f"protocol: arm {arm.name}: its grid is not finished; run --stage tune first", file=sys.stderr)
-            if not dry:
-                raise SystemExit(1)
-            continue
-        jobs += [(final_dir(root, arm.name, seed), ov, seed, arm.name) for seed in spec.seeds]
-    run_all(spec, jobs, dry, parallel)
+    """Every arm's chosen setting on the seeds; the lr-matched arms after the arms they match."""
+    for matched in (False, True):
+        jobs = []
+        for arm in spec.arms.values():
+            if bool(arm.lr_matched) != matched:
+                continue
+            ov = chosen_overrides(spec, root, arm)
+            if ov is None:
+                why = (f"waits for the final runs of {arm.lr_matched}" if arm.lr_matched else
+                       "its grid is not finished; run --stage tune first")
+                print(f"protocol: arm {arm.name}: {why}", file=sys.stderr)
+                if not dry:
+                    raise SystemExit(1)
+                continue
+            jobs += [(final_dir(root, arm.name, seed), ov, seed, arm.name) for seed in spec.seeds]
+        run_all(spec, jobs, dry, parallel)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,7 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage in ("tune", "all"):
         stage_tune(spec, root, args.dry, args.parallel)
     if args.stage in ("final", "all"):
-        stage_final(spec, root, args.dry, args.parallel)
+        try:
+            stage_final(spec, root, args.dry, args.parallel)
+        except SpecError as e:  # an lr-matched arm whose target has no scale factor to match
+            print(f"protocol: error: {e}", file=sys.stderr)
+            return 2
     if args.stage in ("report", "all") and not args.dry:
         from report import report  # jobs/protocol/ is on sys.path when this script runs
 

@@ -9,6 +9,11 @@ import numpy as np
 from ..files import write_json_atomic
 
 
+def _mean_or_nan(col) -> float:
+    """Mean of a step column over the rank file's rows (NaN, written null, when there are none)."""
+    return float(np.mean(col)) if len(col) else float("nan")
+
+
 def write_summary(w, log, wall: float, samples: int, sizes: list[int], **outcome) -> dict:
     """Rank 0: summary.json of the run (also of a stopped one), written atomically as strict JSON."""
     cfg = w.cfg
@@ -40,6 +45,7 @@ def write_summary(w, log, wall: float, samples: int, sizes: list[int], **outcome
         "partition": cfg.data.partition, "model": cfg.model.name, "partition_sizes": w.partition_sizes,
         "wall_time_s": wall, "samples": samples, "samples_per_s": samples / wall if wall > 0 else 0.0,
         "eval_time_s": eval_s, "step_time_s": float(np.sum(log.f["steps"]["t_step"][:])),
+        "mean_scale_factor": _mean_or_nan(log.f["steps"]["scale_factor"][:]),
         "samples_per_s_no_eval": samples / train_s if train_s > 0 else 0.0,
         "batching": cfg.batching.mode, "final_batch_sizes": [int(b) for b in sizes],
         "batch_changes": w.batcher.changes if w.batcher is not None else 0,

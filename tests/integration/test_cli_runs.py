@@ -1,5 +1,6 @@
 """The CLI as a user runs it, single process: run-directory protection, resume after SIGKILL, analyze."""
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -88,6 +89,12 @@ def test_scaling_plots_and_table(tmp_path):
         out = tmp_path / name
         run_lbfl(tiny_run_args(out, f"run.name={name}", *extra))
         runs.append(str(out))
+    for run in runs:  # summary.json's mean_scale_factor: the mean of the logged factors (U(X) in {1, 4})
+        with h5py.File(Path(run) / "rank0000.h5", "r") as f:
+            col = f["steps"]["scale_factor"][:]
+        got = json.loads((Path(run) / "summary.json").read_text())["mean_scale_factor"]
+        assert got == pytest.approx(float(np.mean(col)), rel=1e-12) and set(np.unique(col)) <= {1.0, 4.0}
+    assert json.loads((tmp_path / "plain" / "summary.json").read_text())["mean_scale_factor"] == 1.0
     p = run_lbfl(["analyze", *runs, "--plots", str(tmp_path / "plots")])
     for png in ("convergence", "grad_change", "scale_factors", "grad_norm_early"):
         assert (tmp_path / "plots" / f"{png}.png").stat().st_size > 1000, png

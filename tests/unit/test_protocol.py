@@ -35,12 +35,13 @@ if sets.get("train.batch_size") == "999" or sets.get("train.lr") == os.environ.g
 time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
 lr, seed = float(sets["train.lr"]), int(sets["run.seed"])
 arm = out.parent.name if out.parent.parent.name == "final" else out.parent.parent.name
-bonus = {"small": 0.05, "big": 0.0, "copy": 0.01}[arm]
+bonus = {"small": 0.05, "big": 0.0, "copy": 0.01}.get(arm, 0.0)
 val_bonus = 0.01 * ("cosine" in sets.get("train.schedule", ""))
 out.mkdir(parents=True, exist_ok=True)
 summary = {"outcome": "completed", "final_val_acc": 0.9 - 0.1 * abs(math.log2(lr / 0.2)) + val_bonus,
            "final_test_acc": 0.8 + bonus + 0.01 * seed * (arm == "small"), "final_train_acc": 0.99,
-           "final_sharpness": 5.0, "step_time_s": 10.0 + seed}
+           "final_sharpness": 5.0, "step_time_s": 10.0 + seed,
+           "mean_scale_factor": 1.5 + 0.1 * seed if arm == "small" else 1.0}
 (out / "summary.json").write_text(json.dumps(summary))
 with open(sys.argv[0] + ".times", "a") as f:
     f.write(f"{t0} {time.time()}\\n")
@@ -181,6 +182,29 @@ def test_a_failed_run_in_parallel_lets_the_others_finish_and_stops(setup, monkey
     assert len(list((runs / "t" / "tune").glob("*/*/seed0/summary.json"))) == 2  # the other two finished
 
 
+def test_an_lr_matched_arm_runs_after_its_target_at_lr_times_its_mean_scale_factor(setup):
+    spec, runs, launches = setup
+    spec.write_text(spec.read_text() + '\n[arm.matched]\nset = ["train.batch_size=16"]\nlr_matched = "small"\n')
+    assert protocol.main([str(spec), "--runs", str(runs), "--stage", "tune"]) == 0
+    n = len(launches())
+    assert protocol.main([str(spec), "--runs", str(runs), "--stage", "final"]) == 0
+    final = launches()[n:]
+    assert [s["run.name"] for s in final][-3:] == ["matched"] * 3  # after every other arm's runs
+    # small's mean_scale_factor over seeds 1, 2, 3: 1.6, 1.7, 1.8 -> 1.7; the base lr 0.1 x 1.7
+    assert {s["train.lr"] for s in final if s["run.name"] == "matched"} == {repr(0.1 * 1.7)}
+    text = protocol_report.report(protocol.load_spec(spec), runs / "t")
+    assert "| matched | - | - | - | lr x mean scale factor of small |" in text
+
+
+def test_an_lr_matched_arm_waits_for_its_target(setup, capsys):
+    spec, runs, launches = setup
+    spec.write_text(spec.read_text() + '\n[arm.matched]\nset = ["train.batch_size=16"]\nlr_matched = "small"\n')
+    assert protocol.main([str(spec), "--runs", str(runs), "--stage", "tune"]) == 0
+    assert protocol.main([str(spec), "--runs", str(runs), "--stage", "final", "--dry"]) == 0
+    err = capsys.readouterr().err
+    assert "protocol: arm matched: waits for the final runs of small" in err
+
+
 def test_report_pairs_the_seeds_as_computed_by_hand(setup):
     spec, runs, _ = setup
     assert protocol.main([str(spec), "--runs", str(runs)]) == 0
@@ -200,6 +224,9 @@ def test_report_pairs_the_seeds_as_computed_by_hand(setup):
     (('set = ["train.batch_size=8"]', 'set = ["train.batch_size=8"]\nbogus = 1'), "arm.small: unknown keys"),
     (('set = ["train.batch_size=8"]', 'set = ["train.momentum=-1"]'), "arm.small: train.momentum=-1"),
     (("seeds = [1, 2, 3]", "seeds = [1, 1]"), "protocol.seeds=[1, 1]"),
+    (('lr_from = "big"', 'lr_matched = "nope"'), "arm.copy.lr_matched='nope': must name another arm"),
+    (('lr_from = "big"', 'lr_matched = "copy"'), "arm.copy.lr_matched='copy': must name another arm"),
+    (('lr_from = "big"', 'lr_from = "big"\nlr_matched = "small"'), "lr_from and lr_matched exclude each other"),
     (("multipliers = [0.5, 1, 2, 4]}}\n\n[arm.big]", "multipliers = []}}\n\n[arm.big]"), "arm.small.grid"),
     (("multipliers = [0.5, 1, 2, 4]}}\n\n[arm.big]", "multipliers = [\"a\"]}}\n\n[arm.big]"), "arm.small.grid"),
     (("multipliers = [0.5, 1, 2, 4]}}\n\n[arm.big]", "values = [\"a/b\"]}}\n\n[arm.big]"), "arm.small.grid"),
