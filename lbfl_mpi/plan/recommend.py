@@ -102,12 +102,17 @@ def plan_rank(cfg, comm, budget_bytes: float | None, probes: list[int], holdouts
         budget_bytes = float(torch.cuda.get_device_properties(device).total_memory)
     H, D, W = sync_period(cfg.sync.mode, cfg.sync.period), len(bundle.train), comm.world_size
     rows = []
+    fitted = {p.batch: p for p in mem.probes}  # the probes' counts and peaks, measured by fit_memory
     for b in sorted(set(probes) | set(holdouts)):
-        x = torch.randn(b, *shape, device=device)
-        y = torch.randint(0, classes, (b,), device=device)
-        counted = mem.static + activation_bytes(model, x, y) + x.nbytes + y.nbytes
-        del x, y
-        peak = measure_peak_bytes(copy.deepcopy(model), shape, classes, b, device)  # None on CPU
+        if b in fitted:
+            p = fitted[b]
+            counted, peak = mem.static + p.act_bytes + p.batch_bytes, p.peak_bytes
+        else:
+            x = torch.randn(b, *shape, device=device)
+            y = torch.randint(0, classes, (b,), device=device)
+            counted = mem.static + activation_bytes(model, x, y) + x.nbytes + y.nbytes
+            del x, y
+            peak = measure_peak_bytes(copy.deepcopy(model), shape, classes, b, device)  # None on CPU
         measured = counted if peak is None else peak
         probe = timed[b]
         predicted_tc = comp.t_compute(b)

@@ -79,12 +79,15 @@ class Evaluator:
         """Evaluate after 0-based ``step``; ``last``: the run ends there (train.steps, or AdaScale's
         progress before it), so a run with a validation split measures its test set now."""
         t, nan = time.perf_counter(), float("nan")
-        val = self.w.evaluate(self.w.val_set) if self.w.val_set is not None else (nan, nan)
         final = self.w.val_set is None or last or step + 1 == self.steps
-        test = self.w.evaluate() if final else (nan, nan)  # host floats: the device work is done
+        # every set of this evaluation in one global view (the model average is formed once)
+        sets = {"val": self.w.val_set, "test": self.w.test_set if final else None, "train": self.w.probe_set}
+        sets = {k: v for k, v in sets.items() if v is not None}
+        got = dict(zip(sets, self.w.evaluate_many(list(sets.values()))))  # host floats: the device work is done
+        val, test = got.get("val", (nan, nan)), got.get("test", (nan, nan))
         more = {"val_loss": val[0], "val_acc": val[1]}
-        if self.w.probe_set is not None:  # train.eval_train_samples (and the sharpness of its first batch)
-            more["train_loss"], more["train_acc"] = self.w.evaluate(self.w.probe_set)
+        if "train" in got:  # train.eval_train_samples (and the sharpness of its first batch)
+            more["train_loss"], more["train_acc"] = got["train"]
             if self.w.cfg.train.eval_sharpness_iters:
                 more["sharpness"] = self.w.sharpness(self.w.cfg.train.eval_sharpness_iters)
         self.log.log_eval(step, *test, time.perf_counter() - t, **more)

@@ -68,25 +68,34 @@ class Worker:
         if self.batcher is not None and self.batcher.adaptive:
             self.global_batch = self.client.transform.global_batch = int(sum(sizes))
 
-    @torch.no_grad()
     def evaluate(self, data=None) -> tuple[float, float]:
         """Loss and accuracy of the global (sample-weighted average) model on ``data`` (the test set
         by default); collective."""
+        return self.evaluate_many([self.test_set if data is None else data])[0]
+
+    @torch.no_grad()
+    def evaluate_many(self, sets: list) -> list[tuple[float, float]]:
+        """(loss, accuracy) of the global model on each dataset of ``sets``, in one global view: the
+        model average (and train.eval_bn_recompute's statistics) is formed once for all of them;
+        collective."""
         c, cfg = self.client, self.cfg
+        out = []
         with c.sync.global_view(c.sync.eval_weight(cfg.train.batch_size)), self._statistics():
             c.model.eval()
-            acc = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count
-            for x, y in eval_batches(self.test_set if data is None else data, self.comm.rank, self.comm.world_size,
-                                     cfg.train.eval_batch, cfg.data.workers, device=self.device):
-                x, y = c.to_device(x, y)
-                with autocast(c.precision, self.device):
-                    out = c.model(x).float()
-                acc[0] += F.cross_entropy(out, y, reduction="sum").double()
-                acc[1] += (out.argmax(1) == y).sum().double()
-                acc[2] += y.numel()
-            self.comm.allreduce_(acc)
+            for data in sets:
+                acc = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count
+                for x, y in eval_batches(data, self.comm.rank, self.comm.world_size, cfg.train.eval_batch,
+                                         cfg.data.workers, device=self.device):
+                    x, y = c.to_device(x, y)
+                    with autocast(c.precision, self.device):
+                        logits = c.model(x).float()
+                    acc[0] += F.cross_entropy(logits, y, reduction="sum").double()
+                    acc[1] += (logits.argmax(1) == y).sum().double()
+                    acc[2] += y.numel()
+                self.comm.allreduce_(acc)
+                out.append((float(acc[0] / acc[2]), float(acc[1] / acc[2])))
             c.model.train()
-        return float(acc[0] / acc[2]), float(acc[1] / acc[2])
+        return out
 
     def _statistics(self):
         """train.eval_bn_recompute: the global model's BatchNorm statistics recomputed from pooled
