@@ -96,13 +96,13 @@ def one_rank_run(tmp_path_factory):
     cfg = load_config(None, [f"run.out_dir={out}", "train.steps=6", "train.eval_every=2", "train.batch_size=8",
                              "model.name=mlp", "batching.plan_at_start=true", "batching.plan_probes=[1, 2, 4]"])
     worker = build_worker(cfg, Comm())
-    evaluate = worker.evaluate
+    evaluate_many = worker.evaluate_many  # every evaluation goes through it (Evaluator.run)
 
-    def slow_evaluate():
+    def slow_evaluate_many(sets):
         time.sleep(EVAL_SLEEP)
-        return evaluate()
+        return evaluate_many(sets)
 
-    worker.evaluate = slow_evaluate
+    worker.evaluate_many = slow_evaluate_many
     summary = train(worker)
     return out, summary
 
