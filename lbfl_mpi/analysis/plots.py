@@ -12,7 +12,8 @@
   (std over seeds) only where a point has 2 or more seeds;
 - ``accuracy_vs_samples.png``, ``accuracy_vs_bytes.png``, ``time_breakdown.png`` and
   ``batch_allocation.png``: see plots_cost.py;
-- ``federated.png`` (runs with ``fl.clients > 0``): see plots_fl.py.
+- ``federated.png`` (runs with ``fl.clients > 0``): see plots_fl.py;
+- ``readings.png`` (runs with train accuracy or sharpness readings): see plots_readings.py.
 
 Every figure uses matplotlib's constrained layout, long titles are wrapped and legend labels are cut
 to :data:`LABEL_CHARS` characters (the text tables keep the full labels), so nothing is clipped.
@@ -191,6 +192,7 @@ def write_plots(runs: list[RunData], out_dir: str | Path) -> list[Path]:
     from .plots_batch import adaptive_batch_plot
     from .plots_cost import cost_plots
     from .plots_fl import fl_plots
+    from .plots_readings import readings_plot
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,5 +200,5 @@ def write_plots(runs: list[RunData], out_dir: str | Path) -> list[Path]:
     series = batch_series(runs)
     if len(batches(series)) > 1:
         written.append(_accuracy_vs_batch(series, out, plt))
-    extra = [p for p in (adaptive_batch_plot(runs, out, plt),) if p is not None]
+    extra = [p for p in (adaptive_batch_plot(runs, out, plt), readings_plot(runs, out, plt)) if p is not None]
     return written + cost_plots(runs, out, plt) + fl_plots(runs, out, plt) + extra

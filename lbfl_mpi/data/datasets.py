@@ -141,6 +141,14 @@ def train_probe(bundle: DatasetBundle, count: int, key: str = "train.eval_train_
         raise DataError(str(e)) from None
 
 
+def eval_sets(bundle: DatasetBundle, train) -> dict:
+    """The worker's held-out sets beside the test set, as its keyword arguments: the validation split,
+    train.eval_train_samples of the training set (the train probe) and train.eval_bn_recompute of it
+    (the BatchNorm statistics set); each None where its key leaves it out. ``train`` is the TrainConfig."""
+    return {"val_set": bundle.val, "probe_set": train_probe(bundle, train.eval_train_samples),
+            "bn_set": train_probe(bundle, train.eval_bn_recompute, "train.eval_bn_recompute")}
+
+
 def _load(cfg: DataConfig) -> DatasetBundle:
     if cfg.name == "digits":
         return _digits()

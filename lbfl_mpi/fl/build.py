@@ -15,7 +15,7 @@ import torch
 
 from ..config import Config, ConfigError
 from ..data import ClientLoader, DataError, load_dataset, partition_indices
-from ..data.datasets import train_probe
+from ..data.datasets import eval_sets
 from ..data.fits import batch_problem
 from ..models import build_model
 from ..optim import build_optimizer
@@ -88,8 +88,7 @@ def build_federated_worker(cfg: Config, comm=None, batches=None, signals=None, d
                   accumulate=micro_batch_of(cfg, model, bundle, device, comm.rank))
     sizes = [len(p) for p in parts]
     w = FederatedWorker(cfg, comm, device=device, backend=backend, stops=stops, plan=None, test_set=bundle.test,
-                        val_set=bundle.val, probe_set=train_probe(bundle, cfg.train.eval_train_samples),
-                        bn_set=train_probe(bundle, cfg.train.eval_bn_recompute, "train.eval_bn_recompute"),
+                        **eval_sets(bundle, cfg.train),
                         partition_sizes=sizes, global_batch=b * (cfg.fl.clients_per_round or n), batcher=None,
                         clients=[slot], batches=batches)
     w.federation = Federation(w, loaders, sizes, Path(cfg.run.out_dir) / "clients" / f"rank{comm.rank:04d}")

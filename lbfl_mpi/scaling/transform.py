@@ -24,6 +24,7 @@ import math
 import torch
 
 from ..config import injects_noise
+from ..optim.grads import grads_or_zeros_
 from ..telemetry.timers import StepTimer
 from .adascale import AdaScale
 from .critical import GradChange, is_critical
@@ -102,26 +103,21 @@ class GradTransform:
                 "scale_factor": 0.0, "t_teacher": 0.0, "teacher_nll": math.nan, "teacher_cos": math.nan,
                 "teacher_noise_sq": math.nan}
 
-    def inject_(self, stats: GradStats, averaged: bool, ranks: int, global_batch: int) -> torch.Tensor | None:
+    def inject_(self, stats: GradStats, averaged: bool, ranks: int, global_batch: int) -> None:
         """Teacher v2, before the gradient exchange: add this client's xi_c to ``.grad`` (noise_inject.py,
         with B, W = ``global_batch``, ``ranks`` when the exchange ``averaged`` the gradients, else the local
-        batch and 1); keeps s_t and the time taken for the step's row, and returns the per-layer q_c the
-        exchange sums with the statistics (None without teacher v2)."""
+        batch and 1); keeps s_t and the time taken for the step's row, and puts the per-layer q_c the
+        exchange sums with the statistics in ``stats.noise_sq`` (nothing without teacher v2)."""
         if self.injector is None:
-            return None
+            return
         clock = StepTimer(self.device)
         clock.start()
-        grads = []
-        for p in self.params:
-            if p.grad is None:  # a layer this batch did not reach: the noise still reaches it
-                p.grad = torch.zeros_like(p)
-            grads.append(p.grad)
+        grads = grads_or_zeros_(self.params)  # a layer this batch did not reach: the noise still reaches it
         b = stats.batch
         b_apply, w = (global_batch, ranks) if averaged else (b, 1)
         s, q = self.injector.add_(grads, stats.micro, stats.step, self.was_critical, b, b_apply, w)
         stats.noise_sq = q
         self.injected = (s, clock.lap("teacher"))
-        return q
 
     def apply(self, stats: GradStats) -> dict:
         """Transform the gradients in ``self.params[i].grad`` in place; returns the logged values,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..exchange import DenseExchange, Exchange
+from ..optim.grads import grads_or_zeros_
 from .base import Synchronizer, SyncResult
 
 
@@ -37,10 +38,7 @@ class BSPSync(Synchronizer):
 
     def grads_(self) -> list[torch.Tensor]:
         """The gradient tensors, created as zeros where a layer got none (another rank may use it)."""
-        for p in self.params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        return [p.grad for p in self.params]
+        return grads_or_zeros_(self.params)
 
     def averages_grads(self, step: int) -> bool:
         return self.comm.world_size > 1

@@ -19,7 +19,7 @@ from ..batching.adaptive import AdaptiveBatcher
 from ..batching.dynamic import DynamicBatcher
 from ..config import Config, global_batch, uses_micro_batches
 from ..data import ClientLoader, DataError, load_dataset, partition_indices
-from ..data.datasets import train_probe
+from ..data.datasets import eval_sets
 from ..data.fits import batch_problem
 from ..data.partition import partition_warnings
 from ..exchange.link import build_link
@@ -61,8 +61,7 @@ def build_worker(cfg: Config, comm=None, batches=None, signals=None, device: str
     kind = AdaptiveBatcher if cfg.batching.global_mode == "adaptive" else DynamicBatcher
     batcher = kind(cfg.batching, comm.world_size, gb) if cfg.batching.mode == "dynamic" else None
     worker = Worker(cfg, comm, device=device, backend=backend, stops=stops, plan=plan, test_set=bundle.test,
-                    val_set=bundle.val, probe_set=train_probe(bundle, cfg.train.eval_train_samples),
-                    bn_set=train_probe(bundle, cfg.train.eval_bn_recompute, "train.eval_bn_recompute"),
+                    **eval_sets(bundle, cfg.train),
                     partition_sizes=[len(p) for p in parts], global_batch=gb, batcher=batcher,
                     clients=[client], batches=batches)
     for warning in start_warnings(cfg, comm.world_size, bundle, parts, batcher) if comm.rank == 0 else ():

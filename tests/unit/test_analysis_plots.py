@@ -2,7 +2,8 @@
 per scale factor as bars (closed form), axis labels in every panel, no text outside the figure,
 legend labels at most LABEL_CHARS long, "error bars" only with 2 or more seeds, accuracy against
 samples and bytes from the cumulative sums, the per-rank time breakdown summing to the wall time,
-and each rank's batch size over the steps."""
+each rank's batch size over the steps, and the mechanism readings (train accuracy, sharpness) as
+logged, one colour per arm."""
 from pathlib import Path
 
 import h5py
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from lbfl_mpi.analysis import plots as plots_module
-from lbfl_mpi.analysis import plots_cost, read_run
+from lbfl_mpi.analysis import plots_cost, plots_readings, read_run
 from lbfl_mpi.analysis.batch import batch_series
 from lbfl_mpi.analysis.plot_layout import LABEL_CHARS, shorten
 from lbfl_mpi.analysis.plots import factor_shares, write_plots
@@ -34,6 +35,7 @@ def figures(monkeypatch):
 
     monkeypatch.setattr(plots_module, "save", keep)
     monkeypatch.setattr(plots_cost, "save", keep)
+    monkeypatch.setattr(plots_readings, "save", keep)
     yield got
     plt.close("all")
 
@@ -160,3 +162,34 @@ def test_shorten_keeps_only_what_differs():
     assert shorten(labels) == ["partition=iid", "partition=labels"]
     long = [f"{LONG} {i}" for i in range(2)]
     assert all(len(x) <= LABEL_CHARS for x in shorten(long))
+
+
+def test_readings_chart_draws_the_logged_train_accuracy_and_sharpness(tmp_path, figures):
+    assert plots_readings.readings_plot([read_run(fake_run(tmp_path / "plain", final=0.9))], tmp_path, plt) is None
+    assert figures == {}
+    logged = {}
+    for name, seed, top in (("b64", 1, 0.99), ("b64", 2, 0.98), ("b2048", 1, 1.0)):
+        run = fake_run(tmp_path / f"{name}_s{seed}", final=0.9, name=name, seed=seed)
+        train_acc, sharp = [0.5, 0.8, top], [400.0, np.nan, 40.0 * seed]  # an evaluation without sharpness
+        _set(run, "eval", train_acc=train_acc, sharpness=sharp, val_acc=[0.4, 0.7, 0.85])
+        logged[run.name] = (train_acc, sharp)
+    runs = [read_run(tmp_path / d) for d in logged]
+    assert plots_readings.readings_plot(runs, tmp_path, plt) is not None
+    fig = figures["readings.png"]
+    assert _outside(fig) == []
+    acc, sharp = fig.axes[:2]
+    assert acc.get_xlabel() == sharp.get_xlabel() == "steps done" and sharp.get_yscale() == "log"
+    assert "validation accuracy (dashed)" in acc.get_title()
+    lines = acc.get_lines()  # per run: train accuracy (solid), then validation (dashed)
+    assert [ln.get_ydata().tolist() for ln in lines[0::2]] == [logged[d][0] for d in logged]
+    assert [ln.get_linestyle() for ln in lines[:2]] == ["-", "--"]
+    assert all(ln.get_ydata().tolist() == [0.4, 0.7, 0.85] for ln in lines[1::2])
+    assert lines[0].get_xdata().tolist() == [1, 3, 4]  # steps done
+    # sharpness: the NaN evaluation left out
+    assert [ln.get_ydata().tolist() for ln in sharp.get_lines()] == [[400.0, 40.0], [400.0, 80.0], [400.0, 40.0]]
+    assert [ln.get_xdata().tolist() for ln in sharp.get_lines()][0] == [1, 4]
+    # one colour per arm, the legend names each arm once with its count
+    colours = [ln.get_color() for ln in sharp.get_lines()]
+    assert colours[0] == colours[1] != colours[2]
+    (leg,) = fig.legends
+    assert [t.get_text() for t in leg.get_texts()] == ["b64 (2 runs)", "b2048 (1 run)"]
