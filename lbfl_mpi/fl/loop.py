@@ -8,10 +8,9 @@ from __future__ import annotations
 import sys
 import time
 
-from ..files import io_failure
 from ..telemetry import StepTimer
 from ..train.components import Checkpointer, Evaluator
-from ..train.loop import after_steps, end_of_training, open_log, resume_or_start
+from ..train.loop import after_steps, closing, end_of_training, open_log, resume_or_start
 from ..train.summary import Progress
 from .resume import load_federated, retire_rank_files
 
@@ -31,7 +30,7 @@ def train_federated(w) -> dict | None:
     h, every = cfg.sync.period, cfg.train.eval_every
     bar = Progress(comm.rank == 0, cfg.train.steps // h, w.start_step // h, unit="round")
     t0 = time.time()
-    try:
+    with closing(w, log, bar):
         for round_ in range(w.start_step // h, cfg.train.steps // h):
             rows = fed.run_round(round_, timer)
             for row in rows:
@@ -48,12 +47,4 @@ def train_federated(w) -> dict | None:
         summary = end_of_training(w, log, ckpt, evaluator, t0, fl_rounds=fed.rounds_done, fl_clients=fed.n_clients,
                                   fl_clients_per_round=fed.k, fl_algorithm=cfg.fl.algorithm,
                                   fl_server_optimizer=cfg.fl.server_optimizer)
-    except (OSError, RuntimeError) as e:  # a write failed (disk full, quota): the CLI reports it on one line
-        if io_failure(e):
-            log.abandon()
-        raise
-    finally:
-        bar.close()
-        log.close()
-        w.close()
     return summary

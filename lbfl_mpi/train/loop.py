@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -48,7 +49,7 @@ def train(w) -> dict | None:
     bar = Progress(comm.rank == 0, cfg.train.steps, w.start_step)
     t0 = time.time()
     done = w.start_step
-    try:
+    with closing(w, log, bar):
         for step in range(w.start_step, cfg.train.steps):
             if c.transform.finished:  # AdaScale reached train.steps of progress (scaling/adascale.py)
                 break
@@ -62,7 +63,17 @@ def train(w) -> dict | None:
             bar.update(row.loss, evaluator.last_acc, evaluator.last_name)
         extra = {"steps_done": done} if c.transform.adascale is not None else {}
         summary = end_of_training(w, log, ckpt, evaluator, t0, done=done, **extra)
-    except (OSError, RuntimeError) as e:  # a write failed (disk full, quota): the CLI reports it on one line
+    return summary
+
+
+@contextmanager
+def closing(w, log: RankLog, bar: Progress):
+    """The loop's resources, closed however it ends (progress bar, rank file, worker); a failed write
+    (disk full, quota: files.io_failure) abandons the rank file first and is raised on, for the CLI to
+    report on one line."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
         if io_failure(e):
             log.abandon()
         raise
@@ -70,7 +81,6 @@ def train(w) -> dict | None:
         bar.close()
         log.close()
         w.close()
-    return summary
 
 
 def after_steps(w, log: RankLog, ckpt: Checkpointer, evaluator, done: int, t0: float, evaluate: bool,
