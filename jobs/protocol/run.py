@@ -26,7 +26,8 @@ SPEC.toml (jobs/protocol/gap.toml is one):
 Stages:
 1. tune: every arm with a grid runs each grid value with each tune seed (DIR/<name>/tune/<arm>/<value>/seedS);
 2. final: every arm runs its chosen setting (the best grid value by ``select``, or its ``lr_from``
-   arm's chosen train.lr) with each seed (DIR/<name>/final/<arm>/seedS);
+   arm's chosen train.lr) with each seed (DIR/<name>/final/<arm>/seedS), seed by seed (every arm at
+   the first seed, then at the next), so a sitting that ends early leaves complete pairs;
 3. report: jobs/protocol/report.py's tables (to stdout, or to --out).
 ``all`` runs the three in order. Every stage skips a run whose summary.json exists (any outcome): a
 grid stopped at any point continues where it stopped, so one grid can span several sittings. A run
@@ -342,6 +343,7 @@ def stage_final(spec: Spec, root: Path, dry: bool, parallel: int = 1) -> None:
                     raise SystemExit(1)
                 continue
             jobs += [(final_dir(root, arm.name, seed), ov, seed, arm.name) for seed in spec.seeds]
+        jobs.sort(key=lambda job: spec.seeds.index(job[2]))  # seed by seed: a grid cut short leaves whole pairs
         run_all(spec, jobs, dry, parallel)
 
 
