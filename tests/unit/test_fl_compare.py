@@ -1,5 +1,5 @@
-"""jobs/fl_compare.py: the difference of means, Welch's t and the seed-paired difference, against
-values computed by hand; a run that did not complete is left out."""
+"""jobs/fl_compare.py: the difference of means, Welch's t, the seed-paired difference and its 95 % t
+interval, against values computed by hand; a run that did not complete is left out."""
 import json
 import math
 from pathlib import Path
@@ -26,8 +26,11 @@ def test_difference_welch_t_and_paired_difference(tmp_path, capsys):
     assert c["diff"] == pytest.approx(0.1)
     assert c["welch_t"] == pytest.approx(0.1 / math.sqrt(0.01 / 3 + 0.03 / 3))
     assert (c["paired_mean"], c["paired_std"], c["paired_n"]) == (pytest.approx(0.1), pytest.approx(0.1), 3)
+    half = 4.303 * 0.1 / math.sqrt(3)  # t_{0.975, 2} s_d / sqrt(n)
+    assert c["paired_ci"] == pytest.approx((0.1 - half, 0.1 + half))
     assert fl_compare.main([str(tmp_path), "A:B"]) == 0
-    assert "A - B: +0.1000 (Welch t +0.87); paired by seed +0.1000 +- 0.1000 (n=3)" in capsys.readouterr().out
+    assert ("A - B: +0.1000 (Welch t +0.87); paired by seed +0.1000 +- 0.1000 (n=3), 95 % CI [-0.1484, +0.3484]"
+            in capsys.readouterr().out)
 
 
 def test_a_pair_without_completed_runs_is_an_error(tmp_path, capsys):
