@@ -4,9 +4,11 @@ paired differences in test accuracy against each baseline with their 95 % t inte
 Per final run it reads summary.json: ``final_test_acc`` (the test set, measured once at the end when
 data.val_fraction holds a validation split out), ``final_val_acc``, ``final_train_acc`` and
 ``final_sharpness`` (train.eval_train_samples, train.eval_sharpness_iters) and ``step_time_s`` (the
-training time, evaluation excluded); and from rank 0's file the median of the ``noise_scale`` column
-(B_simple) over the second half of the steps. A run that did not complete is listed with its outcome
-and its seed is left out of every pair it belongs to.
+training time, evaluation excluded); and from rank 0's file the medians of the ``noise_scale`` column
+(B_simple, McCandlish et al. 2018) over the first and the second half of the steps, shown as
+"early / late": the simple noise scale grows as the loss falls, and B above it gains little per step.
+A run that did not complete is listed with its outcome and its seed is left out of every pair it
+belongs to.
 """
 from __future__ import annotations
 
@@ -23,16 +25,19 @@ from lbfl_mpi.telemetry import open_rank_file, read_group
 READS = ("final_test_acc", "final_val_acc", "final_train_acc", "final_sharpness", "step_time_s")
 
 
-def noise_scale(run: Path) -> float:
-    """Median B_simple over the second half of rank 0's steps (NaN where it was not estimated)."""
+def noise_scale(run: Path) -> tuple[float, float]:
+    """Median B_simple over the first and over the second half of rank 0's steps (each NaN where it
+    was not estimated: no rank file, no column, or no finite value in that half)."""
     f = run / "rank0000.h5"
     if not f.is_file():
-        return math.nan
+        return math.nan, math.nan
     with open_rank_file(f) as h:
-        col = np.asarray(read_group(h, "steps")["noise_scale"], dtype=np.float64)
-    tail = col[len(col) // 2:]
-    tail = tail[np.isfinite(tail)]
-    return float(np.median(tail)) if tail.size else math.nan
+        col = read_group(h, "steps").get("noise_scale")
+    if col is None:
+        return math.nan, math.nan
+    col = np.asarray(col, dtype=np.float64)
+    halves = [col[:len(col) // 2], col[len(col) // 2:]]
+    return tuple(float(np.median(x[np.isfinite(x)])) if np.isfinite(x).any() else math.nan for x in halves)
 
 
 def finals(spec: Spec, root: Path, arm: str) -> dict[int, dict]:
@@ -47,8 +52,9 @@ def finals(spec: Spec, root: Path, arm: str) -> dict[int, dict]:
         if s.get("outcome") != "completed":
             out[seed] = {"outcome": s.get("outcome")}
             continue
+        early, late = noise_scale(run)
         out[seed] = {k: float(s.get(k, math.nan)) for k in READS} | {"outcome": "completed",
-                                                                      "noise_scale": noise_scale(run)}
+                                                                      "noise_early": early, "noise_late": late}
     return out
 
 
@@ -87,7 +93,7 @@ def final_table(spec: Spec, root: Path) -> list[str]:
     base = spec.baselines[0] if spec.baselines else None
     base_time = _vals(finals(spec, root, base), "step_time_s") if base else []
     out = ["## Final runs: mean +- std over seeds", "",
-           "| arm | setting | n | test acc | val acc | train acc | train - test | sharpness | B_simple | "
+           "| arm | setting | n | test acc | val acc | train acc | train - test | sharpness | B_simple early / late | "
            "train time (s) | time vs " + (base or "-") + " | not completed |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm in spec.arms.values():
@@ -103,7 +109,8 @@ def final_table(spec: Spec, root: Path) -> list[str]:
         out.append(f"| {arm.name} | {setting} | {len(done)} | {mean_std(_vals(runs, 'final_test_acc'))} | "
                    f"{mean_std(_vals(runs, 'final_val_acc'))} | {mean_std(_vals(runs, 'final_train_acc'))} | "
                    f"{mean_std(gap)} | {mean_std(_vals(runs, 'final_sharpness'))} | "
-                   f"{_fmt(_vals(runs, 'noise_scale'))} | {_fmt(times)} | {ratio} | {failed or '-'} |")
+                   f"{_fmt(_vals(runs, 'noise_early'))} / {_fmt(_vals(runs, 'noise_late'))} | {_fmt(times)} | "
+                   f"{ratio} | {failed or '-'} |")
     return out
 
 

@@ -11,6 +11,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 
 from lbfl_mpi.analysis.paired import paired_ci, t975, verdict
@@ -217,6 +219,23 @@ def test_report_pairs_the_seeds_as_computed_by_hand(setup):
     assert "| copy | big | 3 | +0.0100 | [+0.0100, +0.0100] |" in text
     assert "| big | train.lr | x2 (0.2) | 0.9000 | **yes** |" in text
     assert "Trials per tuned arm: small 4, big 4" in text and "unequal" not in text
+
+
+def test_b_simple_is_the_median_of_each_half_of_rank_0s_noise_scale(setup):
+    spec, runs, _ = setup
+    assert protocol.main([str(spec), "--runs", str(runs)]) == 0
+    seeds = {1: [math.nan, 1.0, 2.0, 3.0, 10.0, 20.0, 30.0, 40.0], 2: [5.0, 6.0, 7.0, 50.0, 60.0, 70.0]}
+    for seed, col in seeds.items():  # rank files as h5log writes them, beside the fake summaries
+        with h5py.File(protocol.final_dir(runs / "t", "big", seed) / "rank0000.h5", "w") as f:
+            f.create_group("steps").create_dataset("noise_scale", data=np.array(col))
+    assert protocol_report.noise_scale(protocol.final_dir(runs / "t", "big", 1)) == (2.0, 25.0)
+    assert protocol_report.noise_scale(protocol.final_dir(runs / "t", "big", 2)) == (6.0, 60.0)
+    assert all(math.isnan(x) for x in protocol_report.noise_scale(protocol.final_dir(runs / "t", "big", 3)))
+    text = protocol_report.report(protocol.load_spec(spec), runs / "t")
+    (row,) = [line for line in text.splitlines() if line.startswith("| big | train.lr=0.2 |")]
+    early, late = statistics.mean([2.0, 6.0]), statistics.mean([25.0, 60.0])  # over the seeds that have it
+    assert (f"| {early:.1f} +- {statistics.stdev([2.0, 6.0]):.1f} / {late:.1f} +- "
+            f"{statistics.stdev([25.0, 60.0]):.1f} |") in row
 
 
 @pytest.mark.parametrize("edit,fragment", [
