@@ -138,22 +138,39 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+RANK_VARS = (b"OMPI_COMM_WORLD_RANK", b"PMIX_RANK", b"PMI_RANK", b"SLURM_PROCID")
+
+
+def process_rank(pid: int) -> int | None:
+    """The MPI rank the launcher gave process ``pid``, from its environment (None when it has none)."""
+    try:
+        env = dict(v.split(b"=", 1) for v in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in v)
+    except OSError:
+        return None
+    for var in RANK_VARS:
+        if env.get(var, b"").isdigit():
+            return int(env[var])
+    return None
+
+
 def rank_pids(launcher_pid: int, n: int, timeout: float = 60) -> list[int]:
-    """The ``n`` python rank processes under an mpiexec, by rank order of their start."""
+    """The pids of the ``n`` python rank processes under an mpiexec, indexed by rank: the rank read
+    from each process's environment (the launcher's rank variable), never from the pid order, which
+    the launcher does not promise."""
     import time
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pids = []
+        by_rank = {}
         for p in descendants(launcher_pid):
             try:
                 cmd = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if any(b"lbfl_mpi" in c for c in cmd):
-                pids.append(p)
-        if len(pids) >= n:
-            return sorted(pids)
+            if any(b"lbfl_mpi" in c for c in cmd) and (r := process_rank(p)) is not None:
+                by_rank.setdefault(r, p)  # descendants() lists a process before those it starts
+        if sorted(by_rank) == list(range(n)):
+            return [by_rank[r] for r in range(n)]
         time.sleep(0.05)
     pytest.fail(f"{n} rank processes did not appear under pid {launcher_pid}")
 
