@@ -7,8 +7,9 @@
 # Parts, each under its own time limit (gpu_lib.sh; the sum is checked to be <= 480 s before anything runs):
 #   machine  GPU, torch, MPI (gpu_env.py; installs the carried MPI wheels when needed)
 #   tune     --stage tune, PROTOCOL_PARALLEL runs at once
-#   final    --stage final, likewise (it needs every grid finished: a grid cut short by its limit
-#            leaves the final part failing with "its grid is not finished")
+#   final    --stage final, likewise, under FINAL_S plus what the tune part left of TUNE_S (it needs
+#            every grid finished: a grid cut short by its limit leaves the final part failing with
+#            "its grid is not finished")
 #   pack     every run directory of the spec without its checkpoints, as PROTOCOL_RUNS/<name>.tgz
 #            beside the report (REPORT without .md, plus -runs.tgz)
 # Finished runs (summary.json) are skipped, so running this again, here or on the next GPU machine
@@ -61,6 +62,8 @@ PACK=${REPORT%.md}-runs.tgz
 
 machine_part
 part tune "$PY" jobs/protocol/run.py "$PROTOCOL_SPEC" --stage tune --runs "$RUNS" --parallel "$PARALLEL"
+# what the grid left of its limit goes to the final runs (the sum of the limits checked above stays)
+[[ -n ${SECS[tune]:-} ]] && LIMIT[final]=$((FINAL_S + TUNE_S - SECS[tune]))
 part final "$PY" jobs/protocol/run.py "$PROTOCOL_SPEC" --stage final --runs "$RUNS" --parallel "$PARALLEL"
 part pack bash -c 'set -e; [[ -d $1/$2 ]] || { echo "no runs in $1/$2"; exit 1; }
   tar -czf "$3" --exclude=checkpoints -C "$1" "$2"

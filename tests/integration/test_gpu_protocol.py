@@ -5,6 +5,7 @@ is one line and exit 2."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -44,6 +45,11 @@ def test_dry_run_packs_what_the_runner_gives_one_at_a_time(tmp_path):
     for title in ("Grid (--stage tune)", "Chosen settings on the paired seeds (--stage final)",
                   "Pack the finished runs"):
         assert f"| {title} | pass |" in report, report
+    # the final part's limit: its own 220 s plus what the grid left of its 200 s
+    tune_s = int(re.search(r"\| Grid \(--stage tune\) \| pass \| (\d+) \| 200 \|", report).group(1))
+    final_row = r"\| Chosen settings on the paired seeds \(--stage final\) \| pass \| \d+ \| (\d+) \|"
+    final_limit = int(re.search(final_row, report).group(1))
+    assert final_limit == 220 + 200 - tune_s, report
     with tarfile.open(tmp_path / "r-runs.tgz") as t:
         names = [n for n in t.getnames() if n.endswith("/summary.json")]
         packed = {n: json.load(t.extractfile(n)) for n in names}
