@@ -121,22 +121,20 @@ def _fmt(xs: list[float]) -> str:
 
 
 def paired_table(spec: Spec, root: Path) -> list[str]:
+    """Every arm against each baseline, then the spec's ``compare`` pairs (arm, reference)."""
     out = ["## Paired differences in test accuracy (arm - baseline, same seeds, 95 % t interval)", "",
            "| arm | baseline | pairs | mean difference | 95 % CI | verdict (arm above baseline) |",
            "|---|---|---|---|---|---|"]
-    for b in spec.baselines:
-        rb = finals(spec, root, b)
-        for arm in spec.arms.values():
-            if arm.name == b:
-                continue
-            ra = finals(spec, root, arm.name)
-            seeds = [s for s in spec.seeds if s in ra and s in rb and ra[s]["outcome"] == rb[s]["outcome"] ==
-                     "completed"]
-            if not seeds:
-                out.append(f"| {arm.name} | {b} | 0 | - | - | - |")
-                continue
-            m, lo, hi = paired_ci([ra[s]["final_test_acc"] for s in seeds], [rb[s]["final_test_acc"] for s in seeds])
-            out.append(f"| {arm.name} | {b} | {len(seeds)} | {m:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {verdict(lo, hi)} |")
+    pairs = [(arm, b) for b in spec.baselines for arm in spec.arms if arm != b]
+    pairs += [c for c in spec.compare if c not in pairs]
+    for name, b in pairs:
+        ra, rb = finals(spec, root, name), finals(spec, root, b)
+        seeds = [s for s in spec.seeds if s in ra and s in rb and ra[s]["outcome"] == rb[s]["outcome"] == "completed"]
+        if not seeds:
+            out.append(f"| {name} | {b} | 0 | - | - | - |")
+            continue
+        m, lo, hi = paired_ci([ra[s]["final_test_acc"] for s in seeds], [rb[s]["final_test_acc"] for s in seeds])
+        out.append(f"| {name} | {b} | {len(seeds)} | {m:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {verdict(lo, hi)} |")
     return out
 
 

@@ -13,6 +13,7 @@ SPEC.toml (jobs/protocol/gap.toml is one):
     seeds = [1, 2, 3, 4, 5, 6]      # seeds of the final runs, paired across arms
     select = "final_val_acc"        # summary.json key the grid maximises (mean over tune_seeds)
     baselines = ["b2048"]           # arms the report compares every other arm with
+    # compare = ["b64:b2048"]       # more paired comparisons for the report, "ARM:REFERENCE"
 
     [arm.b2048]
     set = ["train.batch_size=1024"]  # overrides of the base config
@@ -85,6 +86,7 @@ class Spec:
     select: str
     baselines: list[str]
     arms: dict[str, Arm]
+    compare: list[tuple[str, str]] = field(default_factory=list)  # (arm, reference) pairs of the report
 
 
 def _label(x: float) -> str:
@@ -129,9 +131,18 @@ def load_spec(path: Path) -> Spec:
     for b in baselines:
         if b not in arms:
             raise SpecError(f"protocol.baselines: {b!r} is not an arm")
+    compare = p.get("compare", [])
+    if not isinstance(compare, list):
+        raise SpecError(f"protocol.compare={compare!r}: must be a list of \"ARM:REFERENCE\" strings")
+    pairs = []
+    for c in compare:
+        a, _, b = c.partition(":") if isinstance(c, str) else ("", "", "")
+        if not (a in arms and b in arms and a != b):
+            raise SpecError(f"protocol.compare: {c!r} must be \"ARM:REFERENCE\", two different arms")
+        pairs.append((a, b))
     spec = Spec(name=str(p["name"]), config=config, ranks=ints["ranks"], tune_seeds=ints["tune_seeds"],
                 seeds=ints["seeds"], select=str(p.get("select", "final_val_acc")), baselines=list(baselines),
-                arms=arms)
+                arms=arms, compare=pairs)
     for arm in arms.values():  # every setting an arm can run must be a valid config
         for ov in _variants(spec, arm):
             try:

@@ -221,6 +221,22 @@ def test_report_pairs_the_seeds_as_computed_by_hand(setup):
     assert "Trials per tuned arm: small 4, big 4" in text and "unequal" not in text
 
 
+def test_compare_pairs_are_reported_after_the_baselines_as_computed_by_hand(setup):
+    spec, runs, _ = setup
+    spec.write_text(spec.read_text().replace('baselines = ["big"]', 'baselines = ["big"]\ncompare = ["small:copy", '
+                                             '"copy:big"]'))
+    assert protocol.main([str(spec), "--runs", str(runs)]) == 0
+    loaded = protocol.load_spec(spec)
+    assert loaded.compare == [("small", "copy"), ("copy", "big")]
+    rows = [r for r in protocol_report.report(loaded, runs / "t").splitlines() if r.count("|") == 7
+            and r.split("|")[2].strip() in ("big", "copy")]
+    # small - copy per seed s: (0.85 + 0.01 s) - 0.81; copy:big is a baseline pair already, listed once
+    d = [0.04 + 0.01 * s for s in (1, 2, 3)]
+    m, h = statistics.mean(d), 4.303 * statistics.stdev(d) / math.sqrt(3)
+    assert [r.split("|")[1:3] for r in rows] == [[" small ", " big "], [" copy ", " big "], [" small ", " copy "]]
+    assert rows[2].startswith(f"| small | copy | 3 | {m:+.4f} | [{m - h:+.4f}, {m + h:+.4f}] | **held** |")
+
+
 def test_b_simple_is_the_median_of_each_half_of_rank_0s_noise_scale(setup):
     spec, runs, _ = setup
     assert protocol.main([str(spec), "--runs", str(runs)]) == 0
@@ -244,6 +260,10 @@ def test_b_simple_is_the_median_of_each_half_of_rank_0s_noise_scale(setup):
     (('set = ["train.batch_size=8"]', 'set = ["train.batch_size=8"]\nbogus = 1'), "arm.small: unknown keys"),
     (('set = ["train.batch_size=8"]', 'set = ["train.momentum=-1"]'), "arm.small: train.momentum=-1"),
     (("seeds = [1, 2, 3]", "seeds = [1, 1]"), "protocol.seeds=[1, 1]"),
+    (('baselines = ["big"]', 'baselines = ["big"]\ncompare = ["small:nope"]'), "protocol.compare: 'small:nope'"),
+    (('baselines = ["big"]', 'baselines = ["big"]\ncompare = ["small"]'), "protocol.compare: 'small' must be"),
+    (('baselines = ["big"]', 'baselines = ["big"]\ncompare = ["big:big"]'), "two different arms"),
+    (('baselines = ["big"]', 'baselines = ["big"]\ncompare = "small:big"'), "protocol.compare='small:big'"),
     (('lr_from = "big"', 'lr_matched = "nope"'), "arm.copy.lr_matched='nope': must name another arm"),
     (('lr_from = "big"', 'lr_matched = "copy"'), "arm.copy.lr_matched='copy': must name another arm"),
     (('lr_from = "big"', 'lr_from = "big"\nlr_matched = "small"'), "lr_from and lr_matched exclude each other"),
