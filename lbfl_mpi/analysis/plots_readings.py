@@ -2,13 +2,16 @@
 train.eval_sharpness_iters): against the steps, train accuracy on the fixed train probe (solid) beside
 the monitored accuracy (validation where data.val_fraction holds a split out, else test; dashed), and
 the sharpness, the top Hessian eigenvalue by power iteration (log scale). One colour per run name, so
-the seeds of one arm share it; the legend names each arm once with its number of runs."""
+the seeds of one arm share it; the legend names each arm once with its number of runs. The step axis
+is logarithmic when the runs' last evaluations lie more than :data:`LOG_STEPS_RATIO` x apart."""
 from __future__ import annotations
 
 import numpy as np
 
 from .load import RunData
 from .plot_layout import clip, figure, save
+
+LOG_STEPS_RATIO = 4  # a log step axis when the longest run evaluates this many times later than the shortest
 
 
 def _finite(ev: dict, col: str) -> bool:
@@ -48,9 +51,13 @@ def readings_plot(runs: list[RunData], out, plt):
                title=f"Train accuracy (solid, train probe) and {monitored} accuracy (dashed)")
     ax_sharp.set(xlabel="steps done", ylabel="top Hessian eigenvalue", yscale="log",
                  title="Sharpness (power iteration on the train probe)")
+    last = [int(np.max(r.eval_curve()["step"])) + 1 for r in shown if np.size(r.eval_curve().get("step", []))]
+    wide = bool(last) and max(last) > LOG_STEPS_RATIO * min(last)
     for ax in (ax_acc, ax_sharp):
         ax.grid(alpha=0.3)
         ax.title.set_fontsize(9)
+        if wide:  # runs of very different lengths (a small and a large batch): each one readable
+            ax.set_xscale("log")
     counts = {n: sum(r.name == n for r in shown) for n in names}
     handles = [plt.Line2D([], [], color=colour[n], lw=2) for n in names]
     labels = [clip(f"{n} ({counts[n]} run{'s' if counts[n] > 1 else ''})") for n in names]

@@ -193,3 +193,8 @@ def test_readings_chart_draws_the_logged_train_accuracy_and_sharpness(tmp_path, 
     assert colours[0] == colours[1] != colours[2]
     (leg,) = fig.legends
     assert [t.get_text() for t in leg.get_texts()] == ["b64 (2 runs)", "b2048 (1 run)"]
+    assert acc.get_xscale() == "linear"
+    _set(tmp_path / "b64_s1", "eval", step=[0, 20, 30])  # last evaluation 31 steps against 4: a log axis
+    figures.clear()
+    plots_readings.readings_plot([read_run(tmp_path / d) for d in logged], tmp_path, plt)
+    assert [ax.get_xscale() for ax in figures["readings.png"].axes[:2]] == ["log", "log"]
