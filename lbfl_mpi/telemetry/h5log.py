@@ -152,11 +152,11 @@ class RankLog:
         if plan is not None:
             write_plan(f, plan)
         # the file appears under its name complete with its header (and a resumed run's kept rows:
-        # a crashed file cannot be reopened for writing, so they move to a fresh one)
-        f.close()
+        # a crashed file cannot be reopened for writing, so they move to a fresh one), already open
+        # here as a SWMR writer: a reader that opens it the moment it appears (lbfl analyze on a live
+        # run) cannot hold a lock that a reopen here would then fail on (EAGAIN, the job ended)
+        f.swmr_mode = True  # flushes the header
         os.replace(tmp, self.path)
-        f = h5py.File(self.path, "r+", libver="latest")
-        f.swmr_mode = True
         self.f = f
 
     def _rows_before(self, step: int) -> dict[str, dict[str, np.ndarray]]:

@@ -67,16 +67,22 @@ def _rows(run: Path, rank: int) -> int:
         return len(read_group(f, "steps").get("step", ()))
 
 
-def _wait_for_rows(run: Path, n: int, rows: int, timeout: float = 120) -> None:
+def _wait_for_rows(run: Path, n: int, rows: int, job: Launched, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
+    seen: dict[int, object] = {}
     while time.monotonic() < deadline:
-        try:
-            if all(_rows(run, r) >= rows for r in range(n)):
-                return
-        except (OSError, KeyError):  # not created yet
-            pass
+        for r in range(n):
+            try:
+                seen[r] = _rows(run, r)
+            except (OSError, KeyError) as e:  # not created yet, or caught mid-write
+                seen[r] = f"{type(e).__name__}: {e}"
+        if all(isinstance(v, int) and v >= rows for v in seen.values()):
+            return
+        if job.proc.poll() is not None:
+            break
         time.sleep(0.2)
-    pytest.fail(f"fewer than {rows} rows in the rank files of {run} after {timeout} s")
+    pytest.fail(f"fewer than {rows} rows in the rank files of {run} after {timeout} s (exit code "
+                f"{job.proc.poll()}); last read per rank: {seen}\n" + "\n".join(job.lines[-20:]))
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -88,7 +94,7 @@ def test_a_stopped_rank_aborts_the_job_within_the_timeout(tmp_path, case):
     try:
         job.wait_for("starting at step 0")
         pids = rank_pids(job.proc.pid, n)
-        _wait_for_rows(run, n, 10)
+        _wait_for_rows(run, n, 10, job)
         if job.proc.poll() is not None:
             pytest.fail(f"job ended (exit code {job.proc.returncode}) before the SIGSTOP:\n{job.stderr}")
         os.kill(pids[stopped], signal.SIGSTOP)

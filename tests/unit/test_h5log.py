@@ -71,3 +71,47 @@ def test_resume_keeps_rows_before_the_checkpoint_step(tmp_path):
     with open_rank_file(path) as f:
         np.testing.assert_array_equal(read_group(f, "steps")["step"], [0, 1, 2, 3, 4, 5])
         assert read_group(f, "eval")["step"].tolist() == [3]
+
+
+def test_a_reader_opening_the_file_as_it_appears_never_stops_the_writer(tmp_path, monkeypatch):
+    """``lbfl analyze`` (or a test polling rows) may open a rank file the instant it appears under its
+    name; the writer must not then fail to open it itself (HDF5's file lock: "Resource temporarily
+    unavailable", which ended whole jobs). Another process opens the file at the rename and holds it
+    while the writer goes on; it then reads the rows flushed later."""
+    import lbfl_mpi.telemetry.h5log as h5log
+
+    path = tmp_path / "rank0001.h5"
+    reader = textwrap.dedent(f"""
+        import sys
+        from lbfl_mpi.telemetry import open_rank_file, read_group
+        f = open_rank_file({str(path)!r})
+        print("open", flush=True)
+        sys.stdin.readline()  # the writer flushed its rows
+        print(read_group(f, "steps")["step"].tolist(), flush=True)
+    """)
+    held = []
+    real_replace = os.replace
+
+    def replace_then_read(src, dst):
+        real_replace(src, dst)
+        if os.fspath(dst) == os.fspath(path):
+            p = subprocess.Popen([sys.executable, "-c", reader], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 text=True)
+            held.append(p)
+            assert p.stdout.readline().strip() == "open"
+
+    monkeypatch.setattr(h5log.os, "replace", replace_then_read)
+    try:
+        log = _log(path, flush_every=2)
+        for s in range(4):
+            log.log_step(**_row(s))
+        log.flush()
+        (p,) = held
+        out, _ = p.communicate("go\n", timeout=60)
+        assert out.strip() == "[0, 1, 2, 3]"
+        log.close()
+    finally:
+        for p in held:
+            p.kill()
+    with open_rank_file(path) as f:
+        np.testing.assert_array_equal(read_group(f, "steps")["step"], np.arange(4))
