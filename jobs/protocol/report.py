@@ -89,15 +89,16 @@ def grid_table(spec: Spec, root: Path) -> list[str]:
     return out
 
 
-def final_table(spec: Spec, root: Path) -> list[str]:
+def final_table(spec: Spec, root: Path, every: dict[str, dict[int, dict]]) -> list[str]:
+    """``every``: arm -> its finals(), read once for both tables."""
     base = spec.baselines[0] if spec.baselines else None
-    base_time = _vals(finals(spec, root, base), "step_time_s") if base else []
+    base_time = _vals(every[base], "step_time_s") if base else []
     out = ["## Final runs: mean +- std over seeds", "",
            "| arm | setting | n | test acc | val acc | train acc | train - test | sharpness | B_simple early / late | "
            "train time (s) | time vs " + (base or "-") + " | not completed |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm in spec.arms.values():
-        runs = finals(spec, root, arm.name)
+        runs = every[arm.name]
         ov = chosen_overrides(spec, root, arm) or []
         setting = ", ".join(o for o in ov if o not in arm.overrides) or "as set"
         done = {s: r for s, r in runs.items() if r["outcome"] == "completed"}
@@ -120,7 +121,7 @@ def _fmt(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.1f}" + (f" +- {statistics.stdev(xs):.1f}" if len(xs) > 1 else "")
 
 
-def paired_table(spec: Spec, root: Path) -> list[str]:
+def paired_table(spec: Spec, every: dict[str, dict[int, dict]]) -> list[str]:
     """Every arm against each baseline, then the spec's ``compare`` pairs (arm, reference)."""
     out = ["## Paired differences in test accuracy (arm - baseline, same seeds, 95 % t interval)", "",
            "| arm | baseline | pairs | mean difference | 95 % CI | verdict (arm above baseline) |",
@@ -128,7 +129,7 @@ def paired_table(spec: Spec, root: Path) -> list[str]:
     pairs = [(arm, b) for b in spec.baselines for arm in spec.arms if arm != b]
     pairs += [c for c in spec.compare if c not in pairs]
     for name, b in pairs:
-        ra, rb = finals(spec, root, name), finals(spec, root, b)
+        ra, rb = every[name], every[b]
         seeds = [s for s in spec.seeds if s in ra and s in rb and ra[s]["outcome"] == rb[s]["outcome"] == "completed"]
         if not seeds:
             out.append(f"| {name} | {b} | 0 | - | - | - |")
@@ -142,5 +143,6 @@ def report(spec: Spec, root: Path) -> str:
     head = [f"# Protocol `{spec.name}`", "",
             f"Base config `{spec.config}`, {spec.ranks} rank(s); grid seeds {spec.tune_seeds}, chosen by "
             f"`{spec.select}`; final seeds {spec.seeds} (paired across arms). Run dirs: `{root}`.", ""]
-    return "\n".join(head + grid_table(spec, root) + [""] + final_table(spec, root) + [""] +
-                     paired_table(spec, root)) + "\n"
+    every = {arm: finals(spec, root, arm) for arm in spec.arms}  # each run's summary and rank file read once
+    return "\n".join(head + grid_table(spec, root) + [""] + final_table(spec, root, every) + [""] +
+                     paired_table(spec, every)) + "\n"
