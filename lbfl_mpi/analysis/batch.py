@@ -40,7 +40,7 @@ from .seeds import (
     per_seed,
     seed_of,
 )
-from .tables import scaling_label
+from .tables import peak_lr, scaling_label
 
 LENGTH_KEYS = frozenset({"train.steps", "train.eval_every", "train.warmup_steps"})
 SWEEP_KEYS = BOOKKEEPING | LENGTH_KEYS | {"train.batch_size", "batching.global_batch", "train.lr",
@@ -57,15 +57,6 @@ def global_batch(run: RunData) -> int | None:
     firsts = [r.steps["batch_size"][0] for r in run.ranks if r.steps.get("batch_size") is not None
               and r.steps["batch_size"].size]
     return int(sum(firsts)) if firsts and len(firsts) == len(run.ranks) else None
-
-
-def peak_lr(config: dict, batch: int) -> float | None:
-    """train.lr, times B / train.base_batch under the linear scaling rule (optim.lr_at)."""
-    tr = config.get("train", {})
-    lr = tr.get("lr")
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool):
-        return None
-    return float(lr) * (batch / tr.get("base_batch", 32) if tr.get("scale_lr") else 1.0)
 
 
 def _round(x: float | None):

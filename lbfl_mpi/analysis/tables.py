@@ -176,8 +176,25 @@ def run_record(run: RunData) -> dict:
             **_throughput(run, ranks),
             "global_batch": s.get("global_batch"), "scaling": scaling_label(run.config),
             "lr": run.config.get("train", {}).get("lr"),
+            "peak_lr": _record_peak_lr(run.config, s.get("global_batch")),
             "wall_time_s": s.get("wall_time_s"), **epoch_vs_ideal(run), **readings(run), "ranks": ranks,
             "units": dict(RECORD_UNITS)}
+
+
+def peak_lr(config: dict, batch: int) -> float | None:
+    """train.lr, times B / train.base_batch under the linear scaling rule (optim.lr_at)."""
+    tr = config.get("train", {})
+    lr = tr.get("lr")
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool):
+        return None
+    return float(lr) * (batch / tr.get("base_batch", 32) if tr.get("scale_lr") else 1.0)
+
+
+def _record_peak_lr(config: dict, batch) -> float | None:
+    """peak_lr at the run's global batch; None under the scaling rule when the batch is unknown."""
+    if isinstance(batch, int) and not isinstance(batch, bool) and batch > 0:
+        return peak_lr(config, batch)
+    return None if config.get("train", {}).get("scale_lr") else peak_lr(config, 1)
 
 
 READINGS = ("val_acc", "train_acc", "sharpness")
@@ -328,16 +345,16 @@ def format_comparison(records: list[dict]) -> str:
     """One line per run, for grids (Table I/II)."""
     w = max(len(r["name"]) for r in records)
     ws = max(7, max(len(r["scaling"]) for r in records))
-    lines = [f"{'run':{w}s}  {'sync':9s} {'scaling':{ws}s} {'B':>5s} {'lr':>7s} {'final_acc':>9s} {'best_acc':>9s} "
-             f"{'t_step ms':>9s} {'t_compress ms':>13s} {'% dense bytes':>13s} {'samples/s':>9s} {'w/o eval':>9s}"
-             "  outcome"]
+    lines = [f"{'run':{w}s}  {'sync':9s} {'scaling':{ws}s} {'B':>5s} {'peak_lr':>7s} {'final_acc':>9s} "
+             f"{'best_acc':>9s} {'t_step ms':>9s} {'t_compress ms':>13s} {'% dense bytes':>13s} {'samples/s':>9s} "
+             f"{'w/o eval':>9s}  outcome"]
     for r in records:
         ranks = r["ranks"]
         t_step = np.nanmean([x["mean_t_step"] for x in ranks]) if ranks else float("nan")
         t_comp = np.nanmean([x["mean_t_compress"] for x in ranks]) if ranks else float("nan")
         ratio = ranks[0]["bytes_vs_dense"] if ranks else float("nan")
         gb = str(r["global_batch"]) if r["global_batch"] else "-"
-        lr = f"{r['lr']:g}" if r.get("lr") is not None else "-"
+        lr = f"{r['peak_lr']:g}" if r.get("peak_lr") is not None else "-"
         lines.append(f"{r['name']:{w}s}  {str(r['sync_mode']):9s} {r['scaling']:{ws}s} {gb:>5s} {lr:>7s} "
                      f"{as_float(r['final_test_acc']):9.4f} {as_float(r['best_test_acc']):9.4f} {t_step * 1e3:9.2f} "
                      f"{t_comp * 1e3:13.3f} {100 * ratio:13.2f} {_rate(r.get('samples_per_s')):>9s} "

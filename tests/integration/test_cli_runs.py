@@ -99,6 +99,6 @@ def test_scaling_plots_and_table(tmp_path):
     for png in ("convergence", "grad_change", "scale_factors", "grad_norm_early"):
         assert (tmp_path / "plots" / f"{png}.png").stat().st_size > 1000, png
     table = p.stdout.splitlines()[-3:]
-    assert table[0].split()[:5] == ["run", "sync", "scaling", "B", "lr"]
+    assert table[0].split()[:5] == ["run", "sync", "scaling", "B", "peak_lr"]
     assert table[1].split()[:5] == ["plain", "bsp", "none", "8", "0.05"]
     assert table[2].split()[:7] == ["step", "bsp", "step", "X=4", "t=0.3", "8", "0.05"]

@@ -4,6 +4,7 @@ evaluation (from summary.json, or computed for a summary written before those ke
 best step, and a units map for every key given in seconds."""
 import numpy as np
 import pytest
+import torch
 
 from lbfl_mpi.analysis.load import RankData, RunData
 from lbfl_mpi.analysis.tables import RECORD_UNITS, TABLE_TIMES, format_comparison, format_run, run_record
@@ -91,3 +92,24 @@ def test_traffic_line_names_a_density_only_where_something_was_compressed():
     run.ranks[0].steps["t_compress"] = np.full(10, 2 * MS)
     sparse = next(x for x in format_run(run_record(run)).splitlines() if "traffic" in x)
     assert sparse.strip().endswith("(400 bytes), density 0.25, mean t_compress 2.00 ms")
+
+
+@pytest.mark.parametrize("train, batch, want", [
+    ({"lr": 0.02, "scale_lr": True, "base_batch": 64}, 2048, 0.02 * 2048 / 64),  # the linear rule's peak
+    ({"lr": 0.02, "scale_lr": True}, 256, 0.02 * 256 / 32),  # base_batch's default, 32
+    ({"lr": 0.05}, 512, 0.05),  # no scaling rule: train.lr itself
+    ({"lr": 0.05}, None, 0.05),  # the batch does not matter without the rule
+    ({"lr": 0.02, "scale_lr": True, "base_batch": 64}, None, None),  # it does with it: unknown
+])
+def test_record_and_table_show_the_peak_lr_beside_train_lr(train, batch, want):
+    run = _run({"global_batch": batch} if batch else None)
+    run.config = {"train": train}
+    rec = run_record(run)
+    assert rec["lr"] == train["lr"]  # train.lr as configured, unchanged
+    if want is None:
+        assert rec["peak_lr"] is None
+    else:
+        torch.testing.assert_close(rec["peak_lr"], want)
+    table = format_comparison([rec]).splitlines()
+    assert table[0].split()[4] == "peak_lr"
+    assert table[1].split()[4] == ("-" if want is None else f"{want:g}")
