@@ -40,6 +40,13 @@ def noise_scale(run: Path) -> tuple[float, float]:
     return tuple(float(np.median(x[np.isfinite(x)])) if np.isfinite(x).any() else math.nan for x in halves)
 
 
+def _reading(s: dict, key: str) -> float:
+    """summary.json's ``key`` as a float; NaN where the run did not measure it (absent, or null as
+    ``final_sharpness`` is without train.eval_sharpness_iters)."""
+    v = s.get(key)
+    return math.nan if v is None else float(v)
+
+
 def finals(spec: Spec, root: Path, arm: str) -> dict[int, dict]:
     """seed -> the readings of that completed final run; seeds whose run did not complete map to
     {"outcome": ...}; missing runs are absent."""
@@ -53,7 +60,7 @@ def finals(spec: Spec, root: Path, arm: str) -> dict[int, dict]:
             out[seed] = {"outcome": s.get("outcome")}
             continue
         early, late = noise_scale(run)
-        out[seed] = {k: float(s.get(k, math.nan)) for k in READS} | {"outcome": "completed",
+        out[seed] = {k: _reading(s, k) for k in READS} | {"outcome": "completed",
                                                                       "noise_early": early, "noise_late": late}
     return out
 
@@ -63,6 +70,8 @@ def _vals(runs: dict[int, dict], key: str) -> list[float]:
 
 
 def grid_table(spec: Spec, root: Path) -> list[str]:
+    if not any(a.key for a in spec.arms.values()):
+        return ["## Grid", "", "None: every arm runs as set (no `grid` in the spec)."]
     out = [f"## Grid: mean `{spec.select}` over tune seeds {spec.tune_seeds}", "",
            "| arm | key | value | " + spec.select + " | chosen |", "|---|---|---|---|---|"]
     for arm in spec.arms.values():

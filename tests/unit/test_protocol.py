@@ -299,3 +299,37 @@ def test_t_quantiles_and_the_paired_interval():
     assert lo < 0 < hi and verdict(lo, hi).startswith("**not held** (the interval includes 0")
     assert verdict(0.01, 0.2) == "**held**" and verdict(-0.2, -0.1).startswith("**not held** (the reverse")
     assert paired_ci([1.0], [0.5])[1:] == (-math.inf, math.inf)
+
+
+def test_a_reading_the_runs_did_not_take_is_a_dash_and_the_pairs_still_count(setup):
+    """summary.json writes null for a reading a run did not take (final_sharpness without
+    train.eval_sharpness_iters): the report shows '-' there and pairs the test accuracies as before."""
+    spec, runs, _ = setup
+    assert protocol.main([str(spec), "--runs", str(runs)]) == 0
+    for arm in ("small", "big", "copy"):
+        for seed in (1, 2, 3):
+            f = protocol.final_dir(runs / "t", arm, seed) / "summary.json"
+            f.write_text(json.dumps(json.loads(f.read_text()) | {"final_sharpness": None, "final_val_acc": None}))
+    text = protocol_report.report(protocol.load_spec(spec), runs / "t")
+    (row,) = [line for line in text.splitlines() if line.startswith("| big | train.lr=0.2 |")]
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[2] == "3" and cells[4] == "-" and cells[7] == "-"  # n, val acc, sharpness
+    assert cells[3] == protocol_report.mean_std([0.8, 0.8, 0.8])
+    d = [0.05 + 0.01 * s for s in (1, 2, 3)]
+    m, h = statistics.mean(d), 4.303 * statistics.stdev(d) / math.sqrt(3)
+    assert f"| small | big | 3 | {m:+.4f} | [{m - h:+.4f}, {m + h:+.4f}] | **held** |" in text
+
+
+def test_a_spec_without_grids_reports_none_instead_of_a_row_per_arm(setup):
+    spec, runs, _ = setup
+    text = spec.read_text()
+    for g in ('grid = {key = "train.lr", multipliers = [0.5, 1, 2, 4]}\n', 'lr_from = "big"\n'):
+        text = text.replace(g, "")
+    spec.write_text(text.replace('"train.batch_size=8"]', '"train.batch_size=8", "train.lr=0.2"]')
+                    .replace('"train.batch_size=16"]', '"train.batch_size=16", "train.lr=0.2"]')
+                    .replace('"train.momentum=0.5"]', '"train.momentum=0.5", "train.lr=0.2"]'))
+    assert protocol.main([str(spec), "--runs", str(runs)]) == 0
+    out = protocol_report.report(protocol.load_spec(spec), runs / "t")
+    grid = out.split("## Grid", 1)[1].split("## Final runs", 1)[0]
+    assert grid.strip() == "None: every arm runs as set (no `grid` in the spec)."
+    assert "| small | big | 3 | +0.0700 |" in out  # small - big per seed: 0.05 + 0.01 s, mean 0.07
