@@ -3,7 +3,9 @@ train.eval_sharpness_iters): against the steps, train accuracy on the fixed trai
 the monitored accuracy (validation where data.val_fraction holds a split out, else test; dashed), and
 the sharpness, the top Hessian eigenvalue by power iteration (log scale). One colour per run name, so
 the seeds of one arm share it; the legend names each arm once with its number of runs. The step axis
-is logarithmic when the runs' last evaluations lie more than :data:`LOG_STEPS_RATIO` x apart."""
+is logarithmic when the runs' last evaluations lie more than :data:`LOG_STEPS_RATIO` x apart. A run
+evaluated once (train.eval_every = 0) is a point: train accuracy a dot, the monitored accuracy a
+cross. Without any sharpness reading the right panel says it was not measured."""
 from __future__ import annotations
 
 import numpy as np
@@ -39,9 +41,9 @@ def readings_plot(runs: list[RunData], out, plt):
         kinds.add(kind)
         x = np.asarray(ev["step"]) + 1
         if _finite(ev, "train_acc"):
-            ax_acc.plot(x, ev["train_acc"], color=c, lw=1.2, alpha=0.8)
+            ax_acc.plot(x, ev["train_acc"], color=c, lw=1.2, alpha=0.8, marker="o" if x.size == 1 else None)
         if steps.size:
-            ax_acc.plot(steps + 1, acc, color=c, lw=1.0, ls="--", alpha=0.8)
+            ax_acc.plot(steps + 1, acc, color=c, lw=1.0, ls="--", alpha=0.8, marker="x" if steps.size == 1 else None)
         if _finite(ev, "sharpness"):
             s = np.asarray(ev["sharpness"], dtype=np.float64)
             ok = np.isfinite(s) & (s > 0)
@@ -51,6 +53,9 @@ def readings_plot(runs: list[RunData], out, plt):
                title=f"Train accuracy (solid, train probe) and {monitored} accuracy (dashed)")
     ax_sharp.set(xlabel="steps done", ylabel="top Hessian eigenvalue", yscale="log",
                  title="Sharpness (power iteration on the train probe)")
+    if not any(_finite(r.eval_curve(), "sharpness") for r in shown):
+        ax_sharp.text(0.5, 0.5, "not measured (train.eval_sharpness_iters = 0)", transform=ax_sharp.transAxes,
+                      ha="center", va="center", fontsize=9, color="0.4")
     last = [int(np.max(r.eval_curve()["step"])) + 1 for r in shown if np.size(r.eval_curve().get("step", []))]
     wide = bool(last) and max(last) > LOG_STEPS_RATIO * min(last)
     for ax in (ax_acc, ax_sharp):

@@ -198,3 +198,18 @@ def test_readings_chart_draws_the_logged_train_accuracy_and_sharpness(tmp_path, 
     figures.clear()
     plots_readings.readings_plot([read_run(tmp_path / d) for d in logged], tmp_path, plt)
     assert [ax.get_xscale() for ax in figures["readings.png"].axes[:2]] == ["log", "log"]
+
+
+def test_readings_of_runs_evaluated_once_are_points_and_missing_sharpness_is_named(tmp_path, figures):
+    """train.eval_every = 0 (jobs/protocol/fig3.toml): one evaluation per run, which a line without a
+    marker does not draw; no run measured sharpness, which the right panel says."""
+    run = fake_run(tmp_path / "once", final=0.86, name="once")
+    _set(run, "eval", step=[99], test_acc=[0.86], test_loss=[0.4], train_acc=[0.88], sharpness=[np.nan])
+    assert plots_readings.readings_plot([read_run(run)], tmp_path, plt) is not None
+    acc, sharp = figures["readings.png"].axes[:2]
+    train, test = acc.get_lines()
+    assert (train.get_xdata().tolist(), train.get_ydata().tolist(), train.get_marker()) == ([100], [0.88], "o")
+    assert (test.get_xdata().tolist(), test.get_ydata().tolist(), test.get_marker()) == ([100], [0.86], "x")
+    assert "test accuracy (dashed)" in acc.get_title()
+    assert sharp.get_lines() == [] and [t.get_text() for t in sharp.texts] == [
+        "not measured (train.eval_sharpness_iters = 0)"]
