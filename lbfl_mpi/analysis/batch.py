@@ -139,6 +139,12 @@ def _cluster_labels(members: list[list[dict]], group_labels: list[str]) -> list[
     return disambiguate(labels, reps, SWEEP_KEYS)
 
 
+def _last_train_acc(run: RunData) -> float:
+    """The last evaluation's train accuracy on the probe (train.eval_train_samples); NaN without it."""
+    col = run.eval_curve().get("train_acc")
+    return float(col[-1]) if col is not None and np.size(col) else float("nan")
+
+
 def batch_series(runs: list[RunData], groups: list[SeedGroup] | None = None) -> list[Series]:
     """The Fig. 3 series of ``runs`` (seed groups from seeds.group_seeds unless given)."""
     groups = group_seeds(runs) if groups is None else groups
@@ -163,9 +169,12 @@ def batch_series(runs: list[RunData], groups: list[SeedGroup] | None = None) -> 
                 s.members += members
                 seeds, acc = per_seed([runs[i].accuracy()[0] for i in members], [seed_of(runs[i]) for i in members])
                 mean, std = mean_std(acc)
+                _, train = per_seed([_last_train_acc(runs[i]) for i in members], [seed_of(runs[i]) for i in members])
+                train_mean, train_std = mean_std(train)
                 s.points.append({"global_batch": b, "n": len(seeds), "seeds": seeds,
                                  "runs": [str(runs[i].path) for i in members],
-                                 "final_test_acc_mean": mean, "final_test_acc_std": std})
+                                 "final_test_acc_mean": mean, "final_test_acc_std": std,
+                                 "final_train_acc_mean": train_mean, "final_train_acc_std": train_std})
             out.append(s)
     return out
 

@@ -9,7 +9,8 @@
   unscaled runs when there are any (Fig. 6);
 - ``accuracy_vs_batch.png``: final test accuracy against the global batch B, one line per lr-rule
   series (Fig. 3; series as in batch.py), only when the runs have at least 2 distinct B; error bars
-  (std over seeds) only where a point has 2 or more seeds;
+  (std over seeds) only where a point has 2 or more seeds; dotted with hollow markers in the same
+  colour, the last train accuracy on the probe where train.eval_train_samples logged it;
 - ``accuracy_vs_samples.png``, ``accuracy_vs_bytes.png``, ``time_breakdown.png`` and
   ``batch_allocation.png``: see plots_cost.py;
 - ``federated.png`` (runs with ``fl.clients > 0``): see plots_fl.py;
@@ -161,20 +162,28 @@ def _accuracy_vs_batch(series: list[Series], out, plt) -> Path:
     fig, ax = figure(plt, figsize=(8, 4.6 + 0.18 * -(-len(series) // 3)))
     colours(plt, ax, len(series))
     seeded = any(p["n"] > 1 for s in series for p in s.points)
+    trained = False
     for s, label in zip(series, shorten([s.label for s in series])):
         b = [p["global_batch"] for p in s.points]
         acc = [p["final_test_acc_mean"] for p in s.points]
         if seeded:
             err = [p["final_test_acc_std"] if p["n"] > 1 else 0.0 for p in s.points]
-            ax.errorbar(b, acc, yerr=np.nan_to_num(err), marker="o", capsize=3, lw=1.2, label=label)
+            colour = ax.errorbar(b, acc, yerr=np.nan_to_num(err), marker="o", capsize=3, lw=1.2,
+                                 label=label).lines[0].get_color()
         else:
-            ax.plot(b, acc, marker="o", lw=1.2, label=label)
+            colour = ax.plot(b, acc, marker="o", lw=1.2, label=label)[0].get_color()
+        train = [p.get("final_train_acc_mean", np.nan) for p in s.points]
+        if np.isfinite(train).any():  # train accuracy on the probe beside the test accuracy (Fig. 3's gap)
+            trained = True
+            ax.plot(b, train, marker="o", mfc="none", ls=":", lw=1.0, color=colour)
     bs = batches(series)
     ax.set_xscale("log", base=2)
     ax.set_xticks(bs, [str(b) for b in bs])
     ax.minorticks_off()
     note = " (error bars: std over seeds)" if seeded else " (one seed per point)"
-    ax.set(xlabel="global batch B", ylabel="final test accuracy",
+    if trained:
+        note += "; dotted, hollow: train accuracy on the probe"
+    ax.set(xlabel="global batch B", ylabel="final accuracy" if trained else "final test accuracy",
            title=wrap("Final test accuracy against the global batch" + note, 80))
     ax.grid(alpha=0.3)
     legend_below(fig, ax, len(series))

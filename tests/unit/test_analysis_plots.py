@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from lbfl_mpi.analysis import plots as plots_module
 from lbfl_mpi.analysis import plots_cost, plots_readings, read_run
@@ -213,3 +214,29 @@ def test_readings_of_runs_evaluated_once_are_points_and_missing_sharpness_is_nam
     assert "test accuracy (dashed)" in acc.get_title()
     assert sharp.get_lines() == [] and [t.get_text() for t in sharp.texts] == [
         "not measured (train.eval_sharpness_iters = 0)"]
+
+
+def test_accuracy_vs_batch_draws_train_accuracy_beside_test_where_logged(tmp_path, figures):
+    """Fig. 3 again: the probe's last train accuracy, mean over seeds, dotted in the series' colour."""
+    runs, train = [], {(16, 0): 0.95, (16, 1): 0.93, (32, 0): 0.99, (32, 1): 0.97}
+    for (b, seed), top in train.items():
+        d = fake_run(tmp_path / f"s{seed}_b{b}", final=0.9 - 0.1 * seed, seed=seed, train={"batch_size": b})
+        _set(d, "eval", train_acc=[0.5, 0.8, top])
+        runs.append(read_run(d))
+    series = batch_series(runs)
+    (s,) = series
+    for p in s.points:
+        want = [train[(p["global_batch"] // 2, k)] for k in (0, 1)]  # 2 ranks: B = 2 b
+        torch.testing.assert_close((p["final_train_acc_mean"], p["final_train_acc_std"]),
+                                   (float(np.mean(want)), float(np.std(want, ddof=1))))
+    _batch_chart(runs, tmp_path)
+    ax = figures["accuracy_vs_batch.png"].axes[0]
+    assert "dotted, hollow: train accuracy" in ax.get_title() and ax.get_ylabel() == "final accuracy"
+    test_line, train_line = ax.containers[0].lines[0], ax.get_lines()[-1]
+    assert train_line.get_linestyle() == ":" and train_line.get_color() == test_line.get_color()
+    np.testing.assert_allclose(train_line.get_ydata(), [0.94, 0.98])
+    without = [read_run(fake_run(tmp_path / f"plain_b{b}", final=0.9, train={"batch_size": b})) for b in (16, 32)]
+    figures.clear()
+    _batch_chart(without, tmp_path)
+    ax = figures["accuracy_vs_batch.png"].axes[0]
+    assert "train accuracy" not in ax.get_title() and [ln.get_linestyle() for ln in ax.get_lines()] == ["-"]
