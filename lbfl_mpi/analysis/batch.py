@@ -40,7 +40,7 @@ from .seeds import (
     per_seed,
     seed_of,
 )
-from .tables import peak_lr, scaling_label
+from .tables import peak_lr, readings, scaling_label
 
 LENGTH_KEYS = frozenset({"train.steps", "train.eval_every", "train.warmup_steps"})
 SWEEP_KEYS = BOOKKEEPING | LENGTH_KEYS | {"train.batch_size", "batching.global_batch", "train.lr",
@@ -139,12 +139,6 @@ def _cluster_labels(members: list[list[dict]], group_labels: list[str]) -> list[
     return disambiguate(labels, reps, SWEEP_KEYS)
 
 
-def _last_train_acc(run: RunData) -> float:
-    """The last evaluation's train accuracy on the probe (train.eval_train_samples); NaN without it."""
-    col = run.eval_curve().get("train_acc")
-    return float(col[-1]) if col is not None and np.size(col) else float("nan")
-
-
 def batch_series(runs: list[RunData], groups: list[SeedGroup] | None = None) -> list[Series]:
     """The Fig. 3 series of ``runs`` (seed groups from seeds.group_seeds unless given)."""
     groups = group_seeds(runs) if groups is None else groups
@@ -167,9 +161,10 @@ def batch_series(runs: list[RunData], groups: list[SeedGroup] | None = None) -> 
             for b in sorted(by_b):
                 members = by_b[b]
                 s.members += members
-                seeds, acc = per_seed([runs[i].accuracy()[0] for i in members], [seed_of(runs[i]) for i in members])
+                of = [seed_of(runs[i]) for i in members]
+                seeds, acc = per_seed([runs[i].accuracy()[0] for i in members], of)
                 mean, std = mean_std(acc)
-                _, train = per_seed([_last_train_acc(runs[i]) for i in members], [seed_of(runs[i]) for i in members])
+                _, train = per_seed([readings(runs[i])["last_train_acc"] for i in members], of)
                 train_mean, train_std = mean_std(train)
                 s.points.append({"global_batch": b, "n": len(seeds), "seeds": seeds,
                                  "runs": [str(runs[i].path) for i in members],
