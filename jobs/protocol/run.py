@@ -1,7 +1,7 @@
 """The tuning protocol: a grid per arm on validation, then the chosen setting on paired seeds.
 
     python jobs/protocol/run.py SPEC.toml [--stage tune|final|report|all] [--runs DIR] [--out FILE] [--dry]
-                                          [--parallel N]
+                                          [--parallel N] [--keep ARCHIVE]
 
 SPEC.toml (jobs/protocol/gap.toml is one):
 
@@ -36,7 +36,15 @@ dir left without a summary (a killed run) is resumed from its checkpoint (run.re
 one, and started again (run.overwrite=true) when not. Each run prints one progress line with its wall
 time; ``--dry`` prints the commands instead. ``--parallel N`` keeps N runs going at once (a machine
 with many cores, or one GPU shared by several small runs); each run's output then goes to
-``<run dir>.log``, and a failed run lets the others finish before the grid stops. Runs are launched as
+``<run dir>.log``, and a failed run lets the others finish before the grid stops.
+
+``--keep ARCHIVE`` is for a grid whose run dirs do not outlive a sitting (scratch that is wiped, a
+machine that is handed back): each run that finishes copies its summary.json, config.toml and rank
+0's HDF5 file to the same path under ARCHIVE/<name> (a folder to commit), and before anything runs
+every archived run missing from DIR is copied back (also under ``--dry``), so it counts as finished
+and the tune choice and the report see it, and every finished run the archive lacks is archived.
+``--stage report --runs ARCHIVE`` reports from the archive alone. Runs are
+launched as
 
     $MPIEXEC -n <ranks> $MPIEXEC_ARGS $LBFL train --config <config> --set k=v ...
 
@@ -51,10 +59,12 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -238,10 +248,43 @@ def _finished(spec: Spec, run: Path, returncode: int, wall: float) -> int:
     return 0
 
 
-def run_all(spec: Spec, jobs: list[tuple[Path, list[str], int, str]], dry: bool, parallel: int) -> None:
+KEPT = ("summary.json", "config.toml", "rank0000.h5")  # what --keep archives of a finished run
+
+
+def _copy_run(src: Path, dst: Path) -> None:
+    """Copy ``src``'s ``KEPT`` files (those it has) to ``dst``, the summary last: a copy with a
+    summary is whole."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in sorted(KEPT, key=lambda n: n == "summary.json"):
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+
+
+def archive(run: Path, root: Path, keep: Path) -> None:
+    """Copy a finished run under ``root`` to the same path under ``keep``."""
+    _copy_run(run, keep / run.relative_to(root))
+
+
+def sync(root: Path, keep: Path) -> tuple[int, int]:
+    """Copy every run archived under ``keep`` whose dir under ``root`` has no summary.json back there,
+    and archive every finished run under ``root`` that ``keep`` lacks (one that ended while nobody
+    archived); the numbers (restored, archived)."""
+    got = [0, 0]
+    for i, (src, dst) in enumerate(((keep, root), (root, keep))):
+        for s in sorted(src.rglob("summary.json")) if src.is_dir() else []:
+            run = dst / s.parent.relative_to(src)
+            if not (run / "summary.json").is_file():
+                _copy_run(s.parent, run)
+                got[i] += 1
+    return got[0], got[1]
+
+
+def run_all(spec: Spec, jobs: list[tuple[Path, list[str], int, str]], dry: bool, parallel: int,
+            after: Callable[[Path], None] | None = None) -> None:
     """``jobs`` = (run dir, overrides, seed, name), those without a summary.json, ``parallel`` at a time
     (one: in order, each run's output on this stderr; more: each run's output in ``<run dir>.log``).
-    A failed run lets the running ones finish, starts no more, and exits with its code."""
+    ``after(run dir)`` follows each run that wrote a summary. A failed run lets the running ones
+    finish, starts no more, and exits with its code."""
     todo = [j for j in jobs if summary(j[0]) is None]
     if dry:
         for run, ov, seed, name in todo:
@@ -270,6 +313,8 @@ def run_all(spec: Spec, jobs: list[tuple[Path, list[str], int, str]], dry: bool,
             if log is not None:
                 log.close()
             stop = stop or _finished(spec, run, p.returncode, time.monotonic() - t0)
+            if after is not None and summary(run) is not None:
+                after(run)
     if stop:
         raise SystemExit(stop)
 
@@ -331,14 +376,16 @@ def chosen_overrides(spec: Spec, root: Path, arm: Arm) -> list[str] | None:
     return None if c is None else arm.overrides + [f"{arm.key}={arm.values[c[0]]!r}"]
 
 
-def stage_tune(spec: Spec, root: Path, dry: bool, parallel: int = 1) -> None:
+def stage_tune(spec: Spec, root: Path, dry: bool, parallel: int = 1,
+               after: Callable[[Path], None] | None = None) -> None:
     jobs = [(tune_dir(root, arm, label, seed), ov, seed, f"{arm.name}_{label}")
             for arm in spec.arms.values() for label, ov in zip(arm.labels, _variants(spec, arm) if arm.key else [])
             for seed in spec.tune_seeds]
-    run_all(spec, jobs, dry, parallel)
+    run_all(spec, jobs, dry, parallel, after)
 
 
-def stage_final(spec: Spec, root: Path, dry: bool, parallel: int = 1) -> None:
+def stage_final(spec: Spec, root: Path, dry: bool, parallel: int = 1,
+                after: Callable[[Path], None] | None = None) -> None:
     """Every arm's chosen setting on the seeds; the lr-matched arms after the arms they match."""
     for matched in (False, True):
         jobs = []
@@ -355,7 +402,7 @@ def stage_final(spec: Spec, root: Path, dry: bool, parallel: int = 1) -> None:
                 continue
             jobs += [(final_dir(root, arm.name, seed), ov, seed, arm.name) for seed in spec.seeds]
         jobs.sort(key=lambda job: spec.seeds.index(job[2]))  # seed by seed: a grid cut short leaves whole pairs
-        run_all(spec, jobs, dry, parallel)
+        run_all(spec, jobs, dry, parallel, after)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -367,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry", action="store_true", help="print the commands of the runs still to do")
     ap.add_argument("--parallel", type=int, default=1, metavar="N",
                     help="runs at a time (default 1; more: each run's output goes to <run dir>.log)")
+    ap.add_argument("--keep", type=Path, metavar="ARCHIVE",
+                    help="copy each finished run's summary, config and rank-0 file under ARCHIVE/<name>, "
+                         "and take the runs archived there as finished")
     args = ap.parse_args(argv)
     if args.parallel < 1:
         print(f"protocol: error: --parallel={args.parallel}: must be >= 1", file=sys.stderr)
@@ -377,11 +427,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"protocol: error: {e}", file=sys.stderr)
         return 2
     root = args.runs / spec.name
+    after = None
+    if args.keep is not None:
+        keep = args.keep / spec.name
+        if keep.resolve() == root.resolve():
+            print(f"protocol: error: --keep={str(args.keep)!r}: is --runs itself", file=sys.stderr)
+            return 2
+        restored, archived = sync(root, keep)
+        if restored or archived:
+            print(f"protocol: {restored} finished runs restored from {keep}, {archived} archived there",
+                  file=sys.stderr)
+
+        def after(run: Path) -> None:
+            archive(run, root, keep)
     if args.stage in ("tune", "all"):
-        stage_tune(spec, root, args.dry, args.parallel)
+        stage_tune(spec, root, args.dry, args.parallel, after)
     if args.stage in ("final", "all"):
         try:
-            stage_final(spec, root, args.dry, args.parallel)
+            stage_final(spec, root, args.dry, args.parallel, after)
         except SpecError as e:  # an lr-matched arm whose target has no scale factor to match
             print(f"protocol: error: {e}", file=sys.stderr)
             return 2

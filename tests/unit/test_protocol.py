@@ -254,6 +254,43 @@ def test_b_simple_is_the_median_of_each_half_of_rank_0s_noise_scale(setup):
             f"{statistics.stdev([25.0, 60.0]):.1f} |") in row
 
 
+def test_keep_archives_each_finished_run_and_a_wiped_run_dir_resumes_from_it(setup, tmp_path):
+    spec, runs, launches = setup
+    keep = tmp_path / "archive"
+    assert protocol.main([str(spec), "--runs", str(runs / "a"), "--stage", "tune", "--keep", str(keep)]) == 0
+    tune = sorted((runs / "a" / "t").rglob("summary.json"))
+    assert len(tune) == 8 and [p.relative_to(runs / "a") for p in tune] == \
+        [p.relative_to(keep) for p in sorted(keep.rglob("summary.json"))]
+    assert all((keep / p.relative_to(runs / "a")).read_bytes() == p.read_bytes() for p in tune)
+    run = protocol.tune_dir(runs / "a" / "t", protocol.load_spec(spec).arms["big"], "x2", 0)
+    for name in ("config.toml", "rank0000.h5", "rank0001.h5"):  # what a real run leaves beside its summary
+        (run / name).write_text(name)
+    (run / "checkpoints").mkdir()
+    kept = keep / "t" / run.relative_to(runs / "a" / "t")
+    (kept / "summary.json").unlink()  # a run that ended while nobody archived
+    assert protocol.main([str(spec), "--runs", str(runs / "a"), "--stage", "final", "--keep", str(keep)]) == 0
+    final = launches()[8:]
+    assert len(final) == 9 and {s["train.lr"] for s in final} == {"0.2"}
+    assert sorted(p.name for p in kept.iterdir()) == ["config.toml", "rank0000.h5", "summary.json"]
+    assert len(list(keep.rglob("summary.json"))) == 17
+    # a new sitting: run dir B starts empty, and the archive supplies every run: nothing runs again
+    assert protocol.main([str(spec), "--runs", str(runs / "b"), "--keep", str(keep), "--out",
+                          str(tmp_path / "b.md")]) == 0
+    assert len(launches()) == 17
+    assert (runs / "b" / "t" / run.relative_to(runs / "a" / "t") / "rank0000.h5").read_text() == "rank0000.h5"
+    loaded = protocol.load_spec(spec)
+    from_a = protocol_report.report(loaded, runs / "a" / "t")
+    assert (tmp_path / "b.md").read_text().replace(str(runs / "b"), str(runs / "a")) == from_a
+    assert protocol_report.report(loaded, keep / "t").replace(str(keep), str(runs / "a")) == from_a
+    assert "| small | big | 3 |" in from_a
+
+
+def test_keep_must_not_be_the_run_dir(setup, capsys):
+    spec, runs, launches = setup
+    assert protocol.main([str(spec), "--runs", str(runs), "--keep", str(runs)]) == 2
+    assert capsys.readouterr().err.startswith("protocol: error: --keep=") and launches() == []
+
+
 @pytest.mark.parametrize("edit,fragment", [
     (('baselines = ["big"]', 'baselines = ["nope"]'), "protocol.baselines: 'nope' is not an arm"),
     (('lr_from = "big"', 'lr_from = "copy"'), "arm.copy.lr_from='copy'"),
