@@ -17,18 +17,22 @@ def _model(out):
     return torch.load(out / "model.pt", map_location="cpu", weights_only=True)
 
 
-@pytest.mark.parametrize("extra", [
-    ("sync.mode='fedavg'", "sync.period=4", "train.momentum=0.9"),
-    ("sync.mode='fedavg'", "sync.period=4", "fl.clients=4", "fl.clients_per_round=2", "train.optimizer='lamb'",
-     "train.lr=0.01"),
+# LAMB's trust ratio |w| / |update| (You et al. 2020; lbfl_mpi/optim/lamb.py) amplifies the float32 rounding of a
+# different summation order: on an AMD EPYC the accumulated run differs from the one-pass run by up to
+# 2.7e-6 (relative 2.7e-5) after 12 steps, where a wrong batch (batch_size 4) differs by 0.07 and
+# another seed by 0.65; SGD stays within 1e-6.
+@pytest.mark.parametrize("extra,tol", [
+    (("sync.mode='fedavg'", "sync.period=4", "train.momentum=0.9"), {"rtol": 1e-5, "atol": 1e-6}),
+    (("sync.mode='fedavg'", "sync.period=4", "fl.clients=4", "fl.clients_per_round=2", "train.optimizer='lamb'",
+      "train.lr=0.01"), {"rtol": 1e-4, "atol": 1e-5}),
 ], ids=["one-client", "fl-clients-lamb"])
-def test_micro_batches_give_the_one_pass_model(tmp_path, extra):
+def test_micro_batches_give_the_one_pass_model(tmp_path, extra, tol):
     run_lbfl(tiny_run_args(tmp_path / "one", *extra))
     run_lbfl(tiny_run_args(tmp_path / "acc", *extra, "train.micro_batch=2"))
-    assert_close(_model(tmp_path / "acc"), _model(tmp_path / "one"), rtol=1e-5, atol=1e-6)
+    assert_close(_model(tmp_path / "acc"), _model(tmp_path / "one"), **tol)
     with open_rank_file(tmp_path / "one" / "rank0000.h5") as a, open_rank_file(tmp_path / "acc" / "rank0000.h5") as b:
         sa, sb = read_group(a, "steps"), read_group(b, "steps")
-    assert_close(sb["loss"], sa["loss"], rtol=1e-5, atol=1e-6)
+    assert_close(sb["loss"], sa["loss"], **tol)
     if "fl.clients=4" not in extra:  # the micro-batch statistics feed the noise scale (scaling/stats.py)
         assert np.isnan(sa["noise_scale"]).all() and np.isfinite(sb["noise_scale"][1:]).all()
 
