@@ -43,8 +43,9 @@ machine that is handed back): each run that finishes copies its summary.json, co
 0's HDF5 file to the same path under ARCHIVE/<name> (a folder to commit), and before anything runs
 every archived run missing from DIR is copied back (also under ``--dry``), so it counts as finished
 and the tune choice and the report see it, and every finished run the archive lacks is archived.
-``--stage report --runs ARCHIVE`` reports from the archive alone. Runs are
-launched as
+``--stage report --runs ARCHIVE`` reports from the archive alone.
+
+Runs are launched as
 
     $MPIEXEC -n <ranks> $MPIEXEC_ARGS $LBFL train --config <config> --set k=v ...
 
@@ -248,21 +249,16 @@ def _finished(spec: Spec, run: Path, returncode: int, wall: float) -> int:
     return 0
 
 
-KEPT = ("summary.json", "config.toml", "rank0000.h5")  # what --keep archives of a finished run
+KEPT = ("config.toml", "rank0000.h5", "summary.json")  # what --keep archives of a run; the summary last
 
 
 def _copy_run(src: Path, dst: Path) -> None:
-    """Copy ``src``'s ``KEPT`` files (those it has) to ``dst``, the summary last: a copy with a
-    summary is whole."""
+    """Copy ``src``'s ``KEPT`` files (those it has) to ``dst`` in that order: a copy with a summary
+    is whole."""
     dst.mkdir(parents=True, exist_ok=True)
-    for name in sorted(KEPT, key=lambda n: n == "summary.json"):
+    for name in KEPT:
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
-
-
-def archive(run: Path, root: Path, keep: Path) -> None:
-    """Copy a finished run under ``root`` to the same path under ``keep``."""
-    _copy_run(run, keep / run.relative_to(root))
 
 
 def sync(root: Path, keep: Path) -> tuple[int, int]:
@@ -313,7 +309,7 @@ def run_all(spec: Spec, jobs: list[tuple[Path, list[str], int, str]], dry: bool,
             if log is not None:
                 log.close()
             stop = stop or _finished(spec, run, p.returncode, time.monotonic() - t0)
-            if after is not None and summary(run) is not None:
+            if after is not None and (run / "summary.json").is_file():
                 after(run)
     if stop:
         raise SystemExit(stop)
@@ -439,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
 
         def after(run: Path) -> None:
-            archive(run, root, keep)
+            _copy_run(run, keep / run.relative_to(root))
     if args.stage in ("tune", "all"):
         stage_tune(spec, root, args.dry, args.parallel, after)
     if args.stage in ("final", "all"):
