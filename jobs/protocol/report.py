@@ -90,7 +90,7 @@ def grid_table(spec: Spec, root: Path) -> list[str]:
                 (f"{len(done)}/{len(ss)} done" if len(done) < len(ss) else
                  ", ".join(s.get("outcome", "?") for s in done))
             mark = "**yes**" if c is not None and c[0] == i else ""
-            value = label if isinstance(v, str) else f"{label} ({v:.4g})"
+            value = label if isinstance(v, str) or label == f"{v:.4g}" else f"{label} ({v:.4g})"
             out.append(f"| {arm.name} | {arm.key} | {value} | {shown} | {mark} |")
     trials = {a.name: len(a.values) * len(spec.tune_seeds) for a in spec.arms.values() if a.key}
     out += ["", "Trials per tuned arm: " + ", ".join(f"{k} {v}" for k, v in trials.items()) +
@@ -99,13 +99,13 @@ def grid_table(spec: Spec, root: Path) -> list[str]:
 
 
 def final_table(spec: Spec, root: Path, every: dict[str, dict[int, dict]]) -> list[str]:
-    """``every``: arm -> its finals(), read once for both tables."""
+    """``every``: arm -> its finals(), read once for both tables. The column "time vs <baseline>" (mean
+    training time over the first baseline's) is there only when the spec names a baseline."""
     base = spec.baselines[0] if spec.baselines else None
     base_time = _vals(every[base], "step_time_s") if base else []
-    out = ["## Final runs: mean +- std over seeds", "",
-           "| arm | setting | n | test acc | val acc | train acc | train - test | sharpness | B_simple early / late | "
-           "train time (s) | time vs " + (base or "-") + " | not completed |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    cols = ["arm", "setting", "n", "test acc", "val acc", "train acc", "train - test", "sharpness",
+            "B_simple early / late", "train time (s)"] + ([f"time vs {base}"] if base else []) + ["not completed"]
+    out = ["## Final runs: mean +- std over seeds", "", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
     for arm in spec.arms.values():
         runs = every[arm.name]
         ov = chosen_overrides(spec, root, arm) or []
@@ -114,13 +114,14 @@ def final_table(spec: Spec, root: Path, every: dict[str, dict[int, dict]]) -> li
         gap = [r["final_train_acc"] - r["final_test_acc"] for r in done.values()
                if not math.isnan(r["final_train_acc"])]
         times = _vals(runs, "step_time_s")
-        ratio = f"{statistics.mean(times) / statistics.mean(base_time):.2f}x" if times and base_time else "-"
+        ratio = (f"{statistics.mean(times) / statistics.mean(base_time):.2f}x | " if times and base_time else
+                 "- | " if base else "")
         failed = ", ".join(f"seed {s}: {r['outcome']}" for s, r in runs.items() if r["outcome"] != "completed")
         out.append(f"| {arm.name} | {setting} | {len(done)} | {mean_std(_vals(runs, 'final_test_acc'))} | "
                    f"{mean_std(_vals(runs, 'final_val_acc'))} | {mean_std(_vals(runs, 'final_train_acc'))} | "
                    f"{mean_std(gap)} | {mean_std(_vals(runs, 'final_sharpness'))} | "
                    f"{_fmt(_vals(runs, 'noise_early'))} / {_fmt(_vals(runs, 'noise_late'))} | {_fmt(times)} | "
-                   f"{ratio} | {failed or '-'} |")
+                   f"{ratio}{failed or '-'} |")
     return out
 
 

@@ -370,3 +370,27 @@ def test_a_spec_without_grids_reports_none_instead_of_a_row_per_arm(setup):
     grid = out.split("## Grid", 1)[1].split("## Final runs", 1)[0]
     assert grid.strip() == "None: every arm runs as set (no `grid` in the spec)."
     assert "| small | big | 3 | +0.0700 |" in out  # small - big per seed: 0.05 + 0.01 s, mean 0.07
+
+
+def test_a_grid_of_numbers_shows_each_value_once_and_multipliers_with_the_value_they_give(setup):
+    spec, runs, _ = setup
+    spec.write_text(spec.read_text().replace(
+        'set = ["train.batch_size=8"]\ngrid = {key = "train.lr", multipliers = [0.5, 1, 2, 4]}',
+        'set = ["train.batch_size=8"]\ngrid = {key = "train.lr", values = [0.2, 0.4]}'))
+    assert protocol.main([str(spec), "--runs", str(runs), "--stage", "tune"]) == 0
+    text = protocol_report.report(protocol.load_spec(spec), runs / "t")
+    assert "| small | train.lr | 0.2 | 0.9000 | **yes** |" in text  # not "0.2 (0.2)"
+    assert "| small | train.lr | 0.4 | 0.8000 |  |" in text
+    assert "| big | train.lr | x2 (0.2) | 0.9000 | **yes** |" in text
+
+
+def test_without_a_baseline_the_final_table_has_no_time_ratio_column(setup):
+    spec, runs, _ = setup
+    spec.write_text(spec.read_text().replace('baselines = ["big"]\n', ""))
+    assert protocol.main([str(spec), "--runs", str(runs)]) == 0
+    out = protocol_report.report(protocol.load_spec(spec), runs / "t")
+    table = out.split("## Final runs", 1)[1].split("## Paired", 1)[0].strip().splitlines()[2:]
+    assert "time vs" not in table[0] and table[0].endswith("| train time (s) | not completed |")
+    assert {r.count("|") for r in table} == {12}  # header, rule and the 3 arms' rows alike
+    (row,) = [r for r in table if r.startswith("| big |")]
+    assert row.endswith(f"| {statistics.mean([11.0, 12.0, 13.0]):.1f} +- 1.0 | - |")  # step_time_s 10 + seed
