@@ -23,7 +23,7 @@ def _spec(tmp):
     base.write_text('[model]\nname = "mlp"\n[train]\nsteps = 3\neval_every = 0\nbatch_size = 8\nlr = 0.05\n'
                     '[data]\nval_fraction = 0.2\n')
     spec = tmp / "spec.toml"
-    spec.write_text(f'[protocol]\nname = "tiny"\nconfig = "{base}"\nranks = 2\ntune_seeds = [0]\nseeds = [1, 2]\n'
+    spec.write_text(f'[protocol]\nname = "tiny"\nconfig = "{base}"\nranks = 1\ntune_seeds = [0]\nseeds = [1, 2]\n'
                     'baselines = ["plain"]\n\n[arm.tuned]\ngrid = {key = "train.lr", multipliers = [1, 2]}\n\n'
                     '[arm.plain]\nset = ["train.momentum=0.5"]\n')
     return spec
