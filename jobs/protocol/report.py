@@ -108,8 +108,8 @@ def final_table(spec: Spec, root: Path, every: dict[str, dict[int, dict]]) -> li
     out = ["## Final runs: mean +- std over seeds", "", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
     for arm in spec.arms.values():
         runs = every[arm.name]
-        ov = chosen_overrides(spec, root, arm) or []
-        setting = ", ".join(o for o in ov if o not in arm.overrides) or "as set"
+        ov = chosen_overrides(spec, root, arm)  # None while what it is chosen from is unfinished
+        setting = "not chosen yet" if ov is None else ", ".join(o for o in ov if o not in arm.overrides) or "as set"
         done = {s: r for s, r in runs.items() if r["outcome"] == "completed"}
         gap = [r["final_train_acc"] - r["final_test_acc"] for r in done.values()
                if not math.isnan(r["final_train_acc"])]

@@ -394,3 +394,14 @@ def test_without_a_baseline_the_final_table_has_no_time_ratio_column(setup):
     assert {r.count("|") for r in table} == {12}  # header, rule and the 3 arms' rows alike
     (row,) = [r for r in table if r.startswith("| big |")]
     assert row.endswith(f"| {statistics.mean([11.0, 12.0, 13.0]):.1f} +- 1.0 | - |")  # step_time_s 10 + seed
+
+
+def test_an_arm_whose_grid_is_unfinished_is_not_chosen_yet_in_the_final_table(setup):
+    spec, runs, _ = setup
+    assert protocol.main([str(spec), "--runs", str(runs), "--stage", "tune"]) == 0
+    (protocol.tune_dir(runs / "t", protocol.load_spec(spec).arms["big"], "x4", 0) / "summary.json").unlink()
+    text = protocol_report.report(protocol.load_spec(spec), runs / "t")
+    rows = {r.split("|")[1].strip(): r.split("|")[2].strip() for r in
+            text.split("## Final runs", 1)[1].split("## Paired", 1)[0].splitlines() if r.startswith("| ")}
+    # small's grid is whole (lr x2 = 0.2 is best); big misses x4, and copy takes big's lr
+    assert rows == {"arm": "setting", "small": "train.lr=0.2", "big": "not chosen yet", "copy": "not chosen yet"}
