@@ -116,6 +116,30 @@ def versions() -> str:
             f"h5py {h5py.__version__}, numpy {np.__version__}")
 
 
+def cpu_info() -> str:
+    """The host CPU as float results depend on it: the model name (``/proc/cpuinfo``, else
+    ``platform.processor()`` or the machine type), torch's CPU kernel capability (the vector ISA its
+    kernels dispatch to, e.g. AVX512) and torch's intra-op thread count. Two runs of one config and
+    seed agree bit for bit only where this attribute agrees too."""
+    import torch
+
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "cpu model"):
+                model = value.strip()
+                break
+    except OSError:
+        pass
+    model = model or platform.processor() or platform.machine() or "unknown"
+    try:
+        isa = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        isa = "unknown"
+    return f"{model}, {isa}, {torch.get_num_threads()} threads"
+
+
 class RankLog:
     """Buffered, append-only writer for one rank's telemetry."""
 
@@ -136,7 +160,7 @@ class RankLog:
         f = h5py.File(tmp, "w", libver="latest")
         f.attrs.update({"rank": rank, "world_size": world_size, "config_json": config_json,
                         "hostname": platform.node(), "device": device, "versions": versions(),
-                        **(extra_attrs or {})})
+                        "cpu": cpu_info(), **(extra_attrs or {})})
         for group, cols in self.columns.items():
             g = f.create_group(group)
             # rows kept from a file written before a column existed get its missing value there

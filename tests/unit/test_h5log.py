@@ -28,7 +28,7 @@ def test_round_trip_all_columns(tmp_path):
     log.close()
     with open_rank_file(path) as f:
         assert dict(f.attrs)["rank"] == 1 and f.attrs["world_size"] == 3 and f.attrs["config_json"] == '{"a": 1}'
-        assert {"hostname", "device", "versions"} <= set(f.attrs)
+        assert {"hostname", "device", "versions", "cpu"} <= set(f.attrs)
         steps = read_group(f, "steps")
         assert set(steps) == set(STEP_COLUMNS)
         assert {len(v) for v in steps.values()} == {7}
@@ -115,3 +115,42 @@ def test_a_reader_opening_the_file_as_it_appears_never_stops_the_writer(tmp_path
             p.kill()
     with open_rank_file(path) as f:
         np.testing.assert_array_equal(read_group(f, "steps")["step"], np.arange(4))
+
+
+def test_cpu_attribute_names_model_isa_and_threads(tmp_path):
+    """The rank file's cpu attribute against a reference read here: the first model line of
+    /proc/cpuinfo (or the platform's processor), torch's kernel capability and its thread count."""
+    import platform
+
+    import torch
+
+    path = tmp_path / "rank0001.h5"
+    log = _log(path, flush_every=1)
+    log.close()
+    model = ""
+    if os.path.exists("/proc/cpuinfo"):
+        for line in open("/proc/cpuinfo", errors="replace"):
+            if line.split(":")[0].strip() in ("model name", "Model", "cpu model"):
+                model = line.split(":", 1)[1].strip()
+                break
+    model = model or platform.processor() or platform.machine() or "unknown"
+    want = f"{model}, {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"
+    with open_rank_file(path) as f:
+        assert f.attrs["cpu"] == want
+
+
+def test_cpu_info_without_proc_cpuinfo_falls_back_to_platform(monkeypatch):
+    import platform
+
+    import torch
+
+    from lbfl_mpi.telemetry import h5log
+
+    def unreadable(self, *a, **k):
+        raise OSError("no /proc here")
+
+    monkeypatch.setattr(h5log.Path, "read_text", unreadable)
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    monkeypatch.setattr(platform, "machine", lambda: "riscv64")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    assert h5log.cpu_info() == f"riscv64, {torch.backends.cpu.get_cpu_capability()}, 3 threads"
