@@ -119,8 +119,8 @@ def versions() -> str:
 def cpu_info() -> str:
     """The host CPU as float results depend on it: the model name (``/proc/cpuinfo``, else
     ``platform.processor()`` or the machine type), torch's CPU kernel capability (the vector ISA its
-    kernels dispatch to, e.g. AVX512) and torch's intra-op thread count. Two runs of one config and
-    seed agree bit for bit only where this attribute agrees too."""
+    kernels dispatch to, e.g. AVX512) and torch's intra-op thread count. Where it differs, two runs
+    of one config and seed may differ in their float results."""
     import torch
 
     model = ""
