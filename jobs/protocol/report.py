@@ -114,13 +114,13 @@ def final_table(spec: Spec, root: Path, every: dict[str, dict[int, dict]]) -> li
         gap = [r["final_train_acc"] - r["final_test_acc"] for r in done.values()
                if not math.isnan(r["final_train_acc"])]
         times = _vals(runs, "step_time_s")
-        ratio = [f"{statistics.mean(times) / statistics.mean(base_time):.2f}x" if times and base_time else "-"]
+        ratio = f"{statistics.mean(times) / statistics.mean(base_time):.2f}x" if times and base_time else "-"
         failed = ", ".join(f"seed {s}: {r['outcome']}" for s, r in runs.items() if r["outcome"] != "completed")
         cells = [arm.name, setting, str(len(done)), mean_std(_vals(runs, "final_test_acc")),
                  mean_std(_vals(runs, "final_val_acc")), mean_std(_vals(runs, "final_train_acc")), mean_std(gap),
                  mean_std(_vals(runs, "final_sharpness")),
                  f"{_fmt(_vals(runs, 'noise_early'))} / {_fmt(_vals(runs, 'noise_late'))}", _fmt(times)]
-        out.append("| " + " | ".join(cells + (ratio if base else []) + [failed or "-"]) + " |")
+        out.append("| " + " | ".join(cells + ([ratio] if base else []) + [failed or "-"]) + " |")
     return out
 
 
