@@ -116,6 +116,9 @@ def versions() -> str:
             f"h5py {h5py.__version__}, numpy {np.__version__}")
 
 
+CPUINFO = Path("/proc/cpuinfo")
+
+
 def cpu_info() -> str:
     """The host CPU as float results depend on it: the model name (``/proc/cpuinfo``, else
     ``platform.processor()`` or the machine type), torch's CPU kernel capability (the vector ISA its
@@ -125,7 +128,7 @@ def cpu_info() -> str:
 
     model = ""
     try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+        for line in CPUINFO.read_text(errors="replace").splitlines():
             key, _, value = line.partition(":")
             if key.strip() in ("model name", "Model", "cpu model"):
                 model = value.strip()

@@ -5,6 +5,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from lbfl_mpi.telemetry import EVAL_COLUMNS, STEP_COLUMNS, RankLog, open_rank_file, read_group
 
@@ -117,39 +118,47 @@ def test_a_reader_opening_the_file_as_it_appears_never_stops_the_writer(tmp_path
         np.testing.assert_array_equal(read_group(f, "steps")["step"], np.arange(4))
 
 
-def test_cpu_attribute_names_model_isa_and_threads(tmp_path):
-    """The rank file's cpu attribute against a reference read here: the first model line of
-    /proc/cpuinfo (or the platform's processor), torch's kernel capability and its thread count."""
-    import platform
+_X86_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Example Xeon CPU @ 2.10GHz
+flags\t\t: fpu avx2
 
+processor\t: 1
+vendor_id\t: GenuineIntel
+model name\t: Another CPU
+"""
+
+
+@pytest.mark.parametrize("text, model", [
+    (_X86_CPUINFO, "Example Xeon CPU @ 2.10GHz"),
+    ("processor\t: 0\nBogoMIPS\t: 108.00\n\nModel\t\t: Example Board Rev 1.4\n", "Example Board Rev 1.4"),
+])
+def test_cpu_attribute_names_model_isa_and_threads(tmp_path, monkeypatch, text, model):
+    """The rank file's cpu attribute from a cpuinfo file written here (x86 and ARM layouts): the
+    first model line's value, torch's kernel capability and its thread count."""
     import torch
 
+    from lbfl_mpi.telemetry import h5log
+
+    fake = tmp_path / "cpuinfo"
+    fake.write_text(text)
+    monkeypatch.setattr(h5log, "CPUINFO", fake)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 5)
     path = tmp_path / "rank0001.h5"
     log = _log(path, flush_every=1)
     log.close()
-    model = ""
-    if os.path.exists("/proc/cpuinfo"):
-        for line in open("/proc/cpuinfo", errors="replace"):
-            if line.split(":")[0].strip() in ("model name", "Model", "cpu model"):
-                model = line.split(":", 1)[1].strip()
-                break
-    model = model or platform.processor() or platform.machine() or "unknown"
-    want = f"{model}, {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"
     with open_rank_file(path) as f:
-        assert f.attrs["cpu"] == want
+        assert f.attrs["cpu"] == f"{model}, {torch.backends.cpu.get_cpu_capability()}, 5 threads"
 
 
-def test_cpu_info_without_proc_cpuinfo_falls_back_to_platform(monkeypatch):
+def test_cpu_info_without_proc_cpuinfo_falls_back_to_platform(tmp_path, monkeypatch):
     import platform
 
     import torch
 
     from lbfl_mpi.telemetry import h5log
 
-    def unreadable(self, *a, **k):
-        raise OSError("no /proc here")
-
-    monkeypatch.setattr(h5log.Path, "read_text", unreadable)
+    monkeypatch.setattr(h5log, "CPUINFO", tmp_path / "no-cpuinfo-here")
     monkeypatch.setattr(platform, "processor", lambda: "")
     monkeypatch.setattr(platform, "machine", lambda: "riscv64")
     monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
