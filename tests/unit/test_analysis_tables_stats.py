@@ -1,7 +1,10 @@
 """The per-rank table and run records against closed forms on made-up run data: mean, median and p90
 of each time (t_eval over the evaluations), t_straggle in the table, samples/s with and without
 evaluation (from summary.json, or computed for a summary written before those keys), the 0-based
-best step, and a units map for every key given in seconds."""
+best step, a units map for every key given in seconds, and the comparison's mean t_compress over the
+ranks that have one."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -66,6 +69,21 @@ def test_samples_per_s_with_and_without_evaluation():
     table = format_comparison([new, old]).splitlines()
     assert table[0].split()[-3:] == ["w/o", "eval", "outcome"]
     assert table[1].split()[-3:] == ["16", "26", "completed"] and table[2].split()[-3:] == ["16", "20", "completed"]
+
+
+@pytest.mark.parametrize("t_compress, cell", [
+    ([float("nan"), float("nan")], "nan"),        # no compression on any rank
+    ([0.002, float("nan")], f"{0.002 * 1e3:.3f}"),
+    ([0.002, 0.005], f"{(0.002 + 0.005) / 2 * 1e3:.3f}"),
+])
+def test_comparison_averages_the_ranks_finite_compress_times_without_a_warning(t_compress, cell):
+    rec = run_record(_run(None))
+    rec["ranks"] = [dict(rec["ranks"][0], mean_t_compress=t) for t in t_compress]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        row = format_comparison([rec]).splitlines()[1].split()
+    head = format_comparison([rec]).splitlines()[0].split()
+    assert row[head.index("t_compress") - 1] == cell  # "t_step ms" is two header words
 
 
 def test_units_map_names_every_time_key():
