@@ -8,7 +8,9 @@ training time, evaluation excluded); and from rank 0's file the medians of the `
 (B_simple, McCandlish et al. 2018) over the first and the second half of the steps, shown as
 "early / late": the simple noise scale grows as the loss falls, and B above it gains little per step.
 A run that did not complete is listed with its outcome and its seed is left out of every pair it
-belongs to.
+belongs to. The completed final runs are also grouped by rank 0's ``cpu`` attribute (the host's CPU
+model, torch's vector ISA and thread count): float results depend on the ISA torch's kernels
+dispatch to, so two runs of one config and seed on differing hosts need not agree.
 """
 from __future__ import annotations
 
@@ -40,6 +42,17 @@ def noise_scale(run: Path) -> tuple[float, float]:
     return tuple(float(np.median(x[np.isfinite(x)])) if np.isfinite(x).any() else math.nan for x in halves)
 
 
+def host(run: Path) -> str | None:
+    """Rank 0's ``cpu`` attribute; None where the file or the attribute is absent (rank files
+    written before the attribute existed)."""
+    f = run / "rank0000.h5"
+    if not f.is_file():
+        return None
+    with open_rank_file(f) as h:
+        v = h.attrs.get("cpu")
+    return None if v is None else (v.decode() if isinstance(v, bytes) else str(v))
+
+
 def _reading(s: dict, key: str) -> float:
     """summary.json's ``key`` as a float; NaN where the run did not measure it (absent, or null as
     ``final_sharpness`` is without train.eval_sharpness_iters)."""
@@ -60,8 +73,8 @@ def finals(spec: Spec, root: Path, arm: str) -> dict[int, dict]:
             out[seed] = {"outcome": s.get("outcome")}
             continue
         early, late = noise_scale(run)
-        out[seed] = {k: _reading(s, k) for k in READS} | {"outcome": "completed",
-                                                                      "noise_early": early, "noise_late": late}
+        out[seed] = {k: _reading(s, k) for k in READS} | {"outcome": "completed", "noise_early": early,
+                                                          "noise_late": late, "host": host(run)}
     return out
 
 
@@ -148,10 +161,31 @@ def paired_table(spec: Spec, every: dict[str, dict[int, dict]]) -> list[str]:
     return out
 
 
+def host_lines(every: dict[str, dict[int, dict]]) -> list[str]:
+    """The completed final runs by host (rank 0's ``cpu`` attribute, "not recorded" where absent):
+    one line when they share one, else a row per host, the most runs first."""
+    groups: dict[str, list[str]] = {}
+    for arm, runs in every.items():
+        for seed, r in sorted(runs.items()):
+            if r["outcome"] == "completed":
+                groups.setdefault(r["host"] or "not recorded", []).append(f"{arm} {seed}")
+    if not groups:
+        return []
+    out = ["", "## Hosts of the final runs (rank 0's `cpu` attribute)", ""]
+    if len(groups) == 1:
+        ((name, runs),) = groups.items()
+        return out + [f"Every completed final run ({len(runs)}): {name}."]
+    out += ["| cpu | runs | arm seed |", "|---|---|---|"]
+    out += [f"| {name} | {len(runs)} | {', '.join(runs)} |"
+            for name, runs in sorted(groups.items(), key=lambda g: (-len(g[1]), g[0]))]
+    return out + ["", "Float results depend on the host's vector ISA: a pair whose runs differ in host "
+                  "differs by the host as well as by the arm."]
+
+
 def report(spec: Spec, root: Path) -> str:
     head = [f"# Protocol `{spec.name}`", "",
             f"Base config `{spec.config}`, {spec.ranks} rank(s); grid seeds {spec.tune_seeds}, chosen by "
             f"`{spec.select}`; final seeds {spec.seeds} (paired across arms). Run dirs: `{root}`.", ""]
-    every = {arm: finals(spec, root, arm) for arm in spec.arms}  # each run's summary and rank file read once
+    every = {arm: finals(spec, root, arm) for arm in spec.arms}  # each run read once for all the tables
     return "\n".join(head + grid_table(spec, root) + [""] + final_table(spec, root, every) + [""] +
-                     paired_table(spec, every)) + "\n"
+                     paired_table(spec, every) + host_lines(every)) + "\n"

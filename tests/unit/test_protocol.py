@@ -405,3 +405,29 @@ def test_an_arm_whose_grid_is_unfinished_is_not_chosen_yet_in_the_final_table(se
             text.split("## Final runs", 1)[1].split("## Paired", 1)[0].splitlines() if r.startswith("| ")}
     # small's grid is whole (lr x2 = 0.2 is best); big misses x4, and copy takes big's lr
     assert rows == {"arm": "setting", "small": "train.lr=0.2", "big": "not chosen yet", "copy": "not chosen yet"}
+
+
+def test_the_report_groups_the_final_runs_by_their_rank_files_cpu_attribute(setup):
+    spec, runs, _ = setup
+    assert protocol.main([str(spec), "--runs", str(runs)]) == 0
+    hosts = {("big", 1): "CPU A, AVX512, 1 threads", ("big", 2): "CPU A, AVX512, 1 threads",
+             ("small", 3): "CPU B, AVX2, 1 threads", ("copy", 1): None}  # None: a rank file without it
+    for (arm, seed), cpu in hosts.items():
+        with h5py.File(protocol.final_dir(runs / "t", arm, seed) / "rank0000.h5", "w") as f:
+            f.create_group("steps")
+            if cpu is not None:
+                f.attrs["cpu"] = cpu
+    loaded = protocol.load_spec(spec)
+    lines = protocol_report.report(loaded, runs / "t").splitlines()
+    at = lines.index("| cpu | runs | arm seed |")
+    # 9 completed final runs (3 arms x 3 seeds): 2 on CPU A, 1 on CPU B, the other 6 without the attribute
+    assert lines[at + 2:at + 5] == ["| not recorded | 6 | small 1, small 2, big 3, copy 1, copy 2, copy 3 |",
+                                    "| CPU A, AVX512, 1 threads | 2 | big 1, big 2 |",
+                                    "| CPU B, AVX2, 1 threads | 1 | small 3 |"]
+    for arm in ("small", "big", "copy"):  # one host for all
+        for seed in (1, 2, 3):
+            with h5py.File(protocol.final_dir(runs / "t", arm, seed) / "rank0000.h5", "w") as f:
+                f.create_group("steps")
+                f.attrs["cpu"] = "CPU A, AVX512, 1 threads"
+    text = protocol_report.report(loaded, runs / "t")
+    assert text.endswith("Every completed final run (9): CPU A, AVX512, 1 threads.\n") and "| cpu |" not in text
