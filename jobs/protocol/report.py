@@ -178,7 +178,7 @@ def host_lines(every: dict[str, dict[int, dict]]) -> list[str]:
     out += ["| cpu | runs | arm seed |", "|---|---|---|"]
     out += [f"| {name} | {len(runs)} | {', '.join(runs)} |"
             for name, runs in sorted(groups.items(), key=lambda g: (-len(g[1]), g[0]))]
-    return out + ["", "Float results depend on the host's vector ISA: a pair whose runs differ in host "
+    return out + ["", "Float results depend on the host (its vector ISA at least): a pair whose runs differ in host "
                   "differs by the host as well as by the arm."]
 
 
