@@ -341,13 +341,6 @@ def _ms(x) -> str:
     return "-" if math.isnan(x) else f"{x * 1e3:.2f}"
 
 
-def _finite_mean(values) -> float:
-    """Mean of the finite values, NaN where there are none (without numpy's empty-slice warning:
-    a run without compression has no t_compress on any rank)."""
-    finite = [v for v in (as_float(x) for x in values) if math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else float("nan")
-
-
 def format_comparison(records: list[dict]) -> str:
     """One line per run, for grids (Table I/II)."""
     w = max(len(r["name"]) for r in records)
@@ -357,8 +350,9 @@ def format_comparison(records: list[dict]) -> str:
              f"{'w/o eval':>9s}  outcome"]
     for r in records:
         ranks = r["ranks"]
-        t_step = _finite_mean(x["mean_t_step"] for x in ranks)
-        t_comp = _finite_mean(x["mean_t_compress"] for x in ranks)
+        # over the ranks that have the time (a run without compression has no t_compress on any rank)
+        t_step, t_comp = (_stat(np.array([as_float(x[k]) for x in ranks]), "mean")
+                          for k in ("mean_t_step", "mean_t_compress"))
         ratio = ranks[0]["bytes_vs_dense"] if ranks else float("nan")
         gb = str(r["global_batch"]) if r["global_batch"] else "-"
         lr = f"{r['peak_lr']:g}" if r.get("peak_lr") is not None else "-"
