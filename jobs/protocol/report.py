@@ -27,30 +27,27 @@ from lbfl_mpi.telemetry import open_rank_file, read_group
 READS = ("final_test_acc", "final_val_acc", "final_train_acc", "final_sharpness", "step_time_s")
 
 
-def noise_scale(run: Path) -> tuple[float, float]:
-    """Median B_simple over the first and over the second half of rank 0's steps (each NaN where it
-    was not estimated: no rank file, no column, or no finite value in that half)."""
+def rank0(run: Path) -> dict:
+    """What the report reads from rank 0's file, opened once: ``noise_early`` and ``noise_late``,
+    the median B_simple over the first and over the second half of the steps (each NaN where it was
+    not estimated: no rank file, no column, or no finite value in that half), and ``host``, the
+    ``cpu`` attribute (None where the file or the attribute is absent: rank files written before
+    the attribute existed)."""
+    out = {"noise_early": math.nan, "noise_late": math.nan, "host": None}
     f = run / "rank0000.h5"
     if not f.is_file():
-        return math.nan, math.nan
+        return out
     with open_rank_file(f) as h:
         col = read_group(h, "steps").get("noise_scale")
-    if col is None:
-        return math.nan, math.nan
-    col = np.asarray(col, dtype=np.float64)
-    halves = [col[:len(col) // 2], col[len(col) // 2:]]
-    return tuple(float(np.median(x[np.isfinite(x)])) if np.isfinite(x).any() else math.nan for x in halves)
-
-
-def host(run: Path) -> str | None:
-    """Rank 0's ``cpu`` attribute; None where the file or the attribute is absent (rank files
-    written before the attribute existed)."""
-    f = run / "rank0000.h5"
-    if not f.is_file():
-        return None
-    with open_rank_file(f) as h:
-        v = h.attrs.get("cpu")
-    return None if v is None else (v.decode() if isinstance(v, bytes) else str(v))
+        cpu = h.attrs.get("cpu")
+    if cpu is not None:
+        out["host"] = cpu.decode() if isinstance(cpu, bytes) else str(cpu)
+    if col is not None:
+        col = np.asarray(col, dtype=np.float64)
+        halves = [col[:len(col) // 2], col[len(col) // 2:]]
+        out["noise_early"], out["noise_late"] = (float(np.median(x[np.isfinite(x)])) if np.isfinite(x).any()
+                                                 else math.nan for x in halves)
+    return out
 
 
 def _reading(s: dict, key: str) -> float:
@@ -72,9 +69,7 @@ def finals(spec: Spec, root: Path, arm: str) -> dict[int, dict]:
         if s.get("outcome") != "completed":
             out[seed] = {"outcome": s.get("outcome")}
             continue
-        early, late = noise_scale(run)
-        out[seed] = {k: _reading(s, k) for k in READS} | {"outcome": "completed", "noise_early": early,
-                                                          "noise_late": late, "host": host(run)}
+        out[seed] = {k: _reading(s, k) for k in READS} | {"outcome": "completed"} | rank0(run)
     return out
 
 

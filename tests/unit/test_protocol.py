@@ -244,9 +244,13 @@ def test_b_simple_is_the_median_of_each_half_of_rank_0s_noise_scale(setup):
     for seed, col in seeds.items():  # rank files as h5log writes them, beside the fake summaries
         with h5py.File(protocol.final_dir(runs / "t", "big", seed) / "rank0000.h5", "w") as f:
             f.create_group("steps").create_dataset("noise_scale", data=np.array(col))
-    assert protocol_report.noise_scale(protocol.final_dir(runs / "t", "big", 1)) == (2.0, 25.0)
-    assert protocol_report.noise_scale(protocol.final_dir(runs / "t", "big", 2)) == (6.0, 60.0)
-    assert all(math.isnan(x) for x in protocol_report.noise_scale(protocol.final_dir(runs / "t", "big", 3)))
+    def halves(seed):
+        r = protocol_report.rank0(protocol.final_dir(runs / "t", "big", seed))
+        return r["noise_early"], r["noise_late"]
+
+    assert halves(1) == (2.0, 25.0)
+    assert halves(2) == (6.0, 60.0)
+    assert all(math.isnan(x) for x in halves(3))
     text = protocol_report.report(protocol.load_spec(spec), runs / "t")
     (row,) = [line for line in text.splitlines() if line.startswith("| big | train.lr=0.2 |")]
     early, late = statistics.mean([2.0, 6.0]), statistics.mean([25.0, 60.0])  # over the seeds that have it
@@ -412,11 +416,15 @@ def test_the_report_groups_the_final_runs_by_their_rank_files_cpu_attribute(setu
     assert protocol.main([str(spec), "--runs", str(runs)]) == 0
     hosts = {("big", 1): "CPU A, AVX512, 1 threads", ("big", 2): "CPU A, AVX512, 1 threads",
              ("small", 3): "CPU B, AVX2, 1 threads", ("copy", 1): None}  # None: a rank file without it
-    for (arm, seed), cpu in hosts.items():
+
+    def write_rank0(arm, seed, cpu):
         with h5py.File(protocol.final_dir(runs / "t", arm, seed) / "rank0000.h5", "w") as f:
             f.create_group("steps")
             if cpu is not None:
                 f.attrs["cpu"] = cpu
+
+    for (arm, seed), cpu in hosts.items():
+        write_rank0(arm, seed, cpu)
     loaded = protocol.load_spec(spec)
     lines = protocol_report.report(loaded, runs / "t").splitlines()
     at = lines.index("| cpu | runs | arm seed |")
@@ -426,8 +434,6 @@ def test_the_report_groups_the_final_runs_by_their_rank_files_cpu_attribute(setu
                                     "| CPU B, AVX2, 1 threads | 1 | small 3 |"]
     for arm in ("small", "big", "copy"):  # one host for all
         for seed in (1, 2, 3):
-            with h5py.File(protocol.final_dir(runs / "t", arm, seed) / "rank0000.h5", "w") as f:
-                f.create_group("steps")
-                f.attrs["cpu"] = "CPU A, AVX512, 1 threads"
+            write_rank0(arm, seed, "CPU A, AVX512, 1 threads")
     text = protocol_report.report(loaded, runs / "t")
     assert text.endswith("Every completed final run (9): CPU A, AVX512, 1 threads.\n") and "| cpu |" not in text
